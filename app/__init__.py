@@ -1,0 +1,1 @@
+"""HTTP layer: routes, schemas and the app factory (arrives with the serving issue)."""

@@ -1,0 +1,100 @@
+"""One typed settings object: defaults in settings.toml, environment variables override them.
+
+`RECSYS_TRAINING__MAX_EPOCHS=3` overrides `[training] max_epochs`. Each part of the system is
+handed only its own section.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+DEFAULT_SETTINGS_PATH = Path(__file__).resolve().parent / "settings.toml"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataSettings(Section):
+    # Where MovieLens-100K comes from, in order: this path, the cache, then PyPI (recbole wheel).
+    movielens_path: Path | None = None
+    cache_dir: Path = Path(".cache")
+    split_seed: int = 2025
+    validation_fraction: float = Field(0.1, gt=0, lt=0.5)
+    test_fraction: float = Field(0.1, gt=0, lt=0.5)
+
+
+class TrainingSettings(Section):
+    embedding_dim: int = Field(32, ge=1)
+    cross_layers: int = Field(3, ge=0)
+    mlp_units: tuple[int, ...] = (1024, 512, 256)
+    dropout: float = Field(0.2, ge=0, lt=1)
+    learning_rate: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    embedding_l2: float = Field(1e-3, ge=0)
+    batch_rows: int = Field(512, ge=1)
+    max_epochs: int = Field(30, ge=1)
+    patience_epochs: int = Field(3, ge=1)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    torch_threads: int = Field(2, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainingSettings:
+        if not self.seeds:
+            raise ValueError("training.seeds must name at least one seed")
+        if not self.mlp_units:
+            raise ValueError("training.mlp_units must have at least one layer")
+        return self
+
+
+class RepositorySettings(Section):
+    root: Path = Path("model_repository")
+    model_name: str = Field("movielens-dcnv2", pattern=r"^[a-z0-9][a-z0-9._-]*$")
+    version: int = Field(1, ge=1)
+    parity_rows: int = Field(1000, ge=1)
+    parity_tolerance: float = Field(1e-5, gt=0)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="RECSYS_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    data: DataSettings = DataSettings()
+    training: TrainingSettings = TrainingSettings()
+    repository: RepositorySettings = RepositorySettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment beats the file, which load_settings passes in as init values.
+        return (env_settings, init_settings)
+
+
+def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
+    """Read settings.toml (or `path`), apply RECSYS_* environment variables, then `overrides`."""
+    file_values: dict[str, Any] = {}
+    source = path or DEFAULT_SETTINGS_PATH
+    if source.exists():
+        with source.open("rb") as f:
+            file_values = tomllib.load(f)
+    elif path is not None:
+        raise FileNotFoundError(f"settings file not found: {path}")
+    settings = Settings(**file_values)
+    if overrides:
+        merged = settings.model_dump()
+        for section, values in overrides.items():
+            merged[section] = {**merged[section], **values}
+        settings = Settings.model_validate(merged)
+    return settings

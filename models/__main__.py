@@ -1,0 +1,84 @@
+"""`python -m models build | evaluate | report`: the offline pipeline's command line.
+
+`evaluate` and `report` read the repository with numpy only; `build` imports torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from config import load_settings
+from models import repository
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m models", description=__doc__)
+    parser.add_argument("--settings", type=Path, help="settings file (default: settings.toml)")
+    parser.add_argument("--repository", type=Path, help="repository root (default: settings)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every epoch")
+    commands = parser.add_subparsers(dest="command", required=True)
+    build = commands.add_parser("build", help="train, export and write the default repository")
+    build.add_argument("--movielens", type=Path, help="folder with the ml-100k.* files")
+    build.add_argument("--max-epochs", type=int, help="cap training epochs (quick builds)")
+    build.add_argument("--seeds", type=lambda text: [int(s) for s in text.split(",")])
+    for name, text in (("evaluate", "score every variant on the test split"),
+                       ("report", "print the report of a built version")):  # fmt: skip
+        command = commands.add_parser(name, help=text)
+        command.add_argument("--model", help="model name (default: settings)")
+        command.add_argument("--version", type=int, help="version (default: the latest)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    overrides: dict[str, dict[str, object]] = {}
+    if args.repository:
+        overrides["repository"] = {"root": args.repository}
+    if args.command == "build":
+        if args.max_epochs:
+            overrides["training"] = {"max_epochs": args.max_epochs}
+        if args.seeds:
+            overrides.setdefault("training", {})["seeds"] = args.seeds
+    settings = load_settings(args.settings, **overrides)
+    root = settings.repository.root
+
+    try:
+        if args.command == "build":
+            from models.build import build as run_build  # imports torch
+
+            path = run_build(settings, movielens_path=args.movielens)
+            print((path / "report.md").read_text(encoding="utf-8"))
+            print(f"Model repository written to {path}")
+            return 0
+        version = repository.open_version(
+            root, args.model or settings.repository.model_name, args.version
+        )
+        if args.command == "report":
+            print((version.path / "report.md").read_text(encoding="utf-8"))
+            return 0
+        return print_evaluation(version)
+    except (repository.RepositoryError, RuntimeError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def print_evaluation(version: repository.ModelVersion) -> int:
+    from models.evaluate import evaluate_version
+
+    results = evaluate_version(version)
+    manifest = version.manifest
+    print(f"{manifest.model_name} version {manifest.model_version}: test split, "
+          f"{manifest.split.rows['test']:,} rows (seed {manifest.split.seed})")  # fmt: skip
+    print(f"{'variant':<16} {'runtime':<12} {'precision':<10} {'AUC':>8} {'log loss':>9} manifest")
+    for r in results:
+        verdict = "ok" if r.matches_manifest else f"MISMATCH (manifest {r.manifest_auc:.4f})"
+        print(f"{r.variant:<16} {r.runtime:<12} {r.execution_precision:<10} {r.test_auc:>8.4f} "
+              f"{r.test_log_loss:>9.4f} {verdict}")  # fmt: skip
+    return 0 if all(r.matches_manifest for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

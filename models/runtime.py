@@ -1,0 +1,63 @@
+"""Inference sessions over exported models (numpy only, no torch): ONNX Runtime and OpenVINO.
+
+Both take the manifest's named inputs as numpy arrays and return the first output. Each records
+the precision it actually executes in: OpenVINO's CPU plugin runs BF16 by default on CPUs with
+AMX or AVX-512 BF16, whatever the model file says, so FP32 must be asked for explicitly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Protocol
+
+import numpy as np
+
+OpenVinoPrecision = Literal["f32", "bf16", "f16"]
+
+
+class Session(Protocol):
+    runtime: str
+    execution_precision: str
+
+    def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray: ...
+
+
+class OnnxRuntimeSession:
+    runtime = "onnxruntime"
+
+    def __init__(self, path: Path, intra_op_threads: int = 0) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads
+        options.log_severity_level = 3
+        self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.execution_precision = "f32"
+
+    def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        return np.asarray(self._session.run(None, inputs)[0])
+
+
+class OpenVinoSession:
+    runtime = "openvino"
+
+    def __init__(
+        self, path: Path, inference_precision: OpenVinoPrecision | None = "f32", threads: int = 0
+    ) -> None:
+        import openvino as ov
+
+        core = ov.Core()
+        config: dict[str, object] = {}
+        if inference_precision is not None:
+            config["INFERENCE_PRECISION_HINT"] = inference_precision
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        self._compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+        self._request = self._compiled.create_infer_request()
+        self.execution_precision = self._compiled.get_property(
+            "INFERENCE_PRECISION_HINT"
+        ).to_string()
+
+    def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        self._request.infer(inputs)
+        return np.array(self._request.get_output_tensor(0).data)

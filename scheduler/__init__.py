@@ -1,0 +1,1 @@
+"""Batching queue, routing, latency estimation and admission (arrives with the serving issue)."""

@@ -1,0 +1,69 @@
+"""Shared fixtures: the real MovieLens-100K files and one real (short) build of the repository."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from config import load_settings
+from models import features, movielens
+from models.split import random_split
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_MOVIELENS = ROOT.parent / "shared" / "data" / "movielens-100k"
+MODEL_NAME = "movielens-dcnv2"
+
+
+@pytest.fixture(scope="session")
+def movielens_dir() -> Path:
+    """The shared copy where it exists, else the cache or PyPI, as a user gets it."""
+    settings = load_settings()
+    explicit = SHARED_MOVIELENS if SHARED_MOVIELENS.is_dir() else None
+    return movielens.locate(explicit, ROOT / settings.data.cache_dir)
+
+
+@pytest.fixture(scope="session")
+def raw_movielens(movielens_dir: Path) -> movielens.MovieLens:
+    return movielens.parse(movielens_dir)
+
+
+@pytest.fixture(scope="session")
+def encoded(raw_movielens: movielens.MovieLens) -> features.EncodedDataset:
+    settings = load_settings().data
+    split = random_split(
+        len(raw_movielens.ratings),
+        settings.validation_fraction,
+        settings.test_fraction,
+        settings.split_seed,
+    )
+    return features.encode(raw_movielens, split)
+
+
+def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", "models", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="session")
+def built_repository(tmp_path_factory: pytest.TempPathFactory, movielens_dir: Path) -> Path:
+    """`python -m models build` end to end, two epochs and one seed, into a temporary root."""
+    root = tmp_path_factory.mktemp("repository")
+    result = run_cli(
+        "--repository", str(root), "build", "--movielens", str(movielens_dir),
+        "--max-epochs", "2", "--seeds", "0",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Model repository written to" in result.stdout
+    return root
