@@ -9,9 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import statistics
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,8 @@ import torch
 from config import Settings
 from models import features, movielens, repository
 from models.architectures import DCNv2, LogisticRegression, parameter_count
-from models.export import OUTPUT_NAME, check_parity, export_onnx, graph_statistics
+from models.build_record import build_manifest, build_report
+from models.export import ParityResult, check_parity, export_onnx, graph_statistics
 from models.feature_tables import CATEGORICAL_INPUT, DENSE_INPUT
 from models.metrics import log_loss, roc_auc
 from models.report import render_markdown
@@ -36,14 +36,17 @@ log = logging.getLogger(__name__)
 BASELINE_VARIANT = "baseline-fp32"
 REFERENCE_LR_LEARNING_RATE = 0.01
 POPULARITY_PRIOR_ROWS = 10.0
-METRIC = (
-    "ROC AUC (ties count one half) and log loss of the predicted probability on the test split, "
-    "each model scored once after early stopping on validation AUC."
-)
 
 
 class BuildError(RuntimeError):
     """The build produced something that must not be published (e.g. failed export parity)."""
+
+
+@dataclass(frozen=True)
+class Splits:
+    train: Examples
+    validation: Examples
+    test: Examples
 
 
 def examples(data: features.EncodedDataset, rows: npt.NDArray[np.int64]) -> Examples:
@@ -70,92 +73,115 @@ def new_baseline(settings: Settings, data: features.EncodedDataset, seed: int) -
     return DCNv2(sizes, dense, t.embedding_dim, t.cross_layers, t.mlp_units, t.dropout)
 
 
+def score_references(
+    settings: Settings, data: features.EncodedDataset, splits: Splits
+) -> list[dict[str, Any]]:
+    """Item popularity and a logistic regression on the same features, as sanity anchors."""
+    popularity = popularity_scores(data)
+    seed = settings.training.seeds[0]
+    torch.manual_seed(seed)
+    lr = LogisticRegression(list(data.vocabulary_sizes.values()), len(data.tables.dense_fields))
+    lr_settings = settings.training.model_copy(update={"learning_rate": REFERENCE_LR_LEARNING_RATE})
+    fit(lr, splits.train, splits.validation, lr_settings, seed)
+    lr_auc, lr_loss = evaluate(lr, splits.test)
+    return [
+        {
+            "name": "item popularity (smoothed positive rate)",
+            "test_auc": roc_auc(splits.test.labels, popularity),
+            "test_log_loss": log_loss(splits.test.labels, popularity),
+        },
+        {
+            "name": "logistic regression, same features",
+            "test_auc": lr_auc,
+            "test_log_loss": lr_loss,
+        },
+    ]
+
+
+def train_baselines(
+    settings: Settings, data: features.EncodedDataset, splits: Splits
+) -> tuple[DCNv2, list[dict[str, Any]]]:
+    """One baseline per seed; returns the first seed's model (published) and every record."""
+    records: list[dict[str, Any]] = []
+    models: list[DCNv2] = []
+    for seed in settings.training.seeds:
+        model = new_baseline(settings, data, seed)
+        result = fit(model, splits.train, splits.validation, settings.training, seed)
+        auc, loss = evaluate(model, splits.test)
+        log.info("seed %d: test AUC %.4f, log loss %.4f", seed, auc, loss)
+        records.append({"seed": seed, **asdict(result), "test_auc": auc, "test_log_loss": loss})
+        models.append(model)
+    return models[0], records
+
+
+def export_checked(
+    settings: Settings, model: DCNv2, data: features.EncodedDataset, path: Path
+) -> list[ParityResult]:
+    """Export to ONNX and refuse the build unless FP32 runtimes reproduce PyTorch."""
+    config = settings.repository
+    export_onnx(model, path, len(data.vocabulary_sizes), len(data.tables.dense_fields))
+    weights = graph_statistics(path).parameters
+    if weights != parameter_count(model):
+        raise BuildError(
+            f"exported graph has {weights} weights, the model {parameter_count(model)}"
+        )
+    parity = check_parity(model, path, examples(data, data.split.test[: config.parity_rows]))
+    for p in parity:
+        if p.requested_precision == "f32" and p.max_abs_difference > config.parity_tolerance:
+            raise BuildError(
+                f"{p.runtime} ({p.execution_precision}) differs from PyTorch by "
+                f"{p.max_abs_difference:.2e} > {config.parity_tolerance:g}"
+            )
+    return parity
+
+
+def write_data_files(data: features.EncodedDataset, folder: Path) -> None:
+    data.tables.save(folder / repository.FEATURE_TABLES)
+    test = data.split.test
+    with (folder / repository.TEST_SPLIT).open("wb") as f:
+        np.savez(
+            f,
+            user_rows=data.user_rows[test],
+            item_rows=data.item_rows[test],
+            labels=data.labels[test],
+        )
+    vocabularies = {name: list(v.tokens) for name, v in data.vocabularies.items()}
+    (folder / repository.VOCABULARIES).write_text(json.dumps(vocabularies), encoding="utf-8")
+
+
 def build(
     settings: Settings, movielens_path: Path | None = None, allow_download: bool = True
 ) -> Path:
     """Build the default repository version and return its folder."""
     started = time.monotonic()
-    s_data, s_train, s_repo = settings.data, settings.training, settings.repository
+    s_data, s_repo = settings.data, settings.repository
     raw = movielens.load(movielens_path or s_data.movielens_path, s_data.cache_dir, allow_download)
     split = random_split(
         len(raw.ratings), s_data.validation_fraction, s_data.test_fraction, s_data.split_seed
     )
     data = features.encode(raw, split)
-    train, validation, test = (
-        examples(data, r) for r in (split.train, split.validation, split.test)
-    )
-    sizes = list(data.vocabulary_sizes.values())
-    dense_width = len(data.tables.dense_fields)
-
-    references = [
-        {
-            "name": "item popularity (smoothed positive rate)",
-            "test_auc": roc_auc(test.labels, popularity_scores(data)),
-            "test_log_loss": log_loss(test.labels, popularity_scores(data)),
-        }
-    ]
-    torch.manual_seed(s_train.seeds[0])
-    lr_model = LogisticRegression(sizes, dense_width)
-    lr_settings = s_train.model_copy(update={"learning_rate": REFERENCE_LR_LEARNING_RATE})
-    fit(lr_model, train, validation, lr_settings, s_train.seeds[0])
-    lr_auc, lr_loss = evaluate(lr_model, test)
-    references.append(
-        {"name": "logistic regression, same features", "test_auc": lr_auc, "test_log_loss": lr_loss}
-    )
-
-    seeds: list[dict[str, Any]] = []
-    published: DCNv2 | None = None
-    for seed in s_train.seeds:
-        model = new_baseline(settings, data, seed)
-        result = fit(model, train, validation, s_train, seed)
-        auc, loss = evaluate(model, test)
-        log.info("seed %d: test AUC %.4f, log loss %.4f", seed, auc, loss)
-        seeds.append({"seed": seed, **asdict(result), "test_auc": auc, "test_log_loss": loss})
-        published = published or model
-    assert published is not None  # seeds is validated non-empty
+    splits = Splits(*(examples(data, r) for r in (split.train, split.validation, split.test)))
+    references = score_references(settings, data, splits)
+    published, seed_records = train_baselines(settings, data, splits)
 
     staging = s_repo.root / s_repo.model_name / f".staging-{s_repo.version}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    model_file = f"{BASELINE_VARIANT}.onnx"
-    export_onnx(published, staging / model_file, len(sizes), dense_width)
-    stats = graph_statistics(staging / model_file)
-    if stats.parameters != parameter_count(published):
-        raise BuildError(f"exported graph has {stats.parameters} weights, model has more/less")
-
-    parity_rows = split.test[: s_repo.parity_rows]
-    parity = check_parity(published, staging / model_file, examples(data, parity_rows))
-    for p in parity:
-        if p.requested_precision == "f32" and p.max_abs_difference > s_repo.parity_tolerance:
-            raise BuildError(
-                f"{p.runtime} ({p.execution_precision}) differs from PyTorch by "
-                f"{p.max_abs_difference:.2e} > {s_repo.parity_tolerance:g}"
-            )
-    exported_scores = OnnxRuntimeSession(staging / model_file).run(data.inputs(split.test))
-    variant_auc = roc_auc(test.labels, exported_scores)
-    variant_loss = log_loss(test.labels, exported_scores)
-
-    data.tables.save(staging / repository.FEATURE_TABLES)
-    with (staging / repository.TEST_SPLIT).open("wb") as f:
-        np.savez(
-            f,
-            user_rows=data.user_rows[split.test],
-            item_rows=data.item_rows[split.test],
-            labels=data.labels[split.test],
-        )
-    vocabularies = {name: list(v.tokens) for name, v in data.vocabularies.items()}
-    (staging / repository.VOCABULARIES).write_text(json.dumps(vocabularies), encoding="utf-8")
+    model_file = staging / f"{BASELINE_VARIANT}.onnx"
+    parity = export_checked(settings, published, data, model_file)
+    scores = OnnxRuntimeSession(model_file).run(data.inputs(split.test))
+    write_data_files(data, staging)
 
     created_at = datetime.now(UTC).isoformat(timespec="seconds")
     variant = repository.Variant(
         name=BASELINE_VARIANT,
-        file=repository.file_ref(staging, model_file),
+        file=repository.file_ref(staging, model_file.name),
         format="onnx",
         precision="fp32",
-        parameters=stats.parameters,
-        flops_per_row=stats.flops_per_row,
-        test_auc=variant_auc,
-        test_log_loss=variant_loss,
+        parameters=parameter_count(published),
+        flops_per_row=graph_statistics(model_file).flops_per_row,
+        test_auc=roc_auc(splits.test.labels, scores),
+        test_log_loss=log_loss(splits.test.labels, scores),
         servable=True,
         runtimes=tuple(
             repository.RuntimePrecision(
@@ -167,119 +193,16 @@ def build(
             for p in parity
         ),
     )
-    split_spec = repository.SplitSpec(
-        method="random by interaction",
-        seed=split.seed,
-        fractions=(
-            1 - s_data.validation_fraction - s_data.test_fraction,
-            s_data.validation_fraction,
-            s_data.test_fraction,
-        ),
-        rows=split.sizes,
-    )
-    manifest = repository.Manifest(
-        schema_version=repository.SCHEMA_VERSION,
-        model_name=s_repo.model_name,
-        model_version=s_repo.version,
-        created_at=created_at,
-        dataset=repository.Dataset(
-            name="MovieLens-100K",
-            source=raw.source,
-            interactions=len(raw.ratings),
-            users=len(raw.users),
-            items=len(raw.items),
-            label="rating >= 4",
-        ),
-        split=split_spec,
-        inputs=(
-            repository.TensorSpec(name=CATEGORICAL_INPUT, datatype="INT64", shape=(-1, len(sizes))),
-            repository.TensorSpec(name=DENSE_INPUT, datatype="FP32", shape=(-1, dense_width)),
-        ),
-        outputs=(repository.TensorSpec(name=OUTPUT_NAME, datatype="FP32", shape=(-1,)),),
-        categorical_fields=data.tables.categorical_fields,
-        dense_fields=data.tables.dense_fields,
-        vocabulary_sizes=data.vocabulary_sizes,
-        feature_tables=repository.file_ref(staging, repository.FEATURE_TABLES),
-        test_split=repository.file_ref(staging, repository.TEST_SPLIT),
-        vocabularies=repository.file_ref(staging, repository.VOCABULARIES),
-        variants=(variant,),
-        default_variants={"cpu": BASELINE_VARIANT, "gpu": BASELINE_VARIANT},
-    )
+    manifest = build_manifest(settings, raw, data, staging, [variant], created_at)
     repository.write_manifest(staging, manifest)
-
-    test_aucs = [s["test_auc"] for s in seeds]
-    report = {
-        "model_name": s_repo.model_name,
-        "model_version": s_repo.version,
-        "created_at": created_at,
-        "protocol": {
-            "dataset": "MovieLens-100K",
-            "source": raw.source,
-            "interactions": len(raw.ratings),
-            "users": len(raw.users),
-            "items": len(raw.items),
-            "label": "rating >= 4 is positive, 1-3 negative",
-            "positive_rate": float(raw.labels.mean()),
-            "split": "random 8:1:1 by interaction",
-            "split_seed": split.seed,
-            "split_rows": split.sizes,
-            "metric": METRIC,
-        },
-        "baseline": {
-            "architecture": (
-                f"DCN-v2 (parallel), {len(sizes)} categorical fields + genre bag, embeddings "
-                f"{s_train.embedding_dim}, {s_train.cross_layers} full-rank cross layers, MLP "
-                f"{list(s_train.mlp_units)} with dropout {s_train.dropout}, "
-                f"{parameter_count(published):,} parameters"
-            ),
-            "training": (
-                f"Adam lr {s_train.learning_rate:g}, batch {s_train.batch_rows}, L2 "
-                f"{s_train.embedding_l2:g} on the embeddings a batch touches, embeddings "
-                f"initialised N(0, 0.01^2), early stopping on validation AUC (patience "
-                f"{s_train.patience_epochs}, at most {s_train.max_epochs} epochs)"
-            ),
-            "seeds": seeds,
-            "summary": {
-                "test_auc_mean": statistics.fmean(test_aucs),
-                "test_auc_std": statistics.pstdev(test_aucs),
-                "test_auc_min": min(test_aucs),
-                "test_auc_max": max(test_aucs),
-                "test_log_loss_mean": statistics.fmean(s["test_log_loss"] for s in seeds),
-            },
-            "published_seed": s_train.seeds[0],
-        },
-        "references": references,
-        "variants": [
-            {
-                **variant.model_dump(mode="json", include={"name", "format", "precision"}),
-                "parameters": variant.parameters,
-                "flops_per_row": variant.flops_per_row,
-                "file_bytes": (staging / model_file).stat().st_size,
-                "test_auc": variant.test_auc,
-                "test_log_loss": variant.test_log_loss,
-                "servable": variant.servable,
-            }
-        ],
-        "parity_rows": len(parity_rows),
-        "parity_tolerance": s_repo.parity_tolerance,
-        "parity": [
-            {
-                "runtime": p.runtime,
-                "requested": p.requested_precision,
-                "executed": p.execution_precision,
-                "max_abs_difference": p.max_abs_difference,
-            }
-            for p in parity
-        ],
-        "build_seconds": time.monotonic() - started,
-    }
+    report = build_report(
+        settings, raw, data, manifest, seed_records, references, parity, started, staging
+    )
     (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     (staging / "report.md").write_text(render_markdown(report), encoding="utf-8")
 
     final = s_repo.root / s_repo.model_name / str(s_repo.version)
     shutil.rmtree(final, ignore_errors=True)
     staging.rename(final)
-    repository.open_version(
-        s_repo.root, s_repo.model_name, s_repo.version
-    )  # validate what we wrote
+    repository.open_version(s_repo.root, s_repo.model_name, s_repo.version)  # validate the result
     return final

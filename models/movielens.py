@@ -6,7 +6,6 @@ PyPI wheel `recbole==1.2.1`, which ships the dataset as RecBole atomic files.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import subprocess
 import sys
@@ -17,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+
+from models.checksum import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -67,21 +68,13 @@ class MovieLens:
         return (self.ratings >= 4).astype(np.float32)
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def verify_folder(folder: Path) -> str | None:
     """None if every file is there with the expected checksum, else what is wrong."""
     for name, expected in FILES_SHA256.items():
         path = folder / name
         if not path.is_file():
             return f"{path} is missing"
-        actual = sha256_of(path)
+        actual = sha256_file(path)
         if actual != expected:
             return f"{path} has SHA-256 {actual}, expected {expected}"
     return None

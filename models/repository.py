@@ -8,7 +8,6 @@ vocabularies, and refuses the version with a RepositoryError that says what is w
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from models.checksum import sha256_file
 from models.feature_tables import FeatureTables
 
 SCHEMA_VERSION = 1
@@ -134,14 +134,6 @@ class ModelVersion:
     def load_test_split(self) -> TestSplit:
         with np.load(self.file(self.manifest.test_split), allow_pickle=False) as data:
             return TestSplit(data["user_rows"], data["item_rows"], data["labels"])
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def file_ref(directory: Path, name: str) -> FileRef:
