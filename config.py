@@ -52,6 +52,53 @@ class TrainingSettings(Section):
         return self
 
 
+class StudentSettings(Section):
+    """The light model: a small DCN-v2 distilled from the baseline."""
+
+    embedding_dim: int = Field(16, ge=1)
+    cross_layers: int = Field(1, ge=0)
+    mlp_units: tuple[int, ...] = (128, 64)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    distillation_weight: float = Field(0.5, ge=0, le=1)
+
+
+class PruningStepSettings(Section):
+    embedding_dim: int = Field(ge=1)
+    mlp_units: tuple[int, ...]
+
+
+class PruningSettings(Section):
+    steps: tuple[PruningStepSettings, ...] = (
+        PruningStepSettings(embedding_dim=12, mlp_units=(96, 48)),
+        PruningStepSettings(embedding_dim=8, mlp_units=(64, 32)),
+    )
+    fine_tune_epochs: int = Field(6, ge=1)
+    fine_tune_patience_epochs: int = Field(2, ge=1)
+    fine_tune_learning_rate: float = Field(5e-4, gt=0)
+    importance_rows: int = Field(8192, ge=1)
+
+
+class QuantizationSettings(Section):
+    calibration_rows: int = Field(1024, ge=1)
+
+
+class GateSettings(Section):
+    numerics_max_auc_drop: float = 0.001
+    numerics_max_log_loss_ratio: float = 1.005
+    numerics_min_spearman: float = 0.999
+    numerics_max_distinct_change: float = 0.01
+    structural_max_auc_drop: float = 0.002
+    bootstrap_rounds: int = Field(1000, ge=1)
+
+
+class BenchmarkSettings(Section):
+    batch_rows: tuple[int, ...] = (1, 64, 256, 1024, 4096)
+    warmup_runs: int = Field(2, ge=0)
+    min_runs: int = Field(3, ge=1)
+    max_runs: int = Field(50, ge=1)
+    seconds_per_cell: float = Field(0.5, gt=0)
+
+
 class RepositorySettings(Section):
     root: Path = Path("model_repository")
     model_name: str = Field("movielens-dcnv2", pattern=r"^[a-z0-9][a-z0-9._-]*$")
@@ -67,6 +114,11 @@ class Settings(BaseSettings):
 
     data: DataSettings = DataSettings()
     training: TrainingSettings = TrainingSettings()
+    student: StudentSettings = StudentSettings()
+    pruning: PruningSettings = PruningSettings()
+    quantization: QuantizationSettings = QuantizationSettings()
+    gate: GateSettings = GateSettings()
+    benchmark: BenchmarkSettings = BenchmarkSettings()
     repository: RepositorySettings = RepositorySettings()
 
     @classmethod

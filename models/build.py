@@ -1,7 +1,10 @@
-"""Build the default model repository: data, split, baseline training over seeds, export, checks.
+"""Build the default model repository, version by version, from MovieLens-100K.
 
-Writes `<root>/<model>/<version>/` through a staging folder, so a failed build never leaves a
-half-written version behind.
+Steps: data and split; the heavy DCN-v2 baseline over seeds; the distilled student and its
+structured pruning over seeds; ONNX export of the float models with parity checks; INT8 for ONNX
+Runtime and OpenVINO and FP16 for GPU from the best float model; the accuracy gate on every
+variant; single-thread latency side by side; manifest, report and chart. Everything is written to
+a staging folder first, so a failed build never leaves a half-written version behind.
 """
 
 from __future__ import annotations
@@ -21,21 +24,27 @@ import torch
 
 from config import Settings
 from models import features, movielens, repository
-from models.architectures import DCNv2, LogisticRegression, parameter_count
+from models.architectures import DCNv2, LogisticRegression
+from models.benchmark import Runner, Timing, benchmark
 from models.build_record import build_manifest, build_report
-from models.export import ParityResult, check_parity, export_onnx, graph_statistics
+from models.candidates import Candidate, derived, export_float
+from models.chart import latency_chart
 from models.feature_tables import CATEGORICAL_INPUT, DENSE_INPUT
+from models.gate import numerics_gate, paired_bootstrap_auc_difference, structural_gate
 from models.metrics import log_loss, roc_auc
+from models.quantize import convert_float16, convert_openvino, quantize_onnxruntime_int8
 from models.report import render_markdown
-from models.runtime import OnnxRuntimeSession
+from models.runtime import OnnxRuntimeSession, OpenVinoSession
 from models.split import random_split
-from models.train import Examples, evaluate, fit
+from models.train import Examples, evaluate, fit, predict
+from models.variants import SeedModel, prune_student, train_students
 
 log = logging.getLogger(__name__)
 
 BASELINE_VARIANT = "baseline-fp32"
 REFERENCE_LR_LEARNING_RATE = 0.01
 POPULARITY_PRIOR_ROWS = 10.0
+CHART = "latency.png"
 
 
 class BuildError(RuntimeError):
@@ -52,6 +61,10 @@ class Splits:
 def examples(data: features.EncodedDataset, rows: npt.NDArray[np.int64]) -> Examples:
     inputs = data.inputs(rows)
     return Examples(inputs[CATEGORICAL_INPUT], inputs[DENSE_INPUT], data.labels[rows])
+
+
+def as_inputs(e: Examples) -> dict[str, np.ndarray]:
+    return {CATEGORICAL_INPUT: e.categorical, DENSE_INPUT: e.dense}
 
 
 def popularity_scores(data: features.EncodedDataset) -> npt.NDArray[np.float64]:
@@ -100,39 +113,17 @@ def score_references(
 
 def train_baselines(
     settings: Settings, data: features.EncodedDataset, splits: Splits
-) -> tuple[DCNv2, list[dict[str, Any]]]:
-    """One baseline per seed; returns the first seed's model (published) and every record."""
-    records: list[dict[str, Any]] = []
-    models: list[DCNv2] = []
+) -> list[SeedModel]:
+    """One baseline per seed; the first seed's model is the one published."""
+    baselines = []
     for seed in settings.training.seeds:
         model = new_baseline(settings, data, seed)
         result = fit(model, splits.train, splits.validation, settings.training, seed)
         auc, loss = evaluate(model, splits.test)
-        log.info("seed %d: test AUC %.4f, log loss %.4f", seed, auc, loss)
-        records.append({"seed": seed, **asdict(result), "test_auc": auc, "test_log_loss": loss})
-        models.append(model)
-    return models[0], records
-
-
-def export_checked(
-    settings: Settings, model: DCNv2, data: features.EncodedDataset, path: Path
-) -> list[ParityResult]:
-    """Export to ONNX and refuse the build unless FP32 runtimes reproduce PyTorch."""
-    config = settings.repository
-    export_onnx(model, path, len(data.vocabulary_sizes), len(data.tables.dense_fields))
-    weights = graph_statistics(path).parameters
-    if weights != parameter_count(model):
-        raise BuildError(
-            f"exported graph has {weights} weights, the model {parameter_count(model)}"
-        )
-    parity = check_parity(model, path, examples(data, data.split.test[: config.parity_rows]))
-    for p in parity:
-        if p.requested_precision == "f32" and p.max_abs_difference > config.parity_tolerance:
-            raise BuildError(
-                f"{p.runtime} ({p.execution_precision}) differs from PyTorch by "
-                f"{p.max_abs_difference:.2e} > {config.parity_tolerance:g}"
-            )
-    return parity
+        log.info("baseline seed %d: test AUC %.4f, log loss %.4f", seed, auc, loss)
+        record = {"seed": seed, **asdict(result), "test_auc": auc, "test_log_loss": loss}
+        baselines.append(SeedModel(seed, model, record))
+    return baselines
 
 
 def write_data_files(data: features.EncodedDataset, folder: Path) -> None:
@@ -149,10 +140,216 @@ def write_data_files(data: features.EncodedDataset, folder: Path) -> None:
     (folder / repository.VOCABULARIES).write_text(json.dumps(vocabularies), encoding="utf-8")
 
 
+@dataclass
+class Trained:
+    baselines: list[SeedModel]
+    students: list[SeedModel]
+    plain_students: list[SeedModel]  # the same students trained on labels alone
+    pruned: list[SeedModel]
+
+
+def train_all(settings: Settings, data: features.EncodedDataset, splits: Splits) -> Trained:
+    sizes = list(data.vocabulary_sizes.values())
+    baselines = train_baselines(settings, data, splits)
+    teacher = predict(baselines[0].model, splits.train)
+    args = (settings, sizes, splits.train, splits.validation, splits.test)
+    students = train_students(*args, teacher)
+    plain = train_students(*args, None)
+    pruned = [
+        prune_student(settings, s, splits.train, splits.validation, splits.test, teacher)
+        for s in students
+    ]
+    return Trained(baselines, students, plain, pruned)
+
+
+def export_floats(
+    settings: Settings, trained: Trained, splits: Splits, folder: Path
+) -> list[Candidate]:
+    """The float variants, parity-checked, and the structural gate for the student and pruned."""
+    parity_rows = Examples(
+        *(a[: settings.repository.parity_rows] for a in asdict(splits.test).values())
+    )
+    test_inputs = as_inputs(splits.test)
+    models = {
+        BASELINE_VARIANT: trained.baselines[0].model,
+        "light-fp32": trained.students[0].model,
+        "pruned-fp32": trained.pruned[0].model,
+    }
+    floats = [
+        export_float(name, model, folder / f"{name}.onnx", parity_rows, test_inputs)
+        for name, model in models.items()
+    ]
+    for c in floats:
+        for p in c.parity:
+            if p.requested_precision == "f32" and (
+                p.max_abs_difference > settings.repository.parity_tolerance
+            ):
+                raise BuildError(
+                    f"{c.name}: {p.runtime} ({p.execution_precision}) differs from PyTorch by "
+                    f"{p.max_abs_difference:.2e} > {settings.repository.parity_tolerance:g}"
+                )
+    baseline_aucs = [b.record["test_auc"] for b in trained.baselines]
+    floats[0].servable, floats[0].gate = True, "the reference"
+    for candidate, seeds in zip(floats[1:], (trained.students, trained.pruned), strict=True):
+        verdict = structural_gate(
+            baseline_aucs, [s.record["test_auc"] for s in seeds], settings.gate
+        )
+        candidate.servable, candidate.gate = verdict.passed, verdict.reason
+        candidate.derived_from = BASELINE_VARIANT
+    floats[2].derived_from = "light-fp32"
+    return floats
+
+
+def single_thread_latency(path: Path, inputs: dict[str, np.ndarray], settings: Settings) -> float:
+    session = OnnxRuntimeSession(path, intra_op_threads=1)
+    rows = {k: v[:256] for k, v in inputs.items()}
+    timing = benchmark(
+        [Runner("", "", "", session.run)],
+        rows,
+        settings.benchmark.model_copy(update={"batch_rows": (256,)}),
+    )
+    return timing[0].median_seconds
+
+
+def derive_numerics(
+    settings: Settings, source: Candidate, splits: Splits, folder: Path
+) -> list[Candidate]:
+    """INT8 (ONNX Runtime, OpenVINO), the float IR and FP16 from `source`, each gated against it."""
+    test_inputs = as_inputs(splits.test)
+    labels = splits.test.labels
+    calibration = {
+        k: v[: settings.quantization.calibration_rows] for k, v in as_inputs(splits.train).items()
+    }
+    stem = source.name.removesuffix("-fp32")
+
+    # Embedding gathers quantized or kept float: both measured, the better published.
+    onnx_int8 = []
+    for gather in (False, True):
+        path = folder / f"{stem}-int8{'-gather' if gather else ''}.onnx"
+        quantize_onnxruntime_int8(source.path, path, calibration, quantize_gather=gather)
+        candidate = derived(
+            source, f"{stem}-int8", path, "int8", OnnxRuntimeSession(path), test_inputs
+        )
+        verdict = numerics_gate(labels, source.scores, candidate.scores, settings.gate)
+        candidate.servable, candidate.gate = verdict.passed, verdict.reason
+        onnx_int8.append((candidate, gather, single_thread_latency(path, test_inputs, settings)))
+    ranked = sorted(onnx_int8, key=lambda c: (not c[0].servable, c[2]))
+    chosen, gather, _ = ranked[0]
+    for other, _, _ in ranked[1:]:
+        other.path.unlink()
+    chosen.gate += (
+        f"; embedding gather {'quantized' if gather else 'kept float'} "
+        "(both measured: "
+        + ", ".join(
+            f"{'int8' if g else 'float'} gather {t * 1000:.3f} ms at 256 rows, "
+            f"AUC {roc_auc(labels, c.scores):.4f}"
+            for c, g, t in onnx_int8
+        )
+        + ")"
+    )
+    final = folder / f"{stem}-int8.onnx"
+    chosen.path.rename(final)
+    chosen.path = final
+
+    float_ir, int8_ir = folder / f"{stem}-openvino-fp32.xml", folder / f"{stem}-openvino-int8.xml"
+    convert_openvino(source.path, float_ir, int8_ir, calibration)
+    openvino = [
+        # The float IR with OpenVINO's default precision: BF16 on CPUs with AMX/AVX-512 BF16.
+        derived(
+            source,
+            f"{stem}-openvino",
+            float_ir,
+            "fp32",
+            OpenVinoSession(float_ir, None),
+            test_inputs,
+        ),
+        derived(
+            source,
+            f"{stem}-openvino-int8",
+            int8_ir,
+            "int8",
+            OpenVinoSession(int8_ir, None),
+            test_inputs,
+        ),
+    ]
+    if openvino[0].scored_precision == "bf16":
+        openvino[0].precision = "bf16"
+
+    fp16_path = folder / f"{stem}-fp16.onnx"
+    convert_float16(source.path, fp16_path)
+    # Scored with ONNX Runtime's CPU kernels for FP16 here; served by the CUDA provider.
+    fp16 = derived(
+        source,
+        f"{stem}-fp16",
+        fp16_path,
+        "fp16",
+        OnnxRuntimeSession(fp16_path),
+        test_inputs,
+        device="gpu",
+    )
+    for candidate in [*openvino, fp16]:
+        verdict = numerics_gate(labels, source.scores, candidate.scores, settings.gate)
+        candidate.servable, candidate.gate = verdict.passed, verdict.reason
+    return [chosen, *openvino, fp16]
+
+
+def latency_runners(trained: Trained, candidates: list[Candidate]) -> list[Runner]:
+    """Single-thread runners: PyTorch for the float models, then every file in its runtimes."""
+    runners = []
+    torch_models = {
+        BASELINE_VARIANT: trained.baselines[0].model,
+        "light-fp32": trained.students[0].model,
+        "pruned-fp32": trained.pruned[0].model,
+    }
+    for name, model in torch_models.items():
+        runners.append(Runner(name, "pytorch", "f32", torch_runner(model)))
+    for c in candidates:
+        if c.format == "openvino-ir":
+            session = OpenVinoSession(c.path, inference_precision=None, threads=1)
+            runners.append(Runner(c.name, "openvino", c.scored_precision, session.run))
+            continue
+        ort = OnnxRuntimeSession(c.path, intra_op_threads=1)
+        precision = "f32" if c.precision == "fp32" else c.precision
+        runners.append(Runner(c.name, "onnxruntime", precision, ort.run))
+        if "openvino" in c.runtimes:
+            ov = OpenVinoSession(c.path, inference_precision="f32", threads=1)
+            runners.append(Runner(c.name, "openvino", ov.execution_precision, ov.run))
+    return runners
+
+
+def torch_runner(model: DCNv2) -> Any:
+    def run(inputs: dict[str, np.ndarray]) -> object:
+        with torch.inference_mode():
+            categorical = torch.from_numpy(inputs[CATEGORICAL_INPUT])
+            return model(categorical, torch.from_numpy(inputs[DENSE_INPUT]))
+
+    return run
+
+
+def reference_batch(timings: list[Timing]) -> int:
+    sizes = {t.batch_rows for t in timings}
+    return 256 if 256 in sizes else max(sizes)
+
+
+def default_variants(candidates: list[Candidate], timings: list[Timing]) -> dict[str, str]:
+    """CPU: the servable CPU variant with the lowest latency at the reference batch in a serving
+    runtime. GPU: the FP16 variant when servable, else the best float one."""
+    rows = reference_batch(timings)
+    servable = {c.name: c for c in candidates if c.servable}
+    cpu = min(
+        (t for t in timings if t.batch_rows == rows and t.runtime != "pytorch"
+         and t.variant in servable and servable[t.variant].device == "cpu"),
+        key=lambda t: t.median_seconds,
+    )  # fmt: skip
+    gpu = next((c.name for c in candidates if c.servable and c.device == "gpu"), None)
+    float_default = next(c.name for c in candidates if c.servable and c.precision == "fp32")
+    return {"cpu": cpu.variant, "gpu": gpu or float_default}
+
+
 def build(
     settings: Settings, movielens_path: Path | None = None, allow_download: bool = True
 ) -> Path:
-    """Build the default repository version and return its folder."""
+    """Build the repository version named by settings and return its folder."""
     started = time.monotonic()
     s_data, s_repo = settings.data, settings.repository
     raw = movielens.load(movielens_path or s_data.movielens_path, s_data.cache_dir, allow_download)
@@ -162,41 +359,40 @@ def build(
     data = features.encode(raw, split)
     splits = Splits(*(examples(data, r) for r in (split.train, split.validation, split.test)))
     references = score_references(settings, data, splits)
-    published, seed_records = train_baselines(settings, data, splits)
+    trained = train_all(settings, data, splits)
 
     staging = s_repo.root / s_repo.model_name / f".staging-{s_repo.version}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    model_file = staging / f"{BASELINE_VARIANT}.onnx"
-    parity = export_checked(settings, published, data, model_file)
-    scores = OnnxRuntimeSession(model_file).run(data.inputs(split.test))
+    floats = export_floats(settings, trained, splits, staging)
+    best_float = next(c for c in reversed(floats) if c.servable)
+    candidates = floats + derive_numerics(settings, best_float, splits, staging)
+    for c in candidates:
+        if not c.servable:
+            log.warning("%s is not servable: %s", c.name, c.gate)
+    labels = splits.test.labels
+    bootstrap = {
+        c.name: paired_bootstrap_auc_difference(
+            labels, floats[0].scores, c.scores, settings.gate.bootstrap_rounds, seed=0
+        )
+        for c in candidates[1:]
+    }
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    timings = benchmark(
+        latency_runners(trained, candidates), as_inputs(splits.test), settings.benchmark
+    )
+    torch.set_num_threads(torch_threads)
     write_data_files(data, staging)
 
     created_at = datetime.now(UTC).isoformat(timespec="seconds")
-    variant = repository.Variant(
-        name=BASELINE_VARIANT,
-        file=repository.file_ref(staging, model_file.name),
-        format="onnx",
-        precision="fp32",
-        parameters=parameter_count(published),
-        flops_per_row=graph_statistics(model_file).flops_per_row,
-        test_auc=roc_auc(splits.test.labels, scores),
-        test_log_loss=log_loss(splits.test.labels, scores),
-        servable=True,
-        runtimes=tuple(
-            repository.RuntimePrecision(
-                runtime=p.runtime,
-                requested=p.requested_precision,
-                executed=p.execution_precision,
-                max_abs_difference_vs_pytorch=p.max_abs_difference,
-            )
-            for p in parity
-        ),
-    )
-    manifest = build_manifest(settings, raw, data, staging, [variant], created_at)
+    variants = [to_variant(c, staging, labels) for c in candidates]
+    defaults = default_variants(candidates, timings)
+    manifest = build_manifest(settings, raw, data, staging, variants, defaults, created_at)
     repository.write_manifest(staging, manifest)
+    latency_chart(timings, staging / CHART, f"{s_repo.model_name} v{s_repo.version}")
     report = build_report(
-        settings, raw, data, manifest, seed_records, references, parity, started, staging
+        settings, raw, data, manifest, trained, references, bootstrap, timings, started, staging
     )
     (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     (staging / "report.md").write_text(render_markdown(report), encoding="utf-8")
@@ -206,3 +402,35 @@ def build(
     staging.rename(final)
     repository.open_version(s_repo.root, s_repo.model_name, s_repo.version)  # validate the result
     return final
+
+
+def to_variant(c: Candidate, folder: Path, labels: npt.NDArray[np.float32]) -> repository.Variant:
+    weights = c.weights_path
+    return repository.Variant(
+        name=c.name,
+        file=repository.file_ref(folder, c.path.name),
+        weights_file=repository.file_ref(folder, weights.name) if weights else None,
+        format=c.format,
+        precision=c.precision,
+        device=c.device,
+        runtimes=c.runtimes,
+        derived_from=c.derived_from,
+        parameters=c.parameters,
+        flops_per_row=c.flops_per_row,
+        test_auc=roc_auc(labels, c.scores),
+        test_log_loss=log_loss(labels, c.scores),
+        scored_with=repository.RuntimePrecision(
+            runtime=c.scored_runtime, requested="served", executed=c.scored_precision
+        ),
+        servable=c.servable,
+        gate=c.gate,
+        parity=tuple(
+            repository.RuntimePrecision(
+                runtime=p.runtime,
+                requested=p.requested_precision,
+                executed=p.execution_precision,
+                max_abs_difference_vs_pytorch=p.max_abs_difference,
+            )
+            for p in c.parity
+        ),
+    )

@@ -1,15 +1,19 @@
 """Score every variant of a repository version on its stored test split (numpy only, no torch).
 
-Runs each ONNX variant in ONNX Runtime and in OpenVINO at FP32, and compares with the figures the
-manifest publishes: a variant whose scores no longer reproduce them is reported as a mismatch.
+Each variant runs in the runtime and precision the manifest says its figures come from; ONNX float
+variants also run in OpenVINO at FP32. A variant whose scores no longer reproduce the manifest's
+test AUC is reported as a mismatch.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+import numpy.typing as npt
+
 from models.metrics import log_loss, roc_auc
-from models.repository import ModelVersion
+from models.repository import ModelVersion, Variant
 from models.runtime import OnnxRuntimeSession, OpenVinoSession, Session
 
 AUC_TOLERANCE = 1e-4
@@ -23,10 +27,21 @@ class Evaluation:
     test_auc: float
     test_log_loss: float
     manifest_auc: float
+    scores: npt.NDArray[np.float32]
 
     @property
     def matches_manifest(self) -> bool:
         return abs(self.test_auc - self.manifest_auc) <= AUC_TOLERANCE
+
+
+def sessions_for(version: ModelVersion, variant: Variant) -> list[Session]:
+    path = version.file(variant.file)
+    if variant.format == "openvino-ir":
+        return [OpenVinoSession(path, inference_precision=None)]
+    sessions: list[Session] = [OnnxRuntimeSession(path)]
+    if "openvino" in variant.runtimes:
+        sessions.append(OpenVinoSession(path, inference_precision="f32"))
+    return sessions
 
 
 def evaluate_version(version: ModelVersion) -> list[Evaluation]:
@@ -34,11 +49,7 @@ def evaluate_version(version: ModelVersion) -> list[Evaluation]:
     inputs = version.tables.assemble(split.user_rows, split.item_rows)
     results = []
     for variant in version.manifest.variants:
-        if variant.format != "onnx":
-            continue
-        path = version.file(variant.file)
-        sessions: list[Session] = [OnnxRuntimeSession(path), OpenVinoSession(path, "f32")]
-        for session in sessions:
+        for session in sessions_for(version, variant):
             scores = session.run(inputs)
             results.append(
                 Evaluation(
@@ -48,6 +59,7 @@ def evaluate_version(version: ModelVersion) -> list[Evaluation]:
                     test_auc=roc_auc(split.labels, scores),
                     test_log_loss=log_loss(split.labels, scores),
                     manifest_auc=variant.test_auc,
+                    scores=scores,
                 )
             )
     return results

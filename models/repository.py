@@ -56,14 +56,20 @@ class RuntimePrecision(Strict):
 class Variant(Strict):
     name: str
     file: FileRef
+    weights_file: FileRef | None = None  # an OpenVINO IR's .bin beside its .xml
     format: Literal["onnx", "openvino-ir"]
     precision: Literal["fp32", "fp16", "bf16", "int8"]
+    device: Literal["cpu", "gpu"]
+    runtimes: tuple[Literal["onnxruntime", "openvino"], ...]  # that may serve it
+    derived_from: str | None = None
     parameters: int = Field(ge=0)
     flops_per_row: int = Field(ge=0)
     test_auc: float = Field(ge=0, le=1)
     test_log_loss: float = Field(ge=0)
+    scored_with: RuntimePrecision  # the runtime and precision the test figures come from
     servable: bool
-    runtimes: tuple[RuntimePrecision, ...] = ()
+    gate: str  # one line: why it is (not) servable
+    parity: tuple[RuntimePrecision, ...] = ()
 
 
 class Dataset(Strict):
@@ -191,12 +197,10 @@ def write_manifest(path: Path, manifest: Manifest) -> None:
 
 
 def _file_refs(manifest: Manifest) -> list[FileRef]:
-    return [
-        manifest.feature_tables,
-        manifest.test_split,
-        manifest.vocabularies,
-        *(v.file for v in manifest.variants),
-    ]
+    refs = [manifest.feature_tables, manifest.test_split, manifest.vocabularies]
+    for variant in manifest.variants:
+        refs += [variant.file] + ([variant.weights_file] if variant.weights_file else [])
+    return refs
 
 
 def _verify_file(path: Path, ref: FileRef) -> None:

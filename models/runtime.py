@@ -30,6 +30,7 @@ class OnnxRuntimeSession:
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
+        options.inter_op_num_threads = 1 if intra_op_threads == 1 else 0
         options.log_severity_level = 3
         self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.execution_precision = "f32"
@@ -52,6 +53,7 @@ class OpenVinoSession:
             config["INFERENCE_PRECISION_HINT"] = inference_precision
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
+            config["NUM_STREAMS"] = 1
         self._compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
         self._request = self._compiled.create_infer_request()
         self.execution_precision = self._compiled.get_property(

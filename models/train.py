@@ -66,8 +66,14 @@ def fit(
     settings: TrainingSettings,
     seed: int,
     max_epochs: int | None = None,
+    teacher_probabilities: npt.NDArray[np.float32] | None = None,
+    distillation_weight: float = 0.0,
 ) -> TrainResult:
-    """Train in place with Adam; keep the weights of the epoch with the best validation AUC."""
+    """Train in place with Adam; keep the weights of the epoch with the best validation AUC.
+
+    With `teacher_probabilities` (one per training row) the loss blends the labels with the
+    teacher's soft targets: (1 - w) * BCE(labels) + w * BCE(teacher), w = distillation_weight.
+    """
     torch.set_num_threads(settings.torch_threads)
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(
@@ -77,6 +83,7 @@ def fit(
     categorical = torch.from_numpy(train.categorical)
     dense = torch.from_numpy(train.dense)
     labels = torch.from_numpy(train.labels)
+    soft = None if teacher_probabilities is None else torch.from_numpy(teacher_probabilities)
     best_auc, best_epoch, best_state = -1.0, 0, copy.deepcopy(model.state_dict())
     history: list[float] = []
     started = time.monotonic()
@@ -88,6 +95,9 @@ def fit(
             batch = order[start : start + settings.batch_rows]
             logits, embeddings = model.logits_and_embeddings(categorical[batch], dense[batch])
             loss = loss_fn(logits, labels[batch])
+            if soft is not None:
+                soft_loss = loss_fn(logits, soft[batch])
+                loss = (1 - distillation_weight) * loss + distillation_weight * soft_loss
             if settings.embedding_l2:
                 loss = loss + settings.embedding_l2 * embeddings.pow(2).sum(dim=(1, 2)).mean()
             optimizer.zero_grad(set_to_none=True)

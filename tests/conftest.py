@@ -43,8 +43,19 @@ def encoded(raw_movielens: movielens.MovieLens) -> features.EncodedDataset:
     return features.encode(raw_movielens, split)
 
 
-def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+# A quick build: short timings and bootstrap, so the suite stays within CI's budget.
+QUICK_BUILD_ENV = {
+    "RECSYS_BENCHMARK__SECONDS_PER_CELL": "0.01",
+    "RECSYS_BENCHMARK__MIN_RUNS": "2",
+    "RECSYS_BENCHMARK__WARMUP_RUNS": "1",
+    "RECSYS_GATE__BOOTSTRAP_ROUNDS": "50",
+}
+
+
+def run_cli(
+    *args: str, timeout: float = 600, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "models", *args],
         cwd=ROOT,
@@ -62,7 +73,7 @@ def built_repository(tmp_path_factory: pytest.TempPathFactory, movielens_dir: Pa
     root = tmp_path_factory.mktemp("repository")
     result = run_cli(
         "--repository", str(root), "build", "--movielens", str(movielens_dir),
-        "--max-epochs", "2", "--seeds", "0",
+        "--max-epochs", "2", "--seeds", "0", env=QUICK_BUILD_ENV,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Model repository written to" in result.stdout

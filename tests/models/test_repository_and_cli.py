@@ -32,12 +32,14 @@ def test_build_writes_a_valid_version_with_the_baselines_figures(built_repositor
     assert manifest.model_version == 1 and manifest.split.seed == 2025
     assert manifest.split.rows == {"train": 80_000, "validation": 10_000, "test": 10_000}
     assert [i.name for i in manifest.inputs] == ["categorical", "dense"]
-    assert manifest.default_variants == {"cpu": "baseline-fp32", "gpu": "baseline-fp32"}
+    assert set(manifest.default_variants) == {"cpu", "gpu"}
+    for name in manifest.default_variants.values():
+        assert manifest.variant(name).servable
     baseline = manifest.variant("baseline-fp32")
     assert baseline.servable and baseline.precision == "fp32"
     assert baseline.parameters > 1_000_000 and baseline.flops_per_row > 2_000_000
     assert 0.77 < baseline.test_auc < 0.85
-    executed = {(r.runtime, r.requested): r.executed for r in baseline.runtimes}
+    executed = {(r.runtime, r.requested): r.executed for r in baseline.parity}
     assert executed[("onnxruntime", "f32")] == "f32"
     assert executed[("openvino", "f32")] == "f32"
     assert ("openvino", "default") in executed  # bf16 on AMX CPUs; recorded either way
@@ -51,8 +53,9 @@ def test_build_writes_a_valid_version_with_the_baselines_figures(built_repositor
 def test_evaluate_reproduces_the_manifest_without_torch(built_repository: Path) -> None:
     result = run_cli("--repository", str(built_repository), "evaluate")
     assert result.returncode == 0, result.stdout + result.stderr
-    lines = [line for line in result.stdout.splitlines() if line.startswith("baseline-fp32")]
+    lines = [line for line in result.stdout.splitlines() if line.startswith("baseline-fp32 ")]
     assert len(lines) == 2 and all(line.endswith(" ok") for line in lines)
+    assert "MISMATCH" not in result.stdout
 
     report = run_cli("--repository", str(built_repository), "report")
     assert report.returncode == 0 and "## Export parity" in report.stdout
@@ -104,7 +107,8 @@ def test_fields_that_disagree_with_the_tables_are_refused(version_copy: Path) ->
 def test_a_default_variant_that_is_not_servable_is_refused(version_copy: Path) -> None:
     path = version_copy / MODEL_NAME / "1" / repository.MANIFEST
     manifest = json.loads(path.read_text())
-    manifest["variants"][0]["servable"] = False
+    default = manifest["default_variants"]["cpu"]
+    next(v for v in manifest["variants"] if v["name"] == default)["servable"] = False
     path.write_text(json.dumps(manifest))
     with pytest.raises(repository.RepositoryError, match="not a servable variant"):
         repository.open_version(version_copy, MODEL_NAME)

@@ -1,0 +1,126 @@
+"""Numerics-only variants of an exported float model (training side; needs onnx, nncf).
+
+- INT8 for ONNX Runtime: static post-training quantization, QDQ format, per-channel int8 weights,
+  int8 activations calibrated (min-max) on training rows; the embedding Gather quantized or not.
+- OpenVINO IRs: the float IR, and NNCF's post-training INT8 quantization of it.
+- FP16 for the CUDA execution provider, with float32 inputs and outputs at the boundary.
+Two layers stay float in both INT8 variants (KEEP_FLOAT_WEIGHTS): the output layer, whose int8
+output would quantize the logit and collapse scores into a few ties (the gate checks for it), and
+the genre-bag projection, whose inputs are small fractions (1/2, 1/3, ...) that an int8 activation
+scale rounds badly: quantized, it cost OpenVINO's INT8 model Spearman 0.9951 against float.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import tempfile
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+log = logging.getLogger(__name__)
+CALIBRATION_BATCH_ROWS = 256
+KEEP_FLOAT_WEIGHTS = ("head.weight", "dense_projection.weight")
+
+Inputs = dict[str, np.ndarray]
+
+
+def _batches(inputs: Inputs, rows: int) -> Iterator[Inputs]:
+    total = len(next(iter(inputs.values())))
+    for start in range(0, total, rows):
+        yield {name: array[start : start + rows] for name, array in inputs.items()}
+
+
+def nodes_reading(path: Path, initializer: str) -> list[str]:
+    """Names of the nodes that take `initializer` as an input."""
+    return [n.name for n in onnx.load(str(path)).graph.node if initializer in n.input]
+
+
+def quantize_onnxruntime_int8(
+    source: Path,
+    target: Path,
+    calibration: Inputs,
+    quantize_gather: bool,
+    keep_float_weights: tuple[str, ...] = KEEP_FLOAT_WEIGHTS,
+) -> None:
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quant_pre_process,
+        quantize_static,
+    )
+
+    class Reader(CalibrationDataReader):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self._batches = _batches(calibration, CALIBRATION_BATCH_ROWS)
+
+        def get_next(self) -> Inputs | None:
+            return next(self._batches, None)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        ops = ["Gemm", "MatMul", *(["Gather"] if quantize_gather else [])]
+        excluded = [n for w in keep_float_weights for n in nodes_reading(prepared, w)]
+        quantize_static(
+            str(prepared),
+            str(target),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=ops,
+            nodes_to_exclude=excluded,
+            calibrate_method=CalibrationMethod.MinMax,
+        )
+
+
+def convert_openvino(
+    source: Path,
+    float_target: Path,
+    int8_target: Path,
+    calibration: Inputs,
+    keep_float_weights: tuple[str, ...] = KEEP_FLOAT_WEIGHTS,
+) -> None:
+    """Float IR (weights kept FP32) and its NNCF INT8 quantization, calibrated row by row."""
+    import nncf
+    import openvino as ov
+
+    # OpenVINO names the ops it converts after the ONNX nodes (a Gemm becomes ".../WithoutBiases").
+    names = [n for w in keep_float_weights for n in nodes_reading(source, w)]
+    ignored = nncf.IgnoredScope(
+        patterns=[f"^{re.escape(name)}(/.*)?$" for name in names], validate=False
+    )
+
+    model = ov.convert_model(str(source))
+    ov.save_model(model, str(float_target), compress_to_fp16=False)
+    samples = list(_batches(calibration, 1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantized = nncf.quantize(
+            model,
+            nncf.Dataset(samples),
+            subset_size=len(samples),
+            preset=nncf.QuantizationPreset.PERFORMANCE,
+            ignored_scope=ignored,
+        )
+    ov.save_model(quantized, str(int8_target), compress_to_fp16=False)
+
+
+def convert_float16(source: Path, target: Path) -> None:
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = convert_float_to_float16(onnx.load(str(source)), keep_io_types=True)
+    onnx.save(model, str(target))
+
+
+def quantized_op_types(path: Path) -> set[str]:
+    """Operator types of a graph (tests look for QuantizeLinear / DequantizeLinear)."""
+    return {node.op_type for node in onnx.load(str(path)).graph.node}
