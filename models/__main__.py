@@ -72,10 +72,10 @@ def print_evaluation(version: repository.ModelVersion) -> int:
     manifest = version.manifest
     print(f"{manifest.model_name} version {manifest.model_version}: test split, "
           f"{manifest.split.rows['test']:,} rows (seed {manifest.split.seed})")  # fmt: skip
-    print(f"{'variant':<22} {'runtime':<12} {'precision':<10} {'AUC':>8} {'log loss':>9} manifest")
+    print(f"{'variant':<22} {'runtime':<12} {'precision':<22} {'AUC':>8} {'log loss':>9} manifest")
     for r in results:
         verdict = "ok" if r.matches_manifest else f"MISMATCH (manifest {r.manifest_auc:.4f})"
-        print(f"{r.variant:<22} {r.runtime:<12} {r.execution_precision:<10} {r.test_auc:>8.4f} "
+        print(f"{r.variant:<22} {r.runtime:<12} {r.execution_precision:<22} {r.test_auc:>8.4f} "
               f"{r.test_log_loss:>9.4f} {verdict}")  # fmt: skip
     return 0 if all(r.matches_manifest for r in results) else 1
 

