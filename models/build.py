@@ -34,7 +34,7 @@ from models.gate import numerics_gate, paired_bootstrap_auc_difference, structur
 from models.metrics import log_loss, roc_auc
 from models.quantize import convert_float16, convert_openvino, quantize_onnxruntime_int8
 from models.report import render_markdown
-from models.runtime import OnnxRuntimeSession, OpenVinoSession
+from models.runtime import OnnxRuntimeSession, OpenVinoPrecision, OpenVinoSession
 from models.split import random_split
 from models.train import Examples, evaluate, fit, predict
 from models.variants import SeedModel, prune_student, train_students
@@ -309,11 +309,12 @@ def latency_runners(trained: Trained, candidates: list[Candidate]) -> list[Runne
             runners.append(Runner(c.name, "openvino", c.scored_precision, session.run))
             continue
         ort = OnnxRuntimeSession(c.path, intra_op_threads=1)
-        precision = "f32" if c.precision == "fp32" else c.precision
-        runners.append(Runner(c.name, "onnxruntime", precision, ort.run))
-        if "openvino" in c.runtimes:
-            ov = OpenVinoSession(c.path, inference_precision="f32", threads=1)
-            runners.append(Runner(c.name, "openvino", ov.execution_precision, ov.run))
+        runners.append(Runner(c.name, "onnxruntime", c.scored_precision, ort.run))
+        # OpenVINO runs every ONNX file too: FP32 ones as asked (f32), the others in its default.
+        hint: OpenVinoPrecision | None = "f32" if c.precision == "fp32" else None
+        ov = OpenVinoSession(c.path, inference_precision=hint, threads=1)
+        label = ov.execution_precision if hint else f"{c.precision} file, {ov.execution_precision}"
+        runners.append(Runner(c.name, "openvino", label, ov.run))
     return runners
 
 
@@ -337,8 +338,8 @@ def default_variants(candidates: list[Candidate], timings: list[Timing]) -> dict
     rows = reference_batch(timings)
     servable = {c.name: c for c in candidates if c.servable}
     cpu = min(
-        (t for t in timings if t.batch_rows == rows and t.runtime != "pytorch"
-         and t.variant in servable and servable[t.variant].device == "cpu"),
+        (t for t in timings if t.batch_rows == rows and t.variant in servable
+         and servable[t.variant].device == "cpu" and t.runtime in servable[t.variant].runtimes),
         key=lambda t: t.median_seconds,
     )  # fmt: skip
     gpu = next((c.name for c in candidates if c.servable and c.device == "gpu"), None)

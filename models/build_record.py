@@ -107,7 +107,7 @@ def _targets(manifest: repository.Manifest, timings: Sequence[Timing], rows: int
     baseline = manifest.variants[0]
     cpu = manifest.variant(manifest.default_variants["cpu"])
     runtime, seconds = min(
-        ((r, s) for (v, r), s in at.items() if v == cpu.name and r != "pytorch"),
+        ((r, s) for (v, r), s in at.items() if v == cpu.name and r in cpu.runtimes),
         key=lambda item: item[1],
     )
     int8 = [v for v in manifest.variants if v.precision == "int8"]
