@@ -1,0 +1,94 @@
+"""Requests, their parts and batches; `take_batch` packs queued rows into one batch (pure)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+Inputs = dict[str, np.ndarray]
+
+
+@dataclass(eq=False)
+class Request:
+    """Rows submitted together; may be split across batches and reassembled in order."""
+
+    inputs: Inputs
+    rows: int
+    future: asyncio.Future[np.ndarray]
+    enqueued_at: float
+    taken: int = 0  # rows already placed in batches
+    results: dict[int, np.ndarray] = field(default_factory=dict)  # offset -> scores
+    done_rows: int = 0
+
+    @property
+    def remaining(self) -> int:
+        return self.rows - self.taken
+
+    def deliver(self, offset: int, scores: np.ndarray) -> None:
+        """Record the scores of one part; resolve the future when every row is back."""
+        if self.future.done():
+            return
+        self.results[offset] = scores
+        self.done_rows += len(scores)
+        if self.done_rows == self.rows:
+            parts = [self.results[k] for k in sorted(self.results)]
+            self.future.set_result(np.concatenate(parts) if len(parts) > 1 else parts[0])
+
+    def fail(self, error: BaseException) -> None:
+        if not self.future.done():
+            self.future.set_exception(error)
+
+
+@dataclass(frozen=True)
+class Part:
+    request: Request
+    offset: int  # first row of the request in this part
+    rows: int
+    batch_offset: int  # first row of this part in the batch
+
+
+@dataclass(frozen=True)
+class Batch:
+    inputs: Inputs
+    parts: tuple[Part, ...]
+    rows: int
+    oldest_enqueued_at: float
+
+
+def take_batch(queue: deque[Request], max_rows: int) -> tuple[list[Part], int]:
+    """Pop up to `max_rows` rows from the head of the queue, in order; a request larger than the
+    room left is split and its remainder stays at the head. Requests cancelled while queued are
+    dropped before they cost compute. Returns the parts and the number of rows dropped."""
+    parts: list[Part] = []
+    filled = dropped = 0
+    while queue and filled < max_rows:
+        request = queue[0]
+        if request.future.done():  # cancelled (client gone) or failed
+            dropped += queue.popleft().remaining
+            continue
+        rows = min(request.remaining, max_rows - filled)
+        parts.append(Part(request, request.taken, rows, filled))
+        request.taken += rows
+        filled += rows
+        if request.remaining == 0:
+            queue.popleft()
+    return parts, dropped
+
+
+def assemble(parts: list[Part]) -> Batch:
+    names = parts[0].request.inputs.keys()
+    inputs = {
+        name: np.concatenate([p.request.inputs[name][p.offset : p.offset + p.rows] for p in parts])
+        if len(parts) > 1
+        else parts[0].request.inputs[name][parts[0].offset : parts[0].offset + parts[0].rows]
+        for name in names
+    }
+    return Batch(
+        inputs=inputs,
+        parts=tuple(parts),
+        rows=sum(p.rows for p in parts),
+        oldest_enqueued_at=min(p.request.enqueued_at for p in parts),
+    )

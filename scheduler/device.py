@@ -1,0 +1,77 @@
+"""A device: one backend, its executor thread(s), a bound on batches in flight, a latency model."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from scheduler.backend import Backend, Inputs
+from scheduler.errors import BatchFailed
+from scheduler.latency import LatencyModel
+from scheduler.router import DeviceSnapshot
+
+log = logging.getLogger(__name__)
+
+
+class Device:
+    def __init__(self, backend: Backend, parallel_batches: int, latency_window: int = 256) -> None:
+        self.backend = backend
+        self.name = backend.name
+        self.parallel_batches = parallel_batches
+        self.latency = LatencyModel(latency_window)
+        self._executor = ThreadPoolExecutor(parallel_batches, thread_name_prefix=self.name)
+        self._slots = asyncio.Semaphore(parallel_batches)
+        self.in_flight_batches = 0
+        self.backlog_seconds = 0.0
+        self.rows_scored = 0
+
+    def warm_up(self, sample: Inputs, sizes: tuple[int, ...], repeats: int = 3) -> None:
+        """Run each size a few times (the first run of a shape is slow) and seed the model."""
+        for rows in sizes:
+            batch = {name: array[:rows] for name, array in sample.items()}
+            self.backend.run(batch)
+            for _ in range(repeats):
+                started = time.perf_counter()
+                self.backend.run(batch)
+                self.latency.observe(rows, time.perf_counter() - started)
+
+    def snapshot(self) -> DeviceSnapshot:
+        return DeviceSnapshot(
+            name=self.name,
+            fit=self.latency.fit,
+            in_flight_batches=self.in_flight_batches,
+            parallel_slots=self.parallel_batches,
+            backlog_seconds=self.backlog_seconds,
+            max_outstanding_batches=2 * self.parallel_batches,
+        )
+
+    async def run(self, inputs: Inputs, rows: int) -> tuple[np.ndarray, float]:
+        """Scores and the seconds the backend took. Raises BatchFailed naming this device."""
+        predicted = self.latency.predict(rows)
+        self.in_flight_batches += 1
+        self.backlog_seconds += predicted
+        try:
+            async with self._slots:
+                loop = asyncio.get_running_loop()
+                started = time.perf_counter()
+                try:
+                    scores = await loop.run_in_executor(self._executor, self.backend.run, inputs)
+                except Exception as exc:
+                    raise BatchFailed(f"device {self.name} failed a batch: {exc}") from exc
+                seconds = time.perf_counter() - started
+        finally:
+            self.in_flight_batches -= 1
+            self.backlog_seconds = max(0.0, self.backlog_seconds - predicted)
+        if scores.shape[0] != rows:
+            raise BatchFailed(f"device {self.name} returned {scores.shape[0]} rows for {rows}")
+        self.latency.observe(rows, seconds)
+        self.rows_scored += rows
+        return scores, seconds
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+        self.backend.close()

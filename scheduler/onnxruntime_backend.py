@@ -1,0 +1,65 @@
+"""ONNX Runtime on CPU, and on GPU through the CUDA (and TensorRT, when present) providers."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+from scheduler.backend import BackendConfig, DeviceKind, Inputs
+from scheduler.errors import DeviceUnavailable
+
+log = logging.getLogger(__name__)
+
+
+class OnnxRuntimeCpuBackend:
+    device_kind: DeviceKind = "cpu"
+    execution_precision = "f32"
+
+    def __init__(self, name: str, config: BackendConfig) -> None:
+        self.name = name
+        self._config = config
+        self._session: Any = None
+
+    def providers(self) -> list[Any]:
+        return ["CPUExecutionProvider"]
+
+    def load(self) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self._config.threads
+        options.log_severity_level = 3
+        self._session = ort.InferenceSession(
+            str(self._config.model_path), options, providers=self.providers()
+        )
+
+    def run(self, inputs: Inputs) -> np.ndarray:
+        # InferenceSession.run is thread-safe and releases the GIL while it computes.
+        return np.asarray(self._session.run(None, inputs)[0])
+
+    def close(self) -> None:
+        self._session = None
+
+
+class OnnxRuntimeGpuBackend(OnnxRuntimeCpuBackend):
+    device_kind: DeviceKind = "gpu"
+    execution_precision = "gpu"
+
+    def providers(self) -> list[Any]:
+        import onnxruntime as ort
+
+        available = ort.get_available_providers()
+        if "CUDAExecutionProvider" not in available:
+            raise DeviceUnavailable(f"no CUDA execution provider (available: {available})")
+        chosen: list[Any] = []
+        if "TensorrtExecutionProvider" in available:
+            chosen.append("TensorrtExecutionProvider")
+        return [*chosen, "CUDAExecutionProvider", "CPUExecutionProvider"]
+
+    def load(self) -> None:
+        super().load()
+        if "CUDAExecutionProvider" not in self._session.get_providers():
+            raise DeviceUnavailable("the CUDA provider did not initialise (no GPU?)")
+        log.info("%s runs on %s", self.name, self._session.get_providers()[0])

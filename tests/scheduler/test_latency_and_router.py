@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+import pytest
+
+from scheduler.latency import LatencyFit, LatencyModel
+from scheduler.router import DeviceSnapshot, earliest_completion, round_robin, shortest_queue
+
+
+def test_latency_model_fits_a_line_and_forgets_old_samples() -> None:
+    model = LatencyModel(window=4)
+    for rows in (1, 64, 256, 1024):
+        model.observe(rows, 0.001 + 1e-6 * rows)
+    assert model.fit.fixed_seconds == pytest.approx(0.001, rel=1e-6)
+    assert model.fit.seconds_per_row == pytest.approx(1e-6, rel=1e-6)
+    for rows in (1, 64, 256, 1024):  # the device got slower: the window holds only new samples
+        model.observe(rows, 0.002 + 2e-6 * rows)
+    assert model.predict(1000) == pytest.approx(0.002 + 2e-6 * 1000, rel=1e-6)
+    assert model.samples == 4
+
+
+def test_latency_model_stays_positive_on_noise() -> None:
+    model = LatencyModel()
+    model.observe(100, 0.010)
+    assert model.predict(200) == pytest.approx(0.020)  # one size: all cost is per row
+    model.observe(200, 0.005)  # slower for fewer rows: noise
+    assert model.fit.seconds_per_row == 0 and model.predict(10) > 0
+
+
+def device(name: str, fixed: float, per_row: float, in_flight: int = 0, backlog: float = 0.0,
+           slots: int = 1) -> DeviceSnapshot:  # fmt: skip
+    return DeviceSnapshot(name, LatencyFit(fixed, per_row), in_flight, slots, backlog, 2 * slots)
+
+
+def test_earliest_completion_sends_small_batches_to_cpu_and_large_ones_to_gpu() -> None:
+    cpu = device("cpu", fixed=0.0001, per_row=1e-5)
+    gpu = device("gpu", fixed=0.002, per_row=1e-7)
+    assert earliest_completion([cpu, gpu], rows=10) == 0
+    assert earliest_completion([cpu, gpu], rows=4096) == 1
+
+
+def test_earliest_completion_counts_the_backlog() -> None:
+    busy_gpu = device("gpu", 0.002, 1e-7, in_flight=1, backlog=0.5)
+    cpu = device("cpu", 0.0001, 1e-5)
+    assert earliest_completion([cpu, busy_gpu], rows=4096) == 0
+    full = device("gpu", 0.0, 0.0, in_flight=2, backlog=0.0)  # not accepting more work
+    assert earliest_completion([cpu, full], rows=4096) == 0
+
+
+def test_shortest_queue_and_round_robin() -> None:
+    a, b = device("a", 0, 0, in_flight=2), device("b", 0, 0, in_flight=1)
+    assert shortest_queue([a, b], 1) == 1
+    choose = round_robin()
+    assert [choose([a, b], 1) for _ in range(4)] == [0, 1, 0, 1]

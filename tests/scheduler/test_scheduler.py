@@ -1,0 +1,139 @@
+"""Batcher and dispatch with FakeBackend, a test double whose timing the test controls."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import numpy as np
+import pytest
+
+from scheduler.device import Device
+from scheduler.errors import BatchFailed, NotReady, Overloaded
+from scheduler.fake_backend import FakeBackend
+from scheduler.router import earliest_completion
+from scheduler.scheduler import BatchingConfig, Scheduler
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def rows(values: list[float]) -> dict[str, np.ndarray]:
+    return {"x": np.array([[v, 0.0] for v in values], dtype=np.float32)}
+
+
+@pytest.fixture
+def backend() -> FakeBackend:
+    return FakeBackend("fake-cpu")
+
+
+async def started(scheduler: Scheduler) -> AsyncIterator[Scheduler]:
+    scheduler.start()
+    try:
+        yield scheduler
+    finally:
+        await scheduler.stop()
+
+
+@pytest.fixture
+async def scheduler(backend: FakeBackend) -> AsyncIterator[Scheduler]:
+    config = BatchingConfig(max_batch_rows=4, max_queue_delay_seconds=0.05, max_queue_rows=10)
+    async for s in started(Scheduler([Device(backend, 1)], earliest_completion, config)):
+        yield s
+
+
+async def wait_started(backend: FakeBackend) -> None:
+    await asyncio.to_thread(backend.started.acquire, True, 5)
+
+
+async def test_requests_are_batched_and_answered_in_order(
+    scheduler: Scheduler, backend: FakeBackend
+) -> None:
+    backend.release.clear()
+    first = scheduler.submit_nowait(rows([1, 2]))
+    second = scheduler.submit_nowait(rows([3]))
+    await wait_started(backend)
+    assert not first.done() and not second.done()  # the backend holds the batch
+    backend.release.set()
+    assert (await first).tolist() == [1, 2] and (await second).tolist() == [3]
+    assert backend.batches == [3]  # one batch for both requests
+
+
+async def test_a_large_request_is_split_and_reassembled(
+    scheduler: Scheduler, backend: FakeBackend
+) -> None:
+    values = [float(v) for v in range(10)]
+    result = await scheduler.submit(rows(values))
+    assert result.tolist() == values
+    assert backend.batches == [4, 4, 2]
+
+
+async def test_zero_delay_dispatches_at_once(backend: FakeBackend) -> None:
+    config = BatchingConfig(max_batch_rows=64, max_queue_delay_seconds=0.0, max_queue_rows=64)
+    async for s in started(Scheduler([Device(backend, 1)], earliest_completion, config)):
+        loop = asyncio.get_running_loop()
+        begin = loop.time()
+        await s.submit(rows([1]))
+        assert loop.time() - begin < 0.04  # no batching window waited
+
+
+async def test_a_full_queue_refuses_at_once(scheduler: Scheduler, backend: FakeBackend) -> None:
+    backend.release.clear()
+    held = scheduler.submit_nowait(rows([1] * 4))  # taken into a batch that blocks
+    await wait_started(backend)
+    queued = [scheduler.submit_nowait(rows([1] * 4)) for _ in range(2)]  # 8 rows queued
+    with pytest.raises(Overloaded, match="queue full"):
+        scheduler.submit_nowait(rows([1] * 4))
+    assert scheduler.statistics().queued_rows == 8
+    backend.release.set()
+    for future in [held, *queued]:
+        assert (await future).tolist() == [1] * 4
+
+
+async def test_cancelled_requests_cost_no_compute(
+    scheduler: Scheduler, backend: FakeBackend
+) -> None:
+    backend.release.clear()
+    held = scheduler.submit_nowait(rows([1] * 4))
+    await wait_started(backend)
+    gone = scheduler.submit_nowait(rows([5, 5]))
+    kept = scheduler.submit_nowait(rows([7]))
+    gone.cancel()  # the client went away while queued
+    backend.release.set()
+    assert (await kept).tolist() == [7]
+    await held
+    assert backend.batches == [4, 1]
+
+
+async def test_a_failing_backend_fails_its_batch_with_the_cause(
+    scheduler: Scheduler, backend: FakeBackend
+) -> None:
+    backend.fail_with = RuntimeError("device lost")
+    with pytest.raises(BatchFailed, match="fake-cpu failed a batch: device lost"):
+        await scheduler.submit(rows([1]))
+    backend.fail_with = None
+    assert (await scheduler.submit(rows([2]))).tolist() == [2]  # the scheduler carries on
+
+
+async def test_stop_fails_queued_requests_and_refuses_new_ones(backend: FakeBackend) -> None:
+    config = BatchingConfig(max_batch_rows=4, max_queue_delay_seconds=10.0, max_queue_rows=10)
+    s = Scheduler([Device(backend, 1)], earliest_completion, config)
+    s.start()
+    waiting = s.submit_nowait(rows([1]))  # held by the 10 s batching window
+    await asyncio.sleep(0.01)
+    await s.stop()
+    with pytest.raises(NotReady, match="shutting down"):
+        await waiting
+    with pytest.raises(NotReady):
+        s.submit_nowait(rows([1]))
+
+
+async def test_batches_spread_over_devices_by_predicted_finish() -> None:
+    slow, fast = FakeBackend("slow"), FakeBackend("fast")
+    devices = [Device(slow, 1), Device(fast, 1)]
+    devices[0].latency.observe(1, 1.0)
+    devices[1].latency.observe(1, 0.001)
+    config = BatchingConfig(max_batch_rows=1, max_queue_delay_seconds=0.0, max_queue_rows=100)
+    async for s in started(Scheduler(devices, earliest_completion, config)):
+        results = await asyncio.gather(*(s.submit(rows([float(i)])) for i in range(20)))
+        assert [r.tolist() for r in results] == [[float(i)] for i in range(20)]
+    assert len(fast.batches) > len(slow.batches)
