@@ -11,31 +11,40 @@ import numpy as np
 Inputs = dict[str, np.ndarray]
 
 
+@dataclass(frozen=True)
+class Scored:
+    scores: np.ndarray  # one per row, in the request's order
+    devices: tuple[str, ...]  # the devices that scored its rows
+
+
 @dataclass(eq=False)
 class Request:
     """Rows submitted together; may be split across batches and reassembled in order."""
 
     inputs: Inputs
     rows: int
-    future: asyncio.Future[np.ndarray]
+    future: asyncio.Future[Scored]
     enqueued_at: float
     taken: int = 0  # rows already placed in batches
     results: dict[int, np.ndarray] = field(default_factory=dict)  # offset -> scores
     done_rows: int = 0
+    devices: set[str] = field(default_factory=set)
 
     @property
     def remaining(self) -> int:
         return self.rows - self.taken
 
-    def deliver(self, offset: int, scores: np.ndarray) -> None:
+    def deliver(self, offset: int, scores: np.ndarray, device: str) -> None:
         """Record the scores of one part; resolve the future when every row is back."""
         if self.future.done():
             return
         self.results[offset] = scores
+        self.devices.add(device)
         self.done_rows += len(scores)
         if self.done_rows == self.rows:
             parts = [self.results[k] for k in sorted(self.results)]
-            self.future.set_result(np.concatenate(parts) if len(parts) > 1 else parts[0])
+            merged = np.concatenate(parts) if len(parts) > 1 else parts[0]
+            self.future.set_result(Scored(merged, tuple(sorted(self.devices))))
 
     def fail(self, error: BaseException) -> None:
         if not self.future.done():

@@ -15,9 +15,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
-
-from scheduler.batch import Batch, Inputs, Request, assemble, take_batch
+from scheduler.batch import Batch, Inputs, Request, Scored, assemble, take_batch
 from scheduler.device import Device
 from scheduler.errors import BatchFailed, NotReady, Overloaded, ServingError
 from scheduler.metrics import SchedulerMetrics
@@ -76,7 +74,7 @@ class Scheduler:
             in_flight_batches={d.name: d.in_flight_batches for d in self.devices},
         )
 
-    def submit_nowait(self, inputs: Inputs) -> asyncio.Future[np.ndarray]:
+    def submit_nowait(self, inputs: Inputs) -> asyncio.Future[Scored]:
         """Queue the rows of `inputs`; refuse at once (Overloaded) when the queue is full."""
         if not self.running:
             raise NotReady(f"the batcher is not running ({self._failure or 'not started'})")
@@ -90,13 +88,13 @@ class Scheduler:
                 f"queue full: {self._queued_rows} rows queued, limit {self._config.max_queue_rows}",
                 retry_after_seconds=self._predicted_drain_seconds(),
             )
-        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Scored] = asyncio.get_running_loop().create_future()
         self._queue.append(Request(inputs, rows, future, time.monotonic()))
         self._queued_rows += rows
         self._arrived.set()
         return future
 
-    async def submit(self, inputs: Inputs) -> np.ndarray:
+    async def submit(self, inputs: Inputs) -> Scored:
         return await self.submit_nowait(inputs)
 
     def _predicted_drain_seconds(self) -> float:
@@ -165,20 +163,18 @@ class Scheduler:
             self._metrics.observe_dispatch(batch, started, self._config.max_batch_rows)
         try:
             scores, seconds = await device.run(batch.inputs, batch.rows)
+            if self._metrics:
+                self._metrics.observe_batch(device, batch.rows, seconds)
+            for part in batch.parts:
+                part_scores = scores[part.batch_offset : part.batch_offset + part.rows]
+                part.request.deliver(part.offset, part_scores, device.name)
         except BatchFailed as error:
             log.warning("%s", error)
             for part in batch.parts:
                 part.request.fail(error)
-            return
-        except BaseException as exc:
+        except BaseException as exc:  # cancelled or a bug: still resolve every future
             for part in batch.parts:
                 part.request.fail(BatchFailed(f"batch on {device.name} did not finish: {exc!r}"))
             raise
         finally:
             self._slot_freed.set()
-        if self._metrics:
-            self._metrics.observe_batch(device, batch.rows, seconds)
-        for part in batch.parts:
-            part.request.deliver(
-                part.offset, scores[part.batch_offset : part.batch_offset + part.rows]
-            )

@@ -54,7 +54,7 @@ async def test_requests_are_batched_and_answered_in_order(
     await wait_started(backend)
     assert not first.done() and not second.done()  # the backend holds the batch
     backend.release.set()
-    assert (await first).tolist() == [1, 2] and (await second).tolist() == [3]
+    assert (await first).scores.tolist() == [1, 2] and (await second).scores.tolist() == [3]
     assert backend.batches == [3]  # one batch for both requests
 
 
@@ -63,7 +63,8 @@ async def test_a_large_request_is_split_and_reassembled(
 ) -> None:
     values = [float(v) for v in range(10)]
     result = await scheduler.submit(rows(values))
-    assert result.tolist() == values
+    assert result.scores.tolist() == values
+    assert result.devices == ("fake-cpu",)
     assert backend.batches == [4, 4, 2]
 
 
@@ -86,7 +87,7 @@ async def test_a_full_queue_refuses_at_once(scheduler: Scheduler, backend: FakeB
     assert scheduler.statistics().queued_rows == 8
     backend.release.set()
     for future in [held, *queued]:
-        assert (await future).tolist() == [1] * 4
+        assert (await future).scores.tolist() == [1] * 4
 
 
 async def test_cancelled_requests_cost_no_compute(
@@ -99,7 +100,7 @@ async def test_cancelled_requests_cost_no_compute(
     kept = scheduler.submit_nowait(rows([7]))
     gone.cancel()  # the client went away while queued
     backend.release.set()
-    assert (await kept).tolist() == [7]
+    assert (await kept).scores.tolist() == [7]
     await held
     assert backend.batches == [4, 1]
 
@@ -111,7 +112,7 @@ async def test_a_failing_backend_fails_its_batch_with_the_cause(
     with pytest.raises(BatchFailed, match="fake-cpu failed a batch: device lost"):
         await scheduler.submit(rows([1]))
     backend.fail_with = None
-    assert (await scheduler.submit(rows([2]))).tolist() == [2]  # the scheduler carries on
+    assert (await scheduler.submit(rows([2]))).scores.tolist() == [2]  # the scheduler carries on
 
 
 async def test_stop_fails_queued_requests_and_refuses_new_ones(backend: FakeBackend) -> None:
@@ -135,5 +136,5 @@ async def test_batches_spread_over_devices_by_predicted_finish() -> None:
     config = BatchingConfig(max_batch_rows=1, max_queue_delay_seconds=0.0, max_queue_rows=100)
     async for s in started(Scheduler(devices, earliest_completion, config)):
         results = await asyncio.gather(*(s.submit(rows([float(i)])) for i in range(20)))
-        assert [r.tolist() for r in results] == [[float(i)] for i in range(20)]
+        assert [r.scores.tolist() for r in results] == [[float(i)] for i in range(20)]
     assert len(fast.batches) > len(slow.batches)
