@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -107,6 +107,60 @@ class RepositorySettings(Section):
     parity_tolerance: float = Field(1e-5, gt=0)
 
 
+class ServerSettings(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+
+
+class ServingModelSettings(Section):
+    """Which model version the server loads from the repository."""
+
+    repository: Path = Path("model_repository")
+    name: str = "movielens-dcnv2"
+    version: int | None = None  # None: the latest
+
+
+class BatchingSettings(Section):
+    max_batch_rows: int = Field(1024, ge=1)
+    # How long the batcher waits after the first queued row for more; 0 dispatches at once.
+    max_queue_delay_ms: float = Field(1.0, ge=0)
+    max_queue_rows: int = Field(65536, ge=1)
+
+
+class DeviceSettings(Section):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    backend: Literal["openvino-cpu", "onnxruntime-cpu", "onnxruntime-gpu"]
+    # A variant name from the manifest, or "default": the manifest's default for the device kind.
+    variant: str = "default"
+    threads: int = Field(0, ge=0)
+    streams: int = Field(1, ge=1)
+    parallel_batches: int = Field(1, ge=1)
+
+
+class RoutingSettings(Section):
+    policy: Literal["earliest-completion", "shortest-queue", "round-robin"] = "earliest-completion"
+    latency_window_batches: int = Field(256, ge=2)
+    warmup_rows: tuple[int, ...] = (1, 64, 256, 1024)
+
+
+class LimitSettings(Section):
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    max_rows_per_request: int = Field(8192, ge=1)
+    max_candidates: int = Field(5000, ge=1)
+    max_k: int = Field(1000, ge=1)
+
+
+class MetricsSettings(Section):
+    prefix: str = Field("recsys", pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+
+
+DEFAULT_DEVICES = (
+    DeviceSettings(name="cpu-openvino", backend="openvino-cpu"),
+    DeviceSettings(name="gpu-onnxruntime", backend="onnxruntime-gpu"),
+)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="RECSYS_", env_nested_delimiter="__", extra="forbid", frozen=True
@@ -120,6 +174,22 @@ class Settings(BaseSettings):
     gate: GateSettings = GateSettings()
     benchmark: BenchmarkSettings = BenchmarkSettings()
     repository: RepositorySettings = RepositorySettings()
+    server: ServerSettings = ServerSettings()
+    model: ServingModelSettings = ServingModelSettings()
+    batching: BatchingSettings = BatchingSettings()
+    devices: tuple[DeviceSettings, ...] = DEFAULT_DEVICES
+    routing: RoutingSettings = RoutingSettings()
+    limits: LimitSettings = LimitSettings()
+    metrics: MetricsSettings = MetricsSettings()
+
+    @model_validator(mode="after")
+    def _check_devices(self) -> Settings:
+        names = [d.name for d in self.devices]
+        if not names:
+            raise ValueError("devices: configure at least one device")
+        if len(set(names)) != len(names):
+            raise ValueError(f"devices: names must be unique, got {names}")
+        return self
 
     @classmethod
     def settings_customise_sources(
@@ -147,6 +217,7 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
     if overrides:
         merged = settings.model_dump()
         for section, values in overrides.items():
-            merged[section] = {**merged[section], **values}
+            current = merged[section]
+            merged[section] = {**current, **values} if isinstance(current, dict) else values
         settings = Settings.model_validate(merged)
     return settings

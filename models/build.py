@@ -136,6 +136,12 @@ def write_data_files(data: features.EncodedDataset, folder: Path) -> None:
             item_rows=data.item_rows[test],
             labels=data.labels[test],
         )
+    train = data.split.train
+    order = np.lexsort((data.item_rows[train], data.user_rows[train]))
+    users, items = data.user_rows[train][order], data.item_rows[train][order]
+    indptr = np.searchsorted(users, np.arange(len(data.tables.user_ids) + 2))
+    with (folder / repository.SEEN_ITEMS).open("wb") as f:
+        np.savez(f, indptr=indptr.astype(np.int64), item_rows=items.astype(np.int64))
     vocabularies = {name: list(v.tokens) for name, v in data.vocabularies.items()}
     (folder / repository.VOCABULARIES).write_text(json.dumps(vocabularies), encoding="utf-8")
 

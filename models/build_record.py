@@ -76,6 +76,7 @@ def build_manifest(
         feature_tables=repository.file_ref(folder, repository.FEATURE_TABLES),
         test_split=repository.file_ref(folder, repository.TEST_SPLIT),
         vocabularies=repository.file_ref(folder, repository.VOCABULARIES),
+        seen_items=repository.file_ref(folder, repository.SEEN_ITEMS),
         variants=tuple(variants),
         default_variants=default_variants,
     )

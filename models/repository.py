@@ -25,6 +25,7 @@ MANIFEST = "manifest.json"
 FEATURE_TABLES = "feature_tables.npz"
 TEST_SPLIT = "test_split.npz"
 VOCABULARIES = "vocabularies.json"
+SEEN_ITEMS = "seen_items.npz"
 
 
 class RepositoryError(RuntimeError):
@@ -103,6 +104,7 @@ class Manifest(Strict):
     feature_tables: FileRef
     test_split: FileRef
     vocabularies: FileRef  # field -> tokens; token i has index i + 1 (0 is OOV)
+    seen_items: FileRef | None = None  # per user row, the item rows rated in training (CSR)
     variants: tuple[Variant, ...]
     default_variants: dict[Literal["cpu", "gpu"], str]
 
@@ -136,6 +138,13 @@ class ModelVersion:
 
     def variant_path(self, name: str) -> Path:
         return self.file(self.manifest.variant(name).file)
+
+    def load_seen_items(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]] | None:
+        """(indptr, item rows): user row u rated item rows[indptr[u]:indptr[u + 1]] in training."""
+        if self.manifest.seen_items is None:
+            return None
+        with np.load(self.file(self.manifest.seen_items), allow_pickle=False) as data:
+            return data["indptr"], data["item_rows"]
 
     def load_test_split(self) -> TestSplit:
         with np.load(self.file(self.manifest.test_split), allow_pickle=False) as data:
@@ -198,6 +207,7 @@ def write_manifest(path: Path, manifest: Manifest) -> None:
 
 def _file_refs(manifest: Manifest) -> list[FileRef]:
     refs = [manifest.feature_tables, manifest.test_split, manifest.vocabularies]
+    refs += [manifest.seen_items] if manifest.seen_items else []
     for variant in manifest.variants:
         refs += [variant.file] + ([variant.weights_file] if variant.weights_file else [])
     return refs

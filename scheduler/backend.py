@@ -19,6 +19,7 @@ class BackendConfig:
     model_path: Path
     threads: int = 0  # 0: the runtime's default
     streams: int = 1  # OpenVINO infer requests / parallel batches
+    precision_hint: str | None = None  # OpenVINO: "f32" for FP32 files; None = its default
 
 
 class Backend(Protocol):

@@ -15,6 +15,8 @@ Inputs = dict[str, np.ndarray]
 class Scored:
     scores: np.ndarray  # one per row, in the request's order
     devices: tuple[str, ...]  # the devices that scored its rows
+    queue_seconds: float  # from enqueue until its last part was dispatched
+    compute_seconds: float  # backend time of the batches its rows ran in
 
 
 @dataclass(eq=False)
@@ -29,22 +31,31 @@ class Request:
     results: dict[int, np.ndarray] = field(default_factory=dict)  # offset -> scores
     done_rows: int = 0
     devices: set[str] = field(default_factory=set)
+    queue_seconds: float = 0.0
+    compute_seconds: float = 0.0
 
     @property
     def remaining(self) -> int:
         return self.rows - self.taken
 
-    def deliver(self, offset: int, scores: np.ndarray, device: str) -> None:
+    def deliver(
+        self, offset: int, scores: np.ndarray, device: str, dispatched_at: float, seconds: float
+    ) -> None:
         """Record the scores of one part; resolve the future when every row is back."""
         if self.future.done():
             return
         self.results[offset] = scores
         self.devices.add(device)
+        self.queue_seconds = max(self.queue_seconds, dispatched_at - self.enqueued_at)
+        self.compute_seconds += seconds
         self.done_rows += len(scores)
         if self.done_rows == self.rows:
             parts = [self.results[k] for k in sorted(self.results)]
             merged = np.concatenate(parts) if len(parts) > 1 else parts[0]
-            self.future.set_result(Scored(merged, tuple(sorted(self.devices))))
+            devices = tuple(sorted(self.devices))
+            self.future.set_result(
+                Scored(merged, devices, self.queue_seconds, self.compute_seconds)
+            )
 
     def fail(self, error: BaseException) -> None:
         if not self.future.done():

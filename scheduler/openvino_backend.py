@@ -26,6 +26,8 @@ class OpenVinoBackend:
             "NUM_STREAMS": self._config.streams,
             "PERFORMANCE_HINT": "THROUGHPUT" if self._config.streams > 1 else "LATENCY",
         }
+        if self._config.precision_hint:
+            properties["INFERENCE_PRECISION_HINT"] = self._config.precision_hint
         if self._config.threads:
             properties["INFERENCE_NUM_THREADS"] = self._config.threads
         self._compiled = core.compile_model(

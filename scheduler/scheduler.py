@@ -167,7 +167,7 @@ class Scheduler:
                 self._metrics.observe_batch(device, batch.rows, seconds)
             for part in batch.parts:
                 part_scores = scores[part.batch_offset : part.batch_offset + part.rows]
-                part.request.deliver(part.offset, part_scores, device.name)
+                part.request.deliver(part.offset, part_scores, device.name, started, seconds)
         except BatchFailed as error:
             log.warning("%s", error)
             for part in batch.parts:

@@ -1,0 +1,50 @@
+"""Domain errors rendered as `{"error": "..."}` with their HTTP status, in one place."""
+
+from __future__ import annotations
+
+import math
+from http import HTTPStatus
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import ORJSONResponse
+
+from scheduler.errors import Overloaded, ServingError
+
+
+class PayloadTooLarge(ServingError):
+    status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+
+
+class Unprocessable(ServingError):
+    status = HTTPStatus.UNPROCESSABLE_ENTITY
+
+
+def error_response(
+    status: int, message: str, headers: dict[str, str] | None = None
+) -> ORJSONResponse:
+    return ORJSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def _field(location: tuple[object, ...]) -> str:
+    parts = [str(p) for p in location if p != "body"]
+    return ".".join(parts) or "body"
+
+
+async def serving_error(request: Request, exc: Exception) -> ORJSONResponse:
+    assert isinstance(exc, ServingError)
+    headers = None
+    if isinstance(exc, Overloaded):
+        headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after_seconds)))}
+    return error_response(exc.status, str(exc), headers)
+
+
+async def validation_error(request: Request, exc: Exception) -> ORJSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    problems = [f"{_field(tuple(e['loc']))}: {e['msg']}" for e in exc.errors()[:5]]
+    return error_response(HTTPStatus.UNPROCESSABLE_ENTITY, "; ".join(problems))
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(ServingError, serving_error)
+    app.add_exception_handler(RequestValidationError, validation_error)

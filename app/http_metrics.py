@@ -1,0 +1,90 @@
+"""ASGI middleware: request latency histogram by route and status, and the body size limit."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+from prometheus_client import CollectorRegistry, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from scheduler.metrics import LATENCY_BUCKETS
+
+
+class RequestMetrics:
+    def __init__(self, app: ASGIApp, registry: CollectorRegistry, prefix: str) -> None:
+        self.app = app
+        self.latency = Histogram(
+            f"{prefix}_request_duration_seconds", "HTTP request latency", ["endpoint", "status"],
+            buckets=LATENCY_BUCKETS, registry=registry,
+        )  # fmt: skip
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_status)
+        finally:
+            route: Any = scope.get("route")
+            endpoint = getattr(route, "path", "unmatched")
+            self.latency.labels(endpoint=endpoint, status=str(status)).observe(
+                time.perf_counter() - started
+            )
+
+
+class BodyLimit:
+    """Refuse bodies over `max_bytes` with 413, by Content-Length at once or while streaming."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            await self._refuse(send)
+            return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                raise BodyTooLarge
+            return message
+
+        try:
+            await self.app(scope, limited_receive, send)
+        except BodyTooLarge:
+            await self._refuse(send)
+
+    async def _refuse(self, send: Send) -> None:
+        body = orjson.dumps({"error": f"body: larger than the limit of {self.max_bytes} bytes"})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+class BodyTooLarge(Exception):
+    pass

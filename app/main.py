@@ -1,0 +1,64 @@
+"""The app factory: `create_app(settings)` builds the FastAPI app; the lifespan loads the model,
+starts and warms up the devices (readiness stays false until then) and closes them at shutdown."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Response
+from fastapi.responses import ORJSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from app import errors, v1, v2
+from app.http_metrics import BodyLimit, RequestMetrics
+from app.serving import Serving, start_serving
+from config import Settings
+from scheduler.metrics import SchedulerMetrics
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings, registry: CollectorRegistry | None = None) -> FastAPI:
+    registry = registry or CollectorRegistry()
+    scheduler_metrics = SchedulerMetrics(registry, settings.metrics.prefix)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        serving = await start_serving(settings, scheduler_metrics)
+        app.state.serving = serving
+        log.info(
+            "ready: %s version %s", settings.model.name, serving.version.manifest.model_version
+        )
+        try:
+            yield
+        finally:
+            await serving.close()
+
+    app = FastAPI(
+        title="recsys-serve",
+        description="Real-time recommendation inference: /v1 ranking API and KServe V2.",
+        version=v2.SERVER_VERSION,
+        default_response_class=ORJSONResponse,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.serving = None
+    errors.install(app)
+    app.include_router(v1.router)
+    app.include_router(v2.router)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        serving: Serving | None = app.state.serving
+        if serving is not None:
+            stats = serving.scheduler.statistics()
+            scheduler_metrics.refresh_gauges(
+                serving.scheduler.devices, stats.queued_requests, stats.queued_rows
+            )
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    app.add_middleware(BodyLimit, max_bytes=settings.limits.max_body_bytes)
+    app.add_middleware(RequestMetrics, registry=registry, prefix=settings.metrics.prefix)
+    return app

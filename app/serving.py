@@ -1,0 +1,129 @@
+"""What the app serves: one validated model version and the scheduler over its devices.
+
+Built at start-up (sessions created and warmed up before readiness turns true), closed at
+shutdown. Knows the model; the scheduler below it knows only arrays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from config import DeviceSettings, Settings
+from models.repository import ModelVersion, Variant, open_version
+from scheduler.backend import BackendConfig, create_backend
+from scheduler.device import Device
+from scheduler.errors import DeviceUnavailable
+from scheduler.metrics import SchedulerMetrics
+from scheduler.router import make_router
+from scheduler.scheduler import BatchingConfig, Scheduler
+
+log = logging.getLogger(__name__)
+
+RUNTIME_OF_BACKEND = {
+    "openvino-cpu": "openvino",
+    "onnxruntime-cpu": "onnxruntime",
+    "onnxruntime-gpu": "onnxruntime",
+}
+DEVICE_KIND_OF_BACKEND = {"openvino-cpu": "cpu", "onnxruntime-cpu": "cpu", "onnxruntime-gpu": "gpu"}
+
+
+@dataclass
+class Serving:
+    version: ModelVersion
+    scheduler: Scheduler
+    variants: dict[str, Variant]  # device name -> the variant it runs
+    seen: tuple[np.ndarray, np.ndarray] | None
+    ready: bool = False
+    stats: dict[str, float] = field(default_factory=dict)
+
+    async def close(self) -> None:
+        self.ready = False
+        await self.scheduler.stop()
+        for device in self.scheduler.devices:
+            await asyncio.to_thread(device.close)
+
+
+def choose_variant(version: ModelVersion, device: DeviceSettings) -> Variant:
+    manifest = version.manifest
+    kind = DEVICE_KIND_OF_BACKEND[device.backend]
+    name = manifest.default_variants[kind] if device.variant == "default" else device.variant  # type: ignore[index]
+    try:
+        variant = manifest.variant(name)
+    except KeyError:
+        raise ValueError(
+            f"devices.{device.name}.variant: no variant {name!r} in the manifest"
+        ) from None
+    runtime = RUNTIME_OF_BACKEND[device.backend]
+    if runtime not in variant.runtimes and not (kind == "gpu" and variant.device == "gpu"):
+        raise ValueError(
+            f"devices.{device.name}.variant: {name!r} is not served by {runtime} "
+            f"(it runs on {', '.join(variant.runtimes)})"
+        )
+    if not variant.servable:
+        raise ValueError(f"devices.{device.name}.variant: {name!r} failed the gate: {variant.gate}")
+    return variant
+
+
+def create_device(
+    version: ModelVersion, config: DeviceSettings, settings: Settings
+) -> tuple[Device, Variant]:
+    variant = choose_variant(version, config)
+    hint = "f32" if variant.precision == "fp32" and variant.format == "onnx" else None
+    backend = create_backend(
+        config.backend,
+        config.name,
+        BackendConfig(version.file(variant.file), config.threads, config.streams, hint),
+    )
+    backend.load()
+    device = Device(backend, config.parallel_batches, settings.routing.latency_window_batches)
+    return device, variant
+
+
+def warm_up(version: ModelVersion, device: Device, rows: tuple[int, ...]) -> None:
+    split = version.load_test_split()
+    needed = max(rows)
+    repeat = -(-needed // len(split.labels))
+    users = np.tile(split.user_rows, repeat)[:needed]
+    items = np.tile(split.item_rows, repeat)[:needed]
+    device.warm_up(version.tables.assemble(users, items), rows)
+
+
+async def start_serving(settings: Settings, metrics: SchedulerMetrics) -> Serving:
+    model = settings.model
+    version = await asyncio.to_thread(open_version, model.repository, model.name, model.version)
+    devices: list[Device] = []
+    variants: dict[str, Variant] = {}
+    for config in settings.devices:
+        try:
+            device, variant = await asyncio.to_thread(create_device, version, config, settings)
+        except DeviceUnavailable as exc:
+            log.warning(
+                "device %s (%s) is not available here: %s", config.name, config.backend, exc
+            )
+            continue
+        await asyncio.to_thread(warm_up, version, device, settings.routing.warmup_rows)
+        fit = device.latency.fit
+        log.info(
+            "device %s ready: %s (%s, executes %s); latency %.3f ms + %.2f us/row",
+            device.name, variant.name, config.backend, device.backend.execution_precision,
+            fit.fixed_seconds * 1e3, fit.seconds_per_row * 1e6,
+        )  # fmt: skip
+        devices.append(device)
+        variants[device.name] = variant
+    if not devices:
+        raise RuntimeError("no configured device could be started")
+    batching = settings.batching
+    scheduler = Scheduler(
+        devices,
+        make_router(settings.routing.policy),
+        BatchingConfig(
+            batching.max_batch_rows, batching.max_queue_delay_ms / 1000, batching.max_queue_rows
+        ),
+        metrics,
+    )
+    scheduler.start()
+    return Serving(version, scheduler, variants, version.load_seen_items(), ready=True)

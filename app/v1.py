@@ -1,0 +1,157 @@
+"""The recommendation API: rank candidate items for a user, and score raw feature rows."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Annotated
+
+import numpy as np
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel, ConfigDict, Field
+
+from app import dependencies
+from app.errors import PayloadTooLarge, Unprocessable
+from app.serving import Serving
+from config import Settings
+from models.feature_tables import CATEGORICAL_INPUT, DENSE_INPUT, OOV_ROW
+
+router = APIRouter(prefix="/v1", tags=["recommendations"])
+Id = Annotated[str | int, Field(description="a raw id as in the data set; unknown ids are scored")]
+
+
+class RankRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    user_id: Id
+    candidates: list[Id] | None = Field(
+        None, min_length=1, description="item ids to rank; omitted: the whole catalog"
+    )
+    k: int = Field(10, ge=1)
+    exclude_seen: bool = Field(False, description="drop items the user rated in training")
+
+
+class RankedItem(BaseModel):
+    item_id: str
+    score: float
+
+
+class RankResponse(BaseModel):
+    model_name: str
+    model_version: int
+    variants: dict[str, str] = Field(description="device -> variant, for the devices that scored")
+    user_known: bool
+    unknown_items: list[str] = Field(description="candidates scored through the OOV slot")
+    items: list[RankedItem]
+
+
+class ScoreRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    categorical: list[list[int]] = Field(min_length=1, description="per-field vocabulary indices")
+    dense: list[list[float]] = Field(min_length=1, description="dense features (genre bag)")
+
+
+class ScoreResponse(BaseModel):
+    model_name: str
+    model_version: int
+    variants: dict[str, str]
+    scores: list[float]
+
+
+@router.post("/rank")
+async def rank(
+    body: RankRequest,
+    serving: Annotated[Serving, Depends(dependencies.serving)],
+    settings: Annotated[Settings, Depends(dependencies.settings)],
+) -> RankResponse:
+    limits = settings.limits
+    if body.k > limits.max_k:
+        raise Unprocessable(f"k: at most {limits.max_k}, got {body.k}")
+    tables = serving.version.tables
+    user_row = int(tables.user_rows([str(body.user_id)])[0])
+    if body.candidates is None:
+        ids = tables.item_ids.astype(str)
+        item_rows = np.arange(1, len(ids) + 1, dtype=np.int64)
+        unknown: list[str] = []
+    else:
+        if len(body.candidates) > limits.max_candidates:
+            raise PayloadTooLarge(
+                f"candidates: {len(body.candidates)} items, limit {limits.max_candidates}"
+            )
+        ids = np.array([str(c) for c in body.candidates])
+        item_rows = tables.item_rows(ids)
+        unknown = [str(i) for i in ids[item_rows == OOV_ROW]]
+    if body.exclude_seen and serving.seen is not None and user_row != OOV_ROW:
+        indptr, seen_rows = serving.seen
+        keep = ~np.isin(item_rows, seen_rows[indptr[user_row] : indptr[user_row + 1]])
+        ids, item_rows = ids[keep], item_rows[keep]
+    items: list[RankedItem] = []
+    devices: tuple[str, ...] = ()
+    if len(item_rows):
+        inputs = tables.assemble(np.full(len(item_rows), user_row, dtype=np.int64), item_rows)
+        scored = await serving.scheduler.submit(inputs)
+        devices = scored.devices
+        k = min(body.k, len(item_rows))
+        top = np.argpartition(-scored.scores, k - 1)[:k]
+        top = top[np.argsort(-scored.scores[top], kind="stable")]
+        items = [RankedItem(item_id=str(ids[i]), score=float(scored.scores[i])) for i in top]
+    return RankResponse(
+        model_name=serving.version.manifest.model_name,
+        model_version=serving.version.manifest.model_version,
+        variants={d: serving.variants[d].name for d in devices},
+        user_known=user_row != OOV_ROW,
+        unknown_items=unknown,
+        items=items,
+    )
+
+
+@router.post("/score")
+async def score(
+    body: ScoreRequest,
+    serving: Annotated[Serving, Depends(dependencies.serving)],
+    settings: Annotated[Settings, Depends(dependencies.settings)],
+) -> ScoreResponse:
+    rows = len(body.categorical)
+    if rows > settings.limits.max_rows_per_request:
+        raise PayloadTooLarge(
+            f"categorical: {rows} rows, limit {settings.limits.max_rows_per_request}"
+        )
+    if len(body.dense) != rows:
+        raise Unprocessable(f"dense: {len(body.dense)} rows, categorical has {rows}")
+    manifest = serving.version.manifest
+    inputs = {
+        CATEGORICAL_INPUT: to_array(
+            body.categorical, np.int64, len(manifest.categorical_fields), CATEGORICAL_INPUT
+        ),
+        DENSE_INPUT: to_array(body.dense, np.float32, len(manifest.dense_fields), DENSE_INPUT),
+    }
+    check_inputs(inputs, serving)
+    scored = await serving.scheduler.submit(inputs)
+    return ScoreResponse(
+        model_name=manifest.model_name,
+        model_version=manifest.model_version,
+        variants={d: serving.variants[d].name for d in scored.devices},
+        scores=scored.scores.astype(float).tolist(),
+    )
+
+
+def to_array(rows: Sequence[Sequence[float]], dtype: type, width: int, name: str) -> np.ndarray:
+    for index, row in enumerate(rows):
+        if len(row) != width:
+            raise Unprocessable(f"{name}: row {index} has {len(row)} values, expected {width}")
+    return np.asarray(rows, dtype=dtype)
+
+
+def check_inputs(inputs: dict[str, np.ndarray], serving: Serving) -> None:
+    """Indices within each field's vocabulary, dense values finite (no NaN or infinity)."""
+    manifest = serving.version.manifest
+    categorical = inputs[CATEGORICAL_INPUT]
+    sizes = np.array([manifest.vocabulary_sizes[f] for f in manifest.categorical_fields])
+    bad = (categorical < 0) | (categorical >= sizes)
+    if bad.any():
+        row, column = (int(x) for x in np.argwhere(bad)[0])
+        field = manifest.categorical_fields[column]
+        raise Unprocessable(
+            f"{CATEGORICAL_INPUT}: row {row} field {field!r} index {categorical[row, column]} "
+            f"outside 0..{sizes[column] - 1}"
+        )
+    if not np.isfinite(inputs[DENSE_INPUT]).all():
+        raise Unprocessable(f"{DENSE_INPUT}: values must be finite (no NaN or infinity)")
