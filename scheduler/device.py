@@ -26,7 +26,9 @@ class Device:
         self._executor = ThreadPoolExecutor(parallel_batches, thread_name_prefix=self.name)
         self._slots = asyncio.Semaphore(parallel_batches)
         self.in_flight_batches = 0
-        self.backlog_seconds = 0.0
+        self._waiting_seconds = 0.0  # predicted work of batches waiting for a slot
+        self._running: dict[int, tuple[float, float]] = {}  # batch -> (started, predicted)
+        self._next_token = 0
         self.rows_scored = 0
 
     def warm_up(self, sample: Inputs, sizes: tuple[int, ...], repeats: int = 3) -> None:
@@ -39,38 +41,56 @@ class Device:
                 self.backend.run(batch)
                 self.latency.observe(rows, time.perf_counter() - started)
 
+    def backlog_seconds(self, now: float) -> float:
+        """Predicted work left: what running batches still need, plus the waiting ones."""
+        running = sum(
+            max(0.0, start + predicted - now) for start, predicted in self._running.values()
+        )
+        return running + self._waiting_seconds
+
     def snapshot(self) -> DeviceSnapshot:
+        now = asyncio.get_running_loop().time()
         return DeviceSnapshot(
             name=self.name,
             fit=self.latency.fit,
             in_flight_batches=self.in_flight_batches,
             parallel_slots=self.parallel_batches,
-            backlog_seconds=self.backlog_seconds,
-            max_outstanding_batches=2 * self.parallel_batches,
+            backlog_seconds=self.backlog_seconds(now),
+            max_outstanding_batches=self.parallel_batches + 1,
         )
 
     async def run(self, inputs: Inputs, rows: int) -> tuple[np.ndarray, float]:
         """Scores and the seconds the backend took. Raises BatchFailed naming this device."""
         predicted = self.latency.predict(rows)
+        loop = asyncio.get_running_loop()
+        token, self._next_token = self._next_token, self._next_token + 1
         self.in_flight_batches += 1
-        self.backlog_seconds += predicted
+        self._waiting_seconds += predicted
         try:
             async with self._slots:
-                loop = asyncio.get_running_loop()
-                started = time.perf_counter()
+                self._waiting_seconds -= predicted
+                self._running[token] = (loop.time(), predicted)
                 try:
-                    scores = await loop.run_in_executor(self._executor, self.backend.run, inputs)
+                    scores, seconds = await self.execute(inputs, rows)
                 except Exception as exc:
                     raise BatchFailed(f"device {self.name} failed a batch: {exc}") from exc
-                seconds = time.perf_counter() - started
         finally:
             self.in_flight_batches -= 1
-            self.backlog_seconds = max(0.0, self.backlog_seconds - predicted)
+            if self._running.pop(token, None) is None:  # never got a slot
+                self._waiting_seconds = max(0.0, self._waiting_seconds - predicted)
         if scores.shape[0] != rows:
             raise BatchFailed(f"device {self.name} returned {scores.shape[0]} rows for {rows}")
         self.latency.observe(rows, seconds)
         self.rows_scored += rows
         return scores, seconds
+
+    async def execute(self, inputs: Inputs, rows: int) -> tuple[np.ndarray, float]:
+        """Run one batch on the executor thread; the backend releases the GIL while computing."""
+        del rows
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        scores = await loop.run_in_executor(self._executor, self.backend.run, inputs)
+        return scores, time.perf_counter() - started
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from scheduler.batch import Batch, Inputs, Request, Scored, assemble, take_batch
@@ -45,6 +45,7 @@ class Scheduler:
         router: Router,
         config: BatchingConfig,
         metrics: SchedulerMetrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not devices:
             raise ValueError("the scheduler needs at least one device")
@@ -52,6 +53,7 @@ class Scheduler:
         self._router = router
         self._config = config
         self._metrics = metrics
+        self._clock = clock  # the simulation passes its virtual clock
         self._queue: deque[Request] = deque()
         self._queued_rows = 0
         self._arrived = asyncio.Event()
@@ -89,7 +91,7 @@ class Scheduler:
                 retry_after_seconds=self._predicted_drain_seconds(),
             )
         future: asyncio.Future[Scored] = asyncio.get_running_loop().create_future()
-        self._queue.append(Request(inputs, rows, future, time.monotonic()))
+        self._queue.append(Request(inputs, rows, future, self._clock()))
         self._queued_rows += rows
         self._arrived.set()
         return future
@@ -139,7 +141,7 @@ class Scheduler:
             await self._arrived.wait()
         deadline = self._queue[0].enqueued_at + self._config.max_queue_delay_seconds
         while self._queued_rows < self._config.max_batch_rows:
-            remaining = deadline - time.monotonic()
+            remaining = deadline - self._clock()
             if remaining <= 0:
                 break
             self._arrived.clear()
@@ -158,7 +160,7 @@ class Scheduler:
         task.add_done_callback(self._dispatches.discard)
 
     async def _run(self, device: Device, batch: Batch) -> None:
-        started = time.monotonic()
+        started = self._clock()
         if self._metrics:
             self._metrics.observe_dispatch(batch, started, self._config.max_batch_rows)
         try:
