@@ -1,5 +1,4 @@
 # Build stage: install the training group and build the default model repository.
-# (The serving stage arrives with the serving issue; until then the image evaluates the build.)
 FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md config.py settings.toml ./
@@ -17,4 +16,5 @@ COPY scheduler scheduler
 RUN pip install --no-cache-dir . && useradd --create-home --uid 10001 recsys
 COPY --from=build --chown=recsys /src/model_repository /srv/model_repository
 USER recsys
-CMD ["python", "-m", "models", "evaluate"]
+EXPOSE 8000
+CMD ["python", "-m", "app", "--host", "0.0.0.0", "--port", "8000"]

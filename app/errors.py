@@ -5,9 +5,10 @@ from __future__ import annotations
 import math
 from http import HTTPStatus
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import ORJSONResponse
+from fastapi.responses import Response
 
 from scheduler.errors import Overloaded, ServingError
 
@@ -20,10 +21,14 @@ class Unprocessable(ServingError):
     status = HTTPStatus.UNPROCESSABLE_ENTITY
 
 
-def error_response(
-    status: int, message: str, headers: dict[str, str] | None = None
-) -> ORJSONResponse:
-    return ORJSONResponse({"error": message}, status_code=status, headers=headers)
+def json_response(
+    content: object, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    return Response(orjson.dumps(content), status, headers, media_type="application/json")
+
+
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    return json_response({"error": message}, status, headers)
 
 
 def _field(location: tuple[object, ...]) -> str:
@@ -31,7 +36,7 @@ def _field(location: tuple[object, ...]) -> str:
     return ".".join(parts) or "body"
 
 
-async def serving_error(request: Request, exc: Exception) -> ORJSONResponse:
+async def serving_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ServingError)
     headers = None
     if isinstance(exc, Overloaded):
@@ -39,7 +44,7 @@ async def serving_error(request: Request, exc: Exception) -> ORJSONResponse:
     return error_response(exc.status, str(exc), headers)
 
 
-async def validation_error(request: Request, exc: Exception) -> ORJSONResponse:
+async def validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     problems = [f"{_field(tuple(e['loc']))}: {e['msg']}" for e in exc.errors()[:5]]
     return error_response(HTTPStatus.UNPROCESSABLE_ENTITY, "; ".join(problems))

@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Response
-from fastapi.responses import ORJSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from app import errors, v1, v2
@@ -40,7 +39,6 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         title="recsys-serve",
         description="Real-time recommendation inference: /v1 ranking API and KServe V2.",
         version=v2.SERVER_VERSION,
-        default_response_class=ORJSONResponse,
         lifespan=lifespan,
     )
     app.state.settings = settings

@@ -7,9 +7,9 @@ import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
-from fastapi.responses import ORJSONResponse
 
 from app import dependencies
+from app.errors import json_response
 from app.serving import Serving
 from app.v1 import check_inputs
 from app.v2_codec import (
@@ -59,7 +59,7 @@ async def live() -> dict[str, bool]:
 async def ready(request: Request) -> Response:
     state: Serving | None = request.app.state.serving
     is_ready = state is not None and state.ready and state.scheduler.running
-    return ORJSONResponse({"ready": is_ready}, status_code=200 if is_ready else 503)
+    return json_response({"ready": is_ready}, status=200 if is_ready else 503)
 
 
 @router.get("/models/{name}")
@@ -85,9 +85,7 @@ async def model_metadata(request: Request, name: str, version: str | None = None
 @router.get("/models/{name}/versions/{version}/ready")
 async def model_ready(request: Request, name: str, version: str | None = None) -> Response:
     state = model_of(request, name, version)
-    return ORJSONResponse(
-        {"name": name, "ready": state.ready}, status_code=200 if state.ready else 503
-    )
+    return json_response({"name": name, "ready": state.ready}, status=200 if state.ready else 503)
 
 
 @router.get("/models/{name}/config")
