@@ -26,7 +26,7 @@ class Device:
         self._executor = ThreadPoolExecutor(parallel_batches, thread_name_prefix=self.name)
         self._slots = asyncio.Semaphore(parallel_batches)
         self.in_flight_batches = 0
-        self._waiting_seconds = 0.0  # predicted work of batches waiting for a slot
+        self._waiting: dict[int, float] = {}  # batch -> predicted seconds, in arrival order
         self._running: dict[int, tuple[float, float]] = {}  # batch -> (started, predicted)
         self._next_token = 0
         self.rows_scored = 0
@@ -41,13 +41,6 @@ class Device:
                 self.backend.run(batch)
                 self.latency.observe(rows, time.perf_counter() - started)
 
-    def backlog_seconds(self, now: float) -> float:
-        """Predicted work left: what running batches still need, plus the waiting ones."""
-        running = sum(
-            max(0.0, start + predicted - now) for start, predicted in self._running.values()
-        )
-        return running + self._waiting_seconds
-
     def snapshot(self) -> DeviceSnapshot:
         now = asyncio.get_running_loop().time()
         return DeviceSnapshot(
@@ -55,7 +48,10 @@ class Device:
             fit=self.latency.fit,
             in_flight_batches=self.in_flight_batches,
             parallel_slots=self.parallel_batches,
-            backlog_seconds=self.backlog_seconds(now),
+            running_remaining=tuple(
+                max(0.0, start + predicted - now) for start, predicted in self._running.values()
+            ),
+            waiting=tuple(self._waiting.values()),
             max_outstanding_batches=self.parallel_batches + 1,
         )
 
@@ -65,10 +61,10 @@ class Device:
         loop = asyncio.get_running_loop()
         token, self._next_token = self._next_token, self._next_token + 1
         self.in_flight_batches += 1
-        self._waiting_seconds += predicted
+        self._waiting[token] = predicted
         try:
             async with self._slots:
-                self._waiting_seconds -= predicted
+                del self._waiting[token]
                 self._running[token] = (loop.time(), predicted)
                 try:
                     scores, seconds = await self.execute(inputs, rows)
@@ -76,8 +72,8 @@ class Device:
                     raise BatchFailed(f"device {self.name} failed a batch: {exc}") from exc
         finally:
             self.in_flight_batches -= 1
-            if self._running.pop(token, None) is None:  # never got a slot
-                self._waiting_seconds = max(0.0, self._waiting_seconds - predicted)
+            self._running.pop(token, None)
+            self._waiting.pop(token, None)  # cancelled before it got a slot
         if scores.shape[0] != rows:
             raise BatchFailed(f"device {self.name} returned {scores.shape[0]} rows for {rows}")
         self.latency.observe(rows, seconds)

@@ -6,6 +6,7 @@ counting the work already assigned to it. shortest-queue and round-robin exist f
 
 from __future__ import annotations
 
+import heapq
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,19 +23,33 @@ class DeviceSnapshot:
     fit: LatencyFit
     in_flight_batches: int  # running or waiting for a slot on this device
     parallel_slots: int
-    backlog_seconds: float  # predicted seconds of work assigned and not finished
+    running_remaining: tuple[float, ...]  # predicted seconds left of each running batch
+    waiting: tuple[float, ...]  # predicted seconds of each batch waiting for a slot, FIFO
     max_outstanding_batches: int
 
     @property
     def accepting(self) -> bool:
         return self.in_flight_batches < self.max_outstanding_batches
 
+    @property
+    def backlog_seconds(self) -> float:
+        return sum(self.running_remaining) + sum(self.waiting)
+
+    def predicted_start(self) -> float:
+        """Seconds until a slot is free for a batch sent now: the waiting batches take the
+        slots as they free up (FIFO), this one the first slot free after them."""
+        slots = [
+            *self.running_remaining,
+            *[0.0] * (self.parallel_slots - len(self.running_remaining)),
+        ]
+        heapq.heapify(slots)
+        for seconds in self.waiting:
+            heapq.heappush(slots, heapq.heappop(slots) + seconds)
+        return slots[0]
+
     def predicted_finish(self, rows: int) -> float:
         """Seconds from now until a batch of `rows` sent here now would be done."""
-        wait = 0.0
-        if self.in_flight_batches >= self.parallel_slots:
-            wait = self.backlog_seconds / self.parallel_slots
-        return wait + self.fit.predict(rows)
+        return self.predicted_start() + self.fit.predict(rows)
 
 
 Router = Callable[[Sequence[DeviceSnapshot], int], int]

@@ -28,7 +28,18 @@ def test_latency_model_stays_positive_on_noise() -> None:
 
 def device(name: str, fixed: float, per_row: float, in_flight: int = 0, backlog: float = 0.0,
            slots: int = 1) -> DeviceSnapshot:  # fmt: skip
-    return DeviceSnapshot(name, LatencyFit(fixed, per_row), in_flight, slots, backlog, 2 * slots)
+    running = (backlog,) * min(in_flight, slots) if in_flight else ()
+    waiting = (backlog,) * max(0, in_flight - slots)
+    fit = LatencyFit(fixed, per_row)
+    return DeviceSnapshot(name, fit, in_flight, slots, running, waiting, 2 * slots)
+
+
+def test_predicted_start_schedules_waiting_batches_on_the_first_free_slot() -> None:
+    snapshot = DeviceSnapshot("gpu", LatencyFit(0, 0), 4, 2, (0.3, 0.1), (0.5, 0.2), 6)
+    # Slots free at 0.1 and 0.3; the waiting 0.5 takes 0.1 -> 0.6, the 0.2 takes 0.3 -> 0.5.
+    assert snapshot.predicted_start() == pytest.approx(0.5)
+    idle = DeviceSnapshot("gpu", LatencyFit(0.001, 0), 1, 2, (0.3,), (), 4)
+    assert idle.predicted_finish(10) == pytest.approx(0.001)  # a slot is free now
 
 
 def test_earliest_completion_sends_small_batches_to_cpu_and_large_ones_to_gpu() -> None:
