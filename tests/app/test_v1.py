@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -11,7 +14,7 @@ import pytest
 from models import repository
 from models.runtime import OnnxRuntimeSession
 from tests.app.conftest import MAX_BODY_BYTES, MAX_CANDIDATES
-from tests.conftest import MODEL_NAME
+from tests.conftest import MODEL_NAME, ROOT
 
 
 @pytest.fixture(scope="module")
@@ -120,3 +123,19 @@ def test_nan_is_refused_naming_the_field(client: httpx.Client) -> None:
     body = b'{"categorical": [[1, 1, 1, 1, 1, 1, 1]], "dense": [[NaN' + b", 0" * 18 + b"]]}"
     response = client.post("/v1/score", content=body, headers={"content-type": "application/json"})
     assert response.status_code == 422 and "dense" in response.json()["error"]
+
+
+def test_openapi_docs_are_served(client: httpx.Client) -> None:
+    assert client.get("/docs").status_code == 200
+    paths = client.get("/openapi.json").json()["paths"]
+    assert "/v1/rank" in paths and "/v1/score" in paths
+
+
+def test_invalid_settings_stop_start_up_naming_the_key() -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RECSYS_BATCHING__MAX_BATCH_ROWS": "0"}
+    result = subprocess.run(
+        [sys.executable, "-m", "app"], cwd=ROOT, env=env, capture_output=True, text=True,
+        timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "batching.max_batch_rows" in result.stderr
