@@ -58,7 +58,7 @@ def choose_variant(version: ModelVersion, device: DeviceSettings) -> Variant:
             f"devices.{device.name}.variant: no variant {name!r} in the manifest"
         ) from None
     runtime = RUNTIME_OF_BACKEND[device.backend]
-    if runtime not in variant.runtimes and not (kind == "gpu" and variant.device == "gpu"):
+    if runtime not in variant.runtimes:
         raise ValueError(
             f"devices.{device.name}.variant: {name!r} is not served by {runtime} "
             f"(it runs on {', '.join(variant.runtimes)})"
