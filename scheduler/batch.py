@@ -27,12 +27,14 @@ class Request:
     rows: int
     future: asyncio.Future[Scored]
     enqueued_at: float
-    taken: int = 0  # rows already placed in batches
+    priority: int = 0  # 0 high, 1 low
+    taken: int = 0  # rows already placed in batches (or given up: expired, cancelled)
     results: dict[int, np.ndarray] = field(default_factory=dict)  # offset -> scores
     done_rows: int = 0
     devices: set[str] = field(default_factory=set)
     queue_seconds: float = 0.0
     compute_seconds: float = 0.0
+    timer: asyncio.TimerHandle | None = None  # fires at the deadline
 
     @property
     def remaining(self) -> int:

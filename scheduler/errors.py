@@ -27,6 +27,12 @@ class Overloaded(ServingError):
         self.retry_after_seconds = retry_after_seconds
 
 
+class DeadlineExceeded(ServingError):
+    """The request's deadline passed while it was queued or running; answered at that moment."""
+
+    status = HTTPStatus.GATEWAY_TIMEOUT
+
+
 class NotReady(ServingError):
     status = HTTPStatus.SERVICE_UNAVAILABLE
 

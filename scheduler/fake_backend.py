@@ -20,6 +20,7 @@ class FakeBackend:
         self.release.set()
         self.fail_with: Exception | None = None
         self.batches: list[int] = []  # rows of each batch run, in order
+        self.batch_inputs: list[np.ndarray] = []  # the `x` of each batch run
         self.started = threading.Semaphore(0)  # released once per batch that starts
         self.seconds_per_row = seconds_per_row
 
@@ -34,6 +35,7 @@ class FakeBackend:
         if self.fail_with is not None:
             raise self.fail_with
         self.batches.append(len(x))
+        self.batch_inputs.append(x)
         if self.seconds_per_row:
             threading.Event().wait(self.seconds_per_row * len(x))
         scores: np.ndarray = x.sum(axis=1).astype(np.float32)

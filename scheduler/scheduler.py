@@ -15,9 +15,9 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from scheduler.batch import Batch, Inputs, Request, Scored, assemble, take_batch
+from scheduler.batch import Batch, Inputs, Part, Request, Scored, assemble, take_batch
 from scheduler.device import Device
-from scheduler.errors import BatchFailed, NotReady, Overloaded, ServingError
+from scheduler.errors import BatchFailed, DeadlineExceeded, NotReady, Overloaded, ServingError
 from scheduler.metrics import SchedulerMetrics
 from scheduler.router import Router
 
@@ -29,6 +29,12 @@ class BatchingConfig:
     max_batch_rows: int
     max_queue_delay_seconds: float
     max_queue_rows: int
+    # A low-priority request is admitted only if predicted to finish within this fraction of
+    # its timeout, so under pressure low priority is shed first and high priority keeps its latency.
+    low_priority_admit_fraction: float = 0.5
+
+
+HIGH, LOW = 0, 1
 
 
 @dataclass(frozen=True)
@@ -54,8 +60,8 @@ class Scheduler:
         self._config = config
         self._metrics = metrics
         self._clock = clock  # the simulation passes its virtual clock
-        self._queue: deque[Request] = deque()
-        self._queued_rows = 0
+        self._queues: tuple[deque[Request], deque[Request]] = (deque(), deque())  # HIGH, LOW
+        self._queued_rows = [0, 0]
         self._arrived = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self._dispatches: set[asyncio.Task[None]] = set()
@@ -71,40 +77,86 @@ class Scheduler:
 
     def statistics(self) -> QueueStatistics:
         return QueueStatistics(
-            queued_requests=len(self._queue),
-            queued_rows=self._queued_rows,
+            queued_requests=sum(len(q) for q in self._queues),
+            queued_rows=sum(self._queued_rows),
             in_flight_batches={d.name: d.in_flight_batches for d in self.devices},
         )
 
-    def submit_nowait(self, inputs: Inputs) -> asyncio.Future[Scored]:
-        """Queue the rows of `inputs`; refuse at once (Overloaded) when the queue is full."""
+    def submit_nowait(
+        self, inputs: Inputs, timeout_seconds: float | None = None, priority: int = HIGH
+    ) -> asyncio.Future[Scored]:
+        """Queue the rows of `inputs`, or refuse at once: Overloaded when the queue is full or the
+        request is predicted to miss its deadline. A queued request whose deadline passes fails
+        with DeadlineExceeded at that moment."""
         if not self.running:
             raise NotReady(f"the batcher is not running ({self._failure or 'not started'})")
         rows = len(next(iter(inputs.values())))
         if rows == 0:
             raise ValueError("a request needs at least one row")
-        if self._queued_rows + rows > self._config.max_queue_rows:
-            if self._metrics:
-                self._metrics.refused.labels(reason="queue_full").inc()
+        queued = sum(self._queued_rows)
+        if queued + rows > self._config.max_queue_rows:
+            self._count_refusal("queue_full")
             raise Overloaded(
-                f"queue full: {self._queued_rows} rows queued, limit {self._config.max_queue_rows}",
-                retry_after_seconds=self._predicted_drain_seconds(),
+                f"queue full: {queued} rows queued, limit {self._config.max_queue_rows}",
+                retry_after_seconds=self.predicted_completion(0, LOW),
             )
-        future: asyncio.Future[Scored] = asyncio.get_running_loop().create_future()
-        self._queue.append(Request(inputs, rows, future, self._clock()))
-        self._queued_rows += rows
+        if timeout_seconds is not None:
+            predicted = self.predicted_completion(rows, priority)
+            budget = timeout_seconds
+            if priority == LOW:
+                budget *= self._config.low_priority_admit_fraction
+            if predicted > budget:
+                self._count_refusal("deadline" if priority == HIGH else "deadline_low_priority")
+                raise Overloaded(
+                    f"cannot finish within {timeout_seconds * 1000:.0f} ms: predicted "
+                    f"{predicted * 1000:.1f} ms",
+                    retry_after_seconds=predicted,
+                )
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Scored] = loop.create_future()
+        request = Request(inputs, rows, future, self._clock(), priority)
+        if timeout_seconds is not None:
+            request.timer = loop.call_later(timeout_seconds, self._expire, request, timeout_seconds)
+        future.add_done_callback(lambda _: self._settled(request))
+        self._queues[priority].append(request)
+        self._queued_rows[priority] += rows
         self._arrived.set()
         return future
 
-    async def submit(self, inputs: Inputs) -> Scored:
-        return await self.submit_nowait(inputs)
+    async def submit(
+        self, inputs: Inputs, timeout_seconds: float | None = None, priority: int = HIGH
+    ) -> Scored:
+        return await self.submit_nowait(inputs, timeout_seconds, priority)
 
-    def _predicted_drain_seconds(self) -> float:
-        rows_per_second = sum(
-            self._config.max_batch_rows / max(d.latency.predict(self._config.max_batch_rows), 1e-6)
-            for d in self.devices
+    def predicted_completion(self, rows: int, priority: int) -> float:
+        """Seconds until `rows` submitted now would be scored: the rows queued ahead of them (of
+        the same or higher priority) at the devices' combined rate, after the earliest free slot."""
+        batch = self._config.max_batch_rows
+        rate = sum(
+            d.parallel_batches * batch / max(d.latency.predict(batch), 1e-9) for d in self.devices
         )
-        return self._queued_rows / max(rows_per_second, 1e-6)
+        ahead = self._queued_rows[HIGH] + (self._queued_rows[LOW] if priority == LOW else 0)
+        snapshots = [d.snapshot() for d in self.devices]
+        start = min(s.predicted_start() for s in snapshots)
+        fixed = min(s.fit.fixed_seconds for s in snapshots)
+        return start + fixed + (ahead + rows) / max(rate, 1e-9)
+
+    def _count_refusal(self, reason: str) -> None:
+        if self._metrics:
+            self._metrics.refused.labels(reason=reason).inc()
+
+    def _expire(self, request: Request, timeout_seconds: float) -> None:
+        if not request.future.done():
+            self._count_refusal("deadline_expired")
+            request.fail(DeadlineExceeded(f"deadline of {timeout_seconds * 1000:.0f} ms passed"))
+
+    def _settled(self, request: Request) -> None:
+        """However the future ended, stop its timer and give back the rows it no longer needs."""
+        if request.timer is not None:
+            request.timer.cancel()
+        if request.remaining:
+            self._queued_rows[request.priority] -= request.remaining
+            request.taken = request.rows  # the batcher drops it without counting it again
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -114,17 +166,20 @@ class Scheduler:
         self._fail_queued(NotReady("the server is shutting down"))
 
     def _fail_queued(self, error: ServingError) -> None:
-        while self._queue:
-            self._queue.popleft().fail(error)
-        self._queued_rows = 0
+        for queue in self._queues:
+            while queue:
+                queue.popleft().fail(error)
 
     async def _batch_loop(self) -> None:
         try:
             while True:
                 await self._wait_for_batch()
-                parts, dropped = take_batch(self._queue, self._config.max_batch_rows)
-                taken = sum(p.rows for p in parts)
-                self._queued_rows -= taken + dropped
+                parts: list[Part] = []
+                for priority, queue in enumerate(self._queues):  # high priority first
+                    room = self._config.max_batch_rows - sum(p.rows for p in parts)
+                    taken, dropped = take_batch(queue, room)
+                    self._queued_rows[priority] -= sum(p.rows for p in taken) + dropped
+                    parts += taken
                 if parts:
                     self._dispatch(assemble(parts))
         except asyncio.CancelledError:
@@ -136,11 +191,12 @@ class Scheduler:
             raise
 
     async def _wait_for_batch(self) -> None:
-        while not self._queue:
+        while not any(self._queues):
             self._arrived.clear()
             await self._arrived.wait()
-        deadline = self._queue[0].enqueued_at + self._config.max_queue_delay_seconds
-        while self._queued_rows < self._config.max_batch_rows:
+        oldest = min(q[0].enqueued_at for q in self._queues if q)
+        deadline = oldest + self._config.max_queue_delay_seconds
+        while sum(self._queued_rows) < self._config.max_batch_rows:
             remaining = deadline - self._clock()
             if remaining <= 0:
                 break
