@@ -151,6 +151,17 @@ class LimitSettings(Section):
     max_k: int = Field(1000, ge=1)
 
 
+class AdmissionSettings(Section):
+    # Every request's deadline; a caller may shorten it (X-Request-Timeout-Ms on /v1, the V2
+    # `timeout` parameter in microseconds), never lengthen it.
+    default_timeout_ms: float = Field(1000.0, gt=0)
+    # Status of a refusal for overload: 503 (default) or 429; both carry Retry-After.
+    overload_status: Literal[503, 429] = 503
+    default_priority: Literal["high", "low"] = "high"
+    # Low priority is admitted only if predicted to finish within this fraction of its deadline.
+    low_priority_admit_fraction: float = Field(0.5, gt=0, le=1)
+
+
 class MetricsSettings(Section):
     prefix: str = Field("recsys", pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 
@@ -180,6 +191,7 @@ class Settings(BaseSettings):
     devices: tuple[DeviceSettings, ...] = DEFAULT_DEVICES
     routing: RoutingSettings = RoutingSettings()
     limits: LimitSettings = LimitSettings()
+    admission: AdmissionSettings = AdmissionSettings()
     metrics: MetricsSettings = MetricsSettings()
 
     @model_validator(mode="after")

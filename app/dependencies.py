@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from fastapi import Request
 
 from app.serving import Serving
 from config import Settings
-from scheduler.errors import NotReady
+from scheduler.errors import InvalidInput, NotReady
+from scheduler.scheduler import HIGH, LOW
+
+TIMEOUT_HEADER = "x-request-timeout-ms"
+PRIORITY_HEADER = "x-request-priority"
+PRIORITIES = {"high": HIGH, "low": LOW}
 
 
 def serving(request: Request) -> Serving:
@@ -19,3 +26,33 @@ def serving(request: Request) -> Serving:
 def settings(request: Request) -> Settings:
     value: Settings = request.app.state.settings
     return value
+
+
+@dataclass(frozen=True)
+class RequestOptions:
+    timeout_seconds: float
+    priority: int
+
+
+def effective_timeout(settings: Settings, asked_ms: float | None) -> float:
+    """The caller may shorten the default deadline, never lengthen it."""
+    default = settings.admission.default_timeout_ms
+    return (default if asked_ms is None else min(default, asked_ms)) / 1000
+
+
+def request_options(request: Request) -> RequestOptions:
+    """Deadline and priority of a /v1 request, from its headers."""
+    config = settings(request)
+    asked = request.headers.get(TIMEOUT_HEADER)
+    asked_ms = None
+    if asked is not None:
+        try:
+            asked_ms = float(asked)
+        except ValueError:
+            asked_ms = -1.0
+        if not asked_ms > 0:
+            raise InvalidInput(f"X-Request-Timeout-Ms: {asked!r} is not a positive number")
+    priority = request.headers.get(PRIORITY_HEADER, config.admission.default_priority).lower()
+    if priority not in PRIORITIES:
+        raise InvalidInput(f"X-Request-Priority: {priority!r} is not 'high' or 'low'")
+    return RequestOptions(effective_timeout(config, asked_ms), PRIORITIES[priority])

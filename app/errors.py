@@ -39,9 +39,11 @@ def _field(location: tuple[object, ...]) -> str:
 async def serving_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ServingError)
     headers = None
+    status = int(exc.status)
     if isinstance(exc, Overloaded):
         headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after_seconds)))}
-    return error_response(exc.status, str(exc), headers)
+        status = request.app.state.settings.admission.overload_status
+    return error_response(status, str(exc), headers)
 
 
 async def validation_error(request: Request, exc: Exception) -> Response:

@@ -121,7 +121,10 @@ async def start_serving(settings: Settings, metrics: SchedulerMetrics) -> Servin
         devices,
         make_router(settings.routing.policy),
         BatchingConfig(
-            batching.max_batch_rows, batching.max_queue_delay_ms / 1000, batching.max_queue_rows
+            batching.max_batch_rows,
+            batching.max_queue_delay_ms / 1000,
+            batching.max_queue_rows,
+            settings.admission.low_priority_admit_fraction,
         ),
         metrics,
     )

@@ -61,6 +61,7 @@ async def rank(
     body: RankRequest,
     serving: Annotated[Serving, Depends(dependencies.serving)],
     settings: Annotated[Settings, Depends(dependencies.settings)],
+    options: Annotated[dependencies.RequestOptions, Depends(dependencies.request_options)],
 ) -> RankResponse:
     limits = settings.limits
     if body.k > limits.max_k:
@@ -87,7 +88,7 @@ async def rank(
     devices: tuple[str, ...] = ()
     if len(item_rows):
         inputs = tables.assemble(np.full(len(item_rows), user_row, dtype=np.int64), item_rows)
-        scored = await serving.scheduler.submit(inputs)
+        scored = await serving.scheduler.submit(inputs, options.timeout_seconds, options.priority)
         devices = scored.devices
         k = min(body.k, len(item_rows))
         top = np.argpartition(-scored.scores, k - 1)[:k]
@@ -108,6 +109,7 @@ async def score(
     body: ScoreRequest,
     serving: Annotated[Serving, Depends(dependencies.serving)],
     settings: Annotated[Settings, Depends(dependencies.settings)],
+    options: Annotated[dependencies.RequestOptions, Depends(dependencies.request_options)],
 ) -> ScoreResponse:
     rows = len(body.categorical)
     if rows > settings.limits.max_rows_per_request:
@@ -124,7 +126,7 @@ async def score(
         DENSE_INPUT: to_array(body.dense, np.float32, len(manifest.dense_fields), DENSE_INPUT),
     }
     check_inputs(inputs, serving)
-    scored = await serving.scheduler.submit(inputs)
+    scored = await serving.scheduler.submit(inputs, options.timeout_seconds, options.priority)
     return ScoreResponse(
         model_name=manifest.model_name,
         model_version=manifest.model_version,

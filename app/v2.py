@@ -9,6 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request, Response
 
 from app import dependencies
+from app.dependencies import PRIORITIES, effective_timeout
 from app.errors import json_response
 from app.serving import Serving
 from app.v1 import check_inputs
@@ -21,7 +22,8 @@ from app.v2_codec import (
     parse_request,
 )
 from config import Settings
-from scheduler.errors import NotReady, UnknownModel
+from scheduler.errors import InvalidInput, NotReady, UnknownModel
+from scheduler.scheduler import LOW
 
 router = APIRouter(prefix="/v2", tags=["KServe V2"])
 SERVER_NAME = "recsys-serve"
@@ -139,6 +141,24 @@ async def model_stats(request: Request, name: str, version: str | None = None) -
     }
 
 
+def v2_options(header: dict[str, Any], settings: Settings) -> tuple[float, int]:
+    """Triton's request parameters: `timeout` in microseconds, `priority` 1 highest (0: default)."""
+    parameters = header.get("parameters") or {}
+    timeout = parameters.get("timeout")
+    if timeout is not None and not (isinstance(timeout, int | float) and timeout > 0):
+        raise InvalidInput(
+            f"parameters.timeout: {timeout!r} is not a positive number of microseconds"
+        )
+    priority = parameters.get("priority", 0)
+    if not isinstance(priority, int) or priority < 0:
+        raise InvalidInput(f"parameters.priority: {priority!r} is not a non-negative integer")
+    level = (
+        PRIORITIES[settings.admission.default_priority] if priority == 0 else min(priority - 1, LOW)
+    )
+    asked_ms = None if timeout is None else timeout / 1000
+    return effective_timeout(settings, asked_ms), level
+
+
 @router.post("/models/{name}/infer")
 @router.post("/models/{name}/versions/{version}/infer")
 async def infer(
@@ -156,8 +176,9 @@ async def infer(
     inputs = check_against(decode_inputs(header, tail), specs, settings.limits.max_rows_per_request)
     check_inputs(inputs, serving)
     binary = binary_outputs(header, [o.name for o in manifest.outputs])
+    timeout_seconds, priority = v2_options(header, settings)
     try:
-        scored = await serving.scheduler.submit(inputs)
+        scored = await serving.scheduler.submit(inputs, timeout_seconds, priority)
     except Exception:
         serving.stats["failures"] = serving.stats.get("failures", 0) + 1
         raise

@@ -139,3 +139,24 @@ def test_invalid_settings_stop_start_up_naming_the_key() -> None:
     )  # fmt: skip
     assert result.returncode == 2
     assert "batching.max_batch_rows" in result.stderr
+
+
+def test_a_request_that_cannot_meet_its_deadline_is_refused_at_once(client: httpx.Client) -> None:
+    response = client.post(
+        "/v1/rank", json={"user_id": 1, "k": 5}, headers={"X-Request-Timeout-Ms": "0.001"}
+    )
+    assert response.status_code == 503, response.text
+    assert "cannot finish within" in response.json()["error"]
+    assert int(response.headers["Retry-After"]) >= 1
+    ok = client.post("/v1/rank", json={"user_id": 1, "k": 5}, headers={"X-Request-Priority": "low"})
+    assert ok.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("header", "value"), [("X-Request-Timeout-Ms", "soon"), ("X-Request-Priority", "urgent")]
+)
+def test_bad_deadline_or_priority_headers_are_named(
+    client: httpx.Client, header: str, value: str
+) -> None:
+    response = client.post("/v1/rank", json={"user_id": 1}, headers={header: value})
+    assert response.status_code == 400 and header in response.json()["error"]

@@ -102,3 +102,19 @@ def test_metrics_are_prometheus_histograms_gauges_and_counters(client: httpx.Cli
         s.value for s in families["recsys_rows_scored"].samples if s.name.endswith("_total")
     )
     assert scored >= 1682
+
+
+def test_v2_timeout_and_priority_parameters(client: httpx.Client) -> None:
+    tensors = [
+        {"name": "categorical", "shape": [1, 7], "datatype": "INT64", "data": [0] * 7},
+        {"name": "dense", "shape": [1, 19], "datatype": "FP32", "data": [0.0] * 19},
+    ]
+    url = f"/v2/models/{MODEL_NAME}/infer"
+    refused = client.post(url, json={"inputs": tensors, "parameters": {"timeout": 1}})
+    assert refused.status_code == 503 and "Retry-After" in refused.headers
+    low = client.post(
+        url, json={"inputs": tensors, "parameters": {"priority": 2, "timeout": 10**6}}
+    )
+    assert low.status_code == 200
+    bad = client.post(url, json={"inputs": tensors, "parameters": {"priority": "high"}})
+    assert bad.status_code == 400 and "parameters.priority" in bad.json()["error"]
