@@ -111,6 +111,11 @@ class ServerSettings(Section):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    # On SIGTERM: readiness turns false and new requests are refused with 503 at once; after
+    # drain_delay_seconds (time for a load balancer to notice) the listener closes, and requests
+    # already accepted finish within graceful_shutdown_seconds before the process exits 0.
+    drain_delay_seconds: float = Field(0.0, ge=0)
+    graceful_shutdown_seconds: float = Field(30.0, gt=0)
 
 
 class ServingModelSettings(Section):

@@ -11,6 +11,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from app.main import create_app
+from app.server import DrainingServer
 from config import load_settings
 
 
@@ -33,15 +34,18 @@ def main(argv: list[str] | None = None) -> int:
         level=settings.server.log_level.upper(),
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
-    uvicorn.run(
-        create_app(settings),
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
         host=settings.server.host,
         port=settings.server.port,
         loop="uvloop",
         http="httptools",
         log_level=settings.server.log_level,
         access_log=False,
+        timeout_graceful_shutdown=int(settings.server.graceful_shutdown_seconds),
     )
+    DrainingServer(config, app, settings.server.drain_delay_seconds).run()
     return 0
 
 

@@ -18,6 +18,8 @@ PRIORITIES = {"high": HIGH, "low": LOW}
 
 def serving(request: Request) -> Serving:
     state: Serving | None = request.app.state.serving
+    if request.app.state.draining:
+        raise NotReady("draining: this replica is shutting down")
     if state is None or not state.ready:
         raise NotReady("the model is not ready")
     return state

@@ -43,6 +43,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     )
     app.state.settings = settings
     app.state.serving = None
+    app.state.draining = False  # set by the server on SIGTERM
     errors.install(app)
     app.include_router(v1.router)
     app.include_router(v2.router)

@@ -60,7 +60,12 @@ async def live() -> dict[str, bool]:
 @router.get("/health/ready")
 async def ready(request: Request) -> Response:
     state: Serving | None = request.app.state.serving
-    is_ready = state is not None and state.ready and state.scheduler.running
+    is_ready = (
+        state is not None
+        and state.ready
+        and state.scheduler.running
+        and not request.app.state.draining
+    )
     return json_response({"ready": is_ready}, status=200 if is_ready else 503)
 
 

@@ -1,0 +1,103 @@
+"""SIGTERM to a real server under load: readiness drops, nothing accepted is lost, exit 0."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.app.conftest import DEVICES, free_port
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.timeout(180)
+CLIENTS = 4
+MAX_REQUESTS_PER_CLIENT = 400
+
+
+def test_sigterm_drains_without_losing_accepted_requests(built_repository: Path) -> None:
+    port = free_port()
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "RECSYS_MODEL__REPOSITORY": str(built_repository),
+        "RECSYS_DEVICES": json.dumps(DEVICES),
+        "RECSYS_SERVER__DRAIN_DELAY_SECONDS": "1.0",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "app", "--port", str(port)], cwd=ROOT, env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline and process.poll() is None, "server never ready"
+            time.sleep(0.2)
+
+        outcomes: Counter[str] = Counter()
+        lock = threading.Lock()
+        stop = threading.Event()
+
+        def client() -> None:
+            # A new connection per request: once the listener closes, a request is refused at
+            # connect (never accepted), not reset on a keep-alive connection mid-flight.
+            for _ in range(MAX_REQUESTS_PER_CLIENT):
+                if stop.is_set():
+                    return
+                try:
+                    response = httpx.post(
+                        f"{url}/v1/rank", json={"user_id": 1, "k": 5}, timeout=10,
+                        headers={"Connection": "close"},
+                    )  # fmt: skip
+                    outcome = str(response.status_code)
+                    if response.status_code == 503:
+                        assert "draining" in response.json()["error"]
+                except httpx.ConnectError:
+                    outcome = "refused at connect"
+                    stop.set()
+                except httpx.HTTPError as exc:
+                    outcome = f"lost: {type(exc).__name__}"
+                with lock:
+                    outcomes[outcome] += 1
+
+        threads = [threading.Thread(target=client) for _ in range(CLIENTS)]
+        for thread in threads:
+            thread.start()
+        time.sleep(1.0)
+        before = sum(outcomes.values())
+        process.send_signal(signal.SIGTERM)
+        readiness_dropped = False
+        for _ in range(50):
+            try:
+                status = httpx.get(f"{url}/v2/health/ready", timeout=1).status_code
+            except httpx.TransportError:
+                break
+            if status == 503:
+                readiness_dropped = True
+                break
+            time.sleep(0.02)
+        assert process.wait(timeout=60) == 0
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert readiness_dropped
+    assert before > 0 and outcomes["200"] >= before
+    assert outcomes["503"] > 0  # refused while draining, before the listener closed
+    assert set(outcomes) <= {"200", "503", "refused at connect"}, outcomes
