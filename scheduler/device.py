@@ -18,7 +18,13 @@ log = logging.getLogger(__name__)
 
 
 class Device:
-    def __init__(self, backend: Backend, parallel_batches: int, latency_window: int = 256) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        parallel_batches: int,
+        latency_window: int = 256,
+        batch_timeout_seconds: float | None = None,
+    ) -> None:
         self.backend = backend
         self.name = backend.name
         self.parallel_batches = parallel_batches
@@ -30,9 +36,17 @@ class Device:
         self._running: dict[int, tuple[float, float]] = {}  # batch -> (started, predicted)
         self._next_token = 0
         self.rows_scored = 0
+        # Circuit breaker: a device that fails or stalls is taken out of routing until a probe
+        # batch succeeds after the cool-down.
+        self.batch_timeout_seconds = batch_timeout_seconds
+        self.healthy = True
+        self.open_until = 0.0
+        self.failures = 0
+        self.probe_inputs: Inputs | None = None
 
     def warm_up(self, sample: Inputs, sizes: tuple[int, ...], repeats: int = 3) -> None:
         """Run each size a few times (the first run of a shape is slow) and seed the model."""
+        self.probe_inputs = {name: array[:1] for name, array in sample.items()}
         for rows in sizes:
             batch = {name: array[:rows] for name, array in sample.items()}
             self.backend.run(batch)
@@ -53,7 +67,34 @@ class Device:
             ),
             waiting=tuple(self._waiting.values()),
             max_outstanding_batches=self.parallel_batches + 1,
+            healthy=self.healthy,
         )
+
+    def trip(self, now: float, cool_down_seconds: float, reason: str) -> None:
+        """Open the circuit: no batches are routed here until a probe succeeds."""
+        self.failures += 1
+        if self.healthy:
+            log.warning(
+                "device %s out of routing for %.1f s: %s", self.name, cool_down_seconds, reason
+            )
+        self.healthy = False
+        self.open_until = now + cool_down_seconds
+
+    async def probe(self) -> bool:
+        """One row through the backend, within the batch timeout; True closes the circuit."""
+        if self.probe_inputs is None:
+            return False
+        try:
+            async with self._slots:
+                await asyncio.wait_for(
+                    self.execute(self.probe_inputs, 1), self.batch_timeout_seconds
+                )
+        except Exception as exc:  # any failure keeps the circuit open
+            log.info("device %s probe failed: %r", self.name, exc)
+            return False
+        log.warning("device %s is back in routing", self.name)
+        self.healthy = True
+        return True
 
     async def run(self, inputs: Inputs, rows: int) -> tuple[np.ndarray, float]:
         """Scores and the seconds the backend took. Raises BatchFailed naming this device."""
@@ -67,7 +108,13 @@ class Device:
                 del self._waiting[token]
                 self._running[token] = (loop.time(), predicted)
                 try:
-                    scores, seconds = await self.execute(inputs, rows)
+                    scores, seconds = await asyncio.wait_for(
+                        self.execute(inputs, rows), self.batch_timeout_seconds
+                    )
+                except TimeoutError as exc:
+                    raise BatchFailed(
+                        f"device {self.name} timed out after {self.batch_timeout_seconds} s"
+                    ) from exc
                 except Exception as exc:
                     raise BatchFailed(f"device {self.name} failed a batch: {exc}") from exc
         finally:

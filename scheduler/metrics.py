@@ -41,6 +41,17 @@ class SchedulerMetrics:
         self.refused = Counter(
             f"{prefix}_refused_requests", "Requests refused", ["reason"], registry=registry
         )
+        self.device_failures = Counter(
+            f"{prefix}_device_failures", "Batches a device failed or timed out on", ["device"],
+            registry=registry,
+        )  # fmt: skip
+        self.batch_retries = Counter(
+            f"{prefix}_batch_retries", "Batches retried on another device", registry=registry
+        )
+        self.device_healthy = Gauge(
+            f"{prefix}_device_healthy", "1 while a device is in routing, 0 while it is out",
+            ["device"], registry=registry,
+        )  # fmt: skip
         self.queue_requests = Gauge(
             f"{prefix}_queue_requests", "Requests waiting in the queue", registry=registry
         )
@@ -77,5 +88,6 @@ class SchedulerMetrics:
         for device in devices:
             fit = device.latency.fit
             self.in_flight.labels(device=device.name).set(device.in_flight_batches)
+            self.device_healthy.labels(device=device.name).set(1 if device.healthy else 0)
             self.fixed_seconds.labels(device=device.name).set(fit.fixed_seconds)
             self.seconds_per_row.labels(device=device.name).set(fit.seconds_per_row)

@@ -26,10 +26,11 @@ class DeviceSnapshot:
     running_remaining: tuple[float, ...]  # predicted seconds left of each running batch
     waiting: tuple[float, ...]  # predicted seconds of each batch waiting for a slot, FIFO
     max_outstanding_batches: int
+    healthy: bool = True  # False while its circuit breaker is open
 
     @property
     def accepting(self) -> bool:
-        return self.in_flight_batches < self.max_outstanding_batches
+        return self.healthy and self.in_flight_batches < self.max_outstanding_batches
 
     @property
     def backlog_seconds(self) -> float:

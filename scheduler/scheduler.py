@@ -32,6 +32,9 @@ class BatchingConfig:
     # A low-priority request is admitted only if predicted to finish within this fraction of
     # its timeout, so under pressure low priority is shed first and high priority keeps its latency.
     low_priority_admit_fraction: float = 0.5
+    # A failed or stalled device leaves routing for this long, then a probe batch may bring it back.
+    cool_down_seconds: float = 5.0
+    probe_interval_seconds: float = 0.5
 
 
 HIGH, LOW = 0, 1
@@ -66,10 +69,12 @@ class Scheduler:
         self._slot_freed = asyncio.Event()
         self._dispatches: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
+        self._prober: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._batch_loop(), name="batcher")
+        self._prober = asyncio.create_task(self._probe_loop(), name="prober")
 
     @property
     def running(self) -> bool:
@@ -159,9 +164,10 @@ class Scheduler:
             request.taken = request.rows  # the batcher drops it without counting it again
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        for task in (self._task, self._prober):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         await asyncio.gather(*self._dispatches, return_exceptions=True)
         self._fail_queued(NotReady("the server is shutting down"))
 
@@ -209,18 +215,41 @@ class Scheduler:
             self._slot_freed.clear()
             await self._slot_freed.wait()
 
+    def _choose(self, batch: Batch, excluded: Device | None = None) -> Device | None:
+        candidates = [d for d in self.devices if d.healthy and d is not excluded]
+        if not candidates:
+            return None
+        return candidates[self._router([d.snapshot() for d in candidates], batch.rows)]
+
     def _dispatch(self, batch: Batch) -> None:
-        device = self.devices[self._router([d.snapshot() for d in self.devices], batch.rows)]
+        device = self._choose(batch) or self.devices[0]  # none healthy: the batch fails there
         task = asyncio.create_task(self._run(device, batch))
         self._dispatches.add(task)
         task.add_done_callback(self._dispatches.discard)
 
     async def _run(self, device: Device, batch: Batch) -> None:
+        """Run a batch; if its device fails or stalls, take the device out of routing and retry
+        the batch once on another device, so callers see no error when another one can serve."""
         started = self._clock()
         if self._metrics:
             self._metrics.observe_dispatch(batch, started, self._config.max_batch_rows)
         try:
-            scores, seconds = await device.run(batch.inputs, batch.rows)
+            try:
+                scores, seconds = await device.run(batch.inputs, batch.rows)
+            except BatchFailed as error:
+                device.trip(self._clock(), self._config.cool_down_seconds, str(error))
+                if self._metrics:
+                    self._metrics.device_failures.labels(device=device.name).inc()
+                retry_on = self._choose(batch, excluded=device)
+                if retry_on is None:
+                    raise
+                log.info(
+                    "retrying a %d-row batch from %s on %s", batch.rows, device.name, retry_on.name
+                )
+                if self._metrics:
+                    self._metrics.batch_retries.inc()
+                device = retry_on
+                scores, seconds = await device.run(batch.inputs, batch.rows)
             if self._metrics:
                 self._metrics.observe_batch(device, batch.rows, seconds)
             for part in batch.parts:
@@ -236,3 +265,15 @@ class Scheduler:
             raise
         finally:
             self._slot_freed.set()
+
+    async def _probe_loop(self) -> None:
+        """Bring tripped devices back: after the cool-down, a one-row probe must succeed."""
+        while True:
+            await asyncio.sleep(self._config.probe_interval_seconds)
+            for device in self.devices:
+                if device.healthy or self._clock() < device.open_until:
+                    continue
+                if await device.probe():
+                    self._slot_freed.set()
+                else:
+                    device.open_until = self._clock() + self._config.cool_down_seconds

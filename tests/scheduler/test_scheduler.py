@@ -105,14 +105,49 @@ async def test_cancelled_requests_cost_no_compute(
     assert backend.batches == [4, 1]
 
 
-async def test_a_failing_backend_fails_its_batch_with_the_cause(
-    scheduler: Scheduler, backend: FakeBackend
-) -> None:
-    backend.fail_with = RuntimeError("device lost")
-    with pytest.raises(BatchFailed, match="fake-cpu failed a batch: device lost"):
-        await scheduler.submit(rows([1]))
-    backend.fail_with = None
-    assert (await scheduler.submit(rows([2]))).scores.tolist() == [2]  # the scheduler carries on
+async def test_a_failing_backend_fails_its_batch_with_the_cause(backend: FakeBackend) -> None:
+    config = BatchingConfig(
+        max_batch_rows=4, max_queue_delay_seconds=0.0, max_queue_rows=10,
+        cool_down_seconds=0.05, probe_interval_seconds=0.01,
+    )  # fmt: skip
+    async for s in started(Scheduler([Device(backend, 1)], earliest_completion, config)):
+        s.devices[0].probe_inputs = rows([0])
+        backend.fail_with = RuntimeError("device lost")
+        with pytest.raises(BatchFailed, match="fake-cpu failed a batch: device lost"):
+            await s.submit(rows([1]))  # no other device to retry on
+        assert not s.devices[0].healthy
+        backend.fail_with = None
+        # After the cool-down a probe brings the device back and the scheduler carries on.
+        assert (await s.submit(rows([2]))).scores.tolist() == [2]
+        assert s.devices[0].healthy
+
+
+async def test_a_failed_batch_is_retried_on_another_device() -> None:
+    broken, spare = FakeBackend("broken"), FakeBackend("spare")
+    broken.fail_with = RuntimeError("device lost")
+    devices = [Device(broken, 1), Device(spare, 1)]
+    devices[0].latency.observe(1, 0.0001)  # the router prefers the broken one at first
+    devices[1].latency.observe(1, 0.01)
+    config = BatchingConfig(max_batch_rows=4, max_queue_delay_seconds=0.0, max_queue_rows=100)
+    async for s in started(Scheduler(devices, earliest_completion, config)):
+        results = await asyncio.gather(*(s.submit(rows([float(i)])) for i in range(10)))
+        assert [r.scores.tolist() for r in results] == [[float(i)] for i in range(10)]
+        assert all(r.devices == ("spare",) for r in results)
+        assert not devices[0].healthy and devices[0].failures >= 1  # batches already sent there
+
+
+async def test_a_stalled_batch_times_out_and_is_retried() -> None:
+    stalled, spare = FakeBackend("stalled"), FakeBackend("spare")
+    stalled.release.clear()
+    devices = [Device(stalled, 1, batch_timeout_seconds=0.1), Device(spare, 1)]
+    devices[0].latency.observe(1, 0.0001)
+    devices[1].latency.observe(1, 0.01)
+    config = BatchingConfig(max_batch_rows=4, max_queue_delay_seconds=0.0, max_queue_rows=100)
+    async for s in started(Scheduler(devices, earliest_completion, config)):
+        result = await s.submit(rows([7]))
+        assert result.scores.tolist() == [7] and result.devices == ("spare",)
+        assert not devices[0].healthy
+        stalled.release.set()
 
 
 async def test_stop_fails_queued_requests_and_refuses_new_ones(backend: FakeBackend) -> None:
