@@ -167,6 +167,16 @@ class AdmissionSettings(Section):
     low_priority_admit_fraction: float = Field(0.5, gt=0, le=1)
 
 
+class FaultSettings(Section):
+    # A batch running longer than this takes its device out of routing and is retried elsewhere.
+    batch_timeout_ms: float = Field(2000.0, gt=0)
+    cool_down_seconds: float = Field(5.0, gt=0)
+    probe_interval_seconds: float = Field(0.5, gt=0)
+    # Fault injection for tests: POST /admin/faults/{device} {"mode": "fail" | "stall" | "none"}.
+    # Off by default; never enable it on a server others can reach.
+    admin_enabled: bool = False
+
+
 class MetricsSettings(Section):
     prefix: str = Field("recsys", pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 
@@ -197,6 +207,7 @@ class Settings(BaseSettings):
     routing: RoutingSettings = RoutingSettings()
     limits: LimitSettings = LimitSettings()
     admission: AdmissionSettings = AdmissionSettings()
+    faults: FaultSettings = FaultSettings()
     metrics: MetricsSettings = MetricsSettings()
 
     @model_validator(mode="after")

@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from app import errors, v1, v2
+from app import admin, errors, v1, v2
 from app.http_metrics import BodyLimit, RequestMetrics
 from app.serving import Serving, start_serving
 from config import Settings
@@ -47,6 +47,9 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     errors.install(app)
     app.include_router(v1.router)
     app.include_router(v2.router)
+    if settings.faults.admin_enabled:
+        app.include_router(admin.router)
+        log.warning("fault injection is enabled: /admin/faults/{device}")
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:

@@ -14,9 +14,10 @@ import numpy as np
 
 from config import DeviceSettings, Settings
 from models.repository import ModelVersion, Variant, open_version
-from scheduler.backend import BackendConfig, create_backend
+from scheduler.backend import Backend, BackendConfig, create_backend
 from scheduler.device import Device
 from scheduler.errors import DeviceUnavailable
+from scheduler.faults import FaultInjector
 from scheduler.metrics import SchedulerMetrics
 from scheduler.router import make_router
 from scheduler.scheduler import BatchingConfig, Scheduler
@@ -73,13 +74,20 @@ def create_device(
 ) -> tuple[Device, Variant]:
     variant = choose_variant(version, config)
     hint = "f32" if variant.precision == "fp32" and variant.format == "onnx" else None
-    backend = create_backend(
+    backend: Backend = create_backend(
         config.backend,
         config.name,
         BackendConfig(version.file(variant.file), config.threads, config.streams, hint),
     )
+    if settings.faults.admin_enabled:
+        backend = FaultInjector(backend)
     backend.load()
-    device = Device(backend, config.parallel_batches, settings.routing.latency_window_batches)
+    device = Device(
+        backend,
+        config.parallel_batches,
+        settings.routing.latency_window_batches,
+        settings.faults.batch_timeout_ms / 1000,
+    )
     return device, variant
 
 
@@ -125,6 +133,8 @@ async def start_serving(settings: Settings, metrics: SchedulerMetrics) -> Servin
             batching.max_queue_delay_ms / 1000,
             batching.max_queue_rows,
             settings.admission.low_priority_admit_fraction,
+            settings.faults.cool_down_seconds,
+            settings.faults.probe_interval_seconds,
         ),
         metrics,
     )

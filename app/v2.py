@@ -64,6 +64,7 @@ async def ready(request: Request) -> Response:
         state is not None
         and state.ready
         and state.scheduler.running
+        and any(d.healthy for d in state.scheduler.devices)
         and not request.app.state.draining
     )
     return json_response({"ready": is_ready}, status=200 if is_ready else 503)

@@ -21,10 +21,7 @@ class FaultInjector:
         self.device_kind = inner.device_kind
         self.mode: FaultMode = "none"
         self._unstall = threading.Event()
-
-    @property
-    def execution_precision(self) -> str:
-        return self.inner.execution_precision
+        self.execution_precision = inner.execution_precision
 
     def set_mode(self, mode: FaultMode) -> None:
         self.mode = mode
@@ -35,6 +32,7 @@ class FaultInjector:
 
     def load(self) -> None:
         self.inner.load()
+        self.execution_precision = self.inner.execution_precision
 
     def run(self, inputs: Inputs) -> np.ndarray:
         if self.mode == "fail":
