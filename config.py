@@ -177,6 +177,16 @@ class FaultSettings(Section):
     admin_enabled: bool = False
 
 
+class LoadBalancingSettings(Section):
+    # Readiness turns false while the predicted queueing delay exceeds this, and true again below
+    # half of it (hysteresis).
+    saturation_wait_ms: float = Field(200.0, gt=0)
+    # HAProxy agent-check listener on its own port (0: off): answers "up N%" with N the headroom,
+    # "drain" while draining, "down" with no healthy device.
+    agent_check_port: int = Field(0, ge=0, le=65535)
+    agent_check_host: str = "127.0.0.1"
+
+
 class MetricsSettings(Section):
     prefix: str = Field("recsys", pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 
@@ -208,6 +218,7 @@ class Settings(BaseSettings):
     limits: LimitSettings = LimitSettings()
     admission: AdmissionSettings = AdmissionSettings()
     faults: FaultSettings = FaultSettings()
+    load_balancing: LoadBalancingSettings = LoadBalancingSettings()
     metrics: MetricsSettings = MetricsSettings()
 
     @model_validator(mode="after")

@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from app import admin, errors, v1, v2
+from app import admin, errors, load, v1, v2
 from app.http_metrics import BodyLimit, RequestMetrics
 from app.serving import Serving, start_serving
 from config import Settings
@@ -27,12 +27,18 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         serving = await start_serving(settings, scheduler_metrics)
         app.state.serving = serving
+        lb = settings.load_balancing
+        agent = None
+        if lb.agent_check_port:
+            agent = await load.start_agent_check(app, lb.agent_check_host, lb.agent_check_port)
         log.info(
             "ready: %s version %s", settings.model.name, serving.version.manifest.model_version
         )
         try:
             yield
         finally:
+            if agent is not None:
+                agent.close()
             await serving.close()
 
     app = FastAPI(
@@ -47,6 +53,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     errors.install(app)
     app.include_router(v1.router)
     app.include_router(v2.router)
+    app.include_router(load.router)
     if settings.faults.admin_enabled:
         app.include_router(admin.router)
         log.warning("fault injection is enabled: /admin/faults/{device}")
@@ -59,6 +66,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
             scheduler_metrics.refresh_gauges(
                 serving.scheduler.devices, stats.queued_requests, stats.queued_rows
             )
+            scheduler_metrics.refresh_load(serving.scheduler.load())
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     app.add_middleware(BodyLimit, max_bytes=settings.limits.max_body_bytes)

@@ -135,6 +135,7 @@ async def start_serving(settings: Settings, metrics: SchedulerMetrics) -> Servin
             settings.admission.low_priority_admit_fraction,
             settings.faults.cool_down_seconds,
             settings.faults.probe_interval_seconds,
+            settings.load_balancing.saturation_wait_ms / 1000,
         ),
         metrics,
     )

@@ -66,6 +66,7 @@ async def ready(request: Request) -> Response:
         and state.scheduler.running
         and any(d.healthy for d in state.scheduler.devices)
         and not request.app.state.draining
+        and not state.scheduler.load().saturated
     )
     return json_response({"ready": is_ready}, status=200 if is_ready else 503)
 

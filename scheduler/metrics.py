@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 if TYPE_CHECKING:
     from scheduler.batch import Batch
     from scheduler.device import Device
+    from scheduler.load import LoadReport
 
 LATENCY_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -52,6 +53,28 @@ class SchedulerMetrics:
             f"{prefix}_device_healthy", "1 while a device is in routing, 0 while it is out",
             ["device"], registry=registry,
         )  # fmt: skip
+        self.predicted_wait = Gauge(
+            f"{prefix}_predicted_wait_seconds", "Predicted time to score every queued row",
+            registry=registry,
+        )  # fmt: skip
+        self.headroom = Gauge(
+            f"{prefix}_headroom", "0 (saturated) to 100 (idle)", registry=registry
+        )
+        self.recent_throughput = Gauge(
+            f"{prefix}_recent_rows_per_second",
+            "Rows scored per second, last 5 s",
+            registry=registry,
+        )
+        self.queue_compute_ratio = Gauge(
+            f"{prefix}_queue_to_compute_ratio",
+            "Recent mean queue wait over mean batch compute time (an autoscaling target)",
+            registry=registry,
+        )
+        self.saturated = Gauge(
+            f"{prefix}_saturated",
+            "1 while the predicted wait is over the threshold",
+            registry=registry,
+        )
         self.queue_requests = Gauge(
             f"{prefix}_queue_requests", "Requests waiting in the queue", registry=registry
         )
@@ -80,6 +103,14 @@ class SchedulerMetrics:
         self.batch_rows.labels(device=device.name).observe(rows)
         self.batch_seconds.labels(device=device.name).observe(seconds)
         self.rows_scored.labels(device=device.name).inc(rows)
+
+    def refresh_load(self, report: LoadReport) -> None:
+        wait = report.predicted_wait_seconds
+        self.predicted_wait.set(wait if wait != float("inf") else -1)
+        self.headroom.set(report.headroom)
+        self.recent_throughput.set(report.recent_rows_per_second)
+        self.queue_compute_ratio.set(report.queue_to_compute_ratio)
+        self.saturated.set(1 if report.saturated else 0)
 
     def refresh_gauges(self, devices: list[Device], queued_requests: int, queued_rows: int) -> None:
         """Gauges read at scrape time, so they cost nothing on the hot path."""

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from scheduler.batch import Batch, Inputs, Part, Request, Scored, assemble, take_batch
 from scheduler.device import Device
 from scheduler.errors import BatchFailed, DeadlineExceeded, NotReady, Overloaded, ServingError
+from scheduler.load import LoadReport, RecentWork, Saturation, headroom
 from scheduler.metrics import SchedulerMetrics
 from scheduler.router import Router
 
@@ -35,6 +36,8 @@ class BatchingConfig:
     # A failed or stalled device leaves routing for this long, then a probe batch may bring it back.
     cool_down_seconds: float = 5.0
     probe_interval_seconds: float = 0.5
+    # Predicted queueing delay above which the scheduler reports itself saturated.
+    saturation_wait_seconds: float = 0.2
 
 
 HIGH, LOW = 0, 1
@@ -71,6 +74,8 @@ class Scheduler:
         self._task: asyncio.Task[None] | None = None
         self._prober: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None
+        self._recent = RecentWork()
+        self._saturation = Saturation(config.saturation_wait_seconds)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._batch_loop(), name="batcher")
@@ -145,6 +150,31 @@ class Scheduler:
         start = min(s.predicted_start() for s in snapshots)
         fixed = min(s.fit.fixed_seconds for s in snapshots)
         return start + fixed + (ahead + rows) / max(rate, 1e-9)
+
+    def load(self) -> LoadReport:
+        now = self._clock()
+        healthy = [d for d in self.devices if d.healthy]
+        batch = self._config.max_batch_rows
+        capacity = sum(
+            d.parallel_batches * batch / max(d.latency.predict(batch), 1e-9) for d in healthy
+        )
+        wait = self.predicted_completion(0, LOW) if healthy else float("inf")
+        recent = self._recent.rows_per_second(now)
+        utilisation = recent / capacity if capacity else 1.0
+        threshold = self._config.saturation_wait_seconds
+        stats = self.statistics()
+        return LoadReport(
+            queued_requests=stats.queued_requests,
+            queued_rows=stats.queued_rows,
+            predicted_wait_seconds=wait,
+            in_flight_batches=stats.in_flight_batches,
+            healthy_devices=[d.name for d in healthy],
+            recent_rows_per_second=recent,
+            capacity_rows_per_second=capacity,
+            queue_to_compute_ratio=self._recent.queue_to_compute_ratio(now),
+            headroom=headroom(utilisation, wait, threshold) if healthy else 0,
+            saturated=self._saturation.update(wait),
+        )
 
     def _count_refusal(self, reason: str) -> None:
         if self._metrics:
@@ -252,6 +282,8 @@ class Scheduler:
                 scores, seconds = await device.run(batch.inputs, batch.rows)
             if self._metrics:
                 self._metrics.observe_batch(device, batch.rows, seconds)
+            waited = started - batch.oldest_enqueued_at
+            self._recent.record(self._clock(), batch.rows, waited, seconds)
             for part in batch.parts:
                 part_scores = scores[part.batch_offset : part.batch_offset + part.rows]
                 part.request.deliver(part.offset, part_scores, device.name, started, seconds)

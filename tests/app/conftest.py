@@ -34,7 +34,14 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def server(built_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def agent_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def server(
+    built_repository: Path, tmp_path_factory: pytest.TempPathFactory, agent_port: int
+) -> Iterator[str]:
     port = free_port()
     env = {
         **os.environ,
@@ -43,6 +50,7 @@ def server(built_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         "RECSYS_DEVICES": json.dumps(DEVICES),
         "RECSYS_LIMITS__MAX_BODY_BYTES": str(MAX_BODY_BYTES),
         "RECSYS_LIMITS__MAX_CANDIDATES": str(MAX_CANDIDATES),
+        "RECSYS_LOAD_BALANCING__AGENT_CHECK_PORT": str(agent_port),
     }
     log = tmp_path_factory.mktemp("server") / "server.log"
     with log.open("w") as output:

@@ -1,0 +1,55 @@
+"""Load-balancer integration: GET /v1/load, and the HAProxy agent-check listener."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from dataclasses import asdict
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+
+from app.serving import Serving
+from scheduler.errors import NotReady
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/v1", tags=["operations"])
+
+
+@router.get("/load")
+async def load(request: Request) -> dict[str, Any]:
+    """Queue depth, predicted wait, batches in flight per device, recent throughput, headroom."""
+    serving: Serving | None = request.app.state.serving
+    if serving is None:
+        raise NotReady("the model is not loaded yet")
+    report = asdict(serving.scheduler.load())
+    if math.isinf(report["predicted_wait_seconds"]):
+        report["predicted_wait_seconds"] = None
+    return {**report, "draining": request.app.state.draining}
+
+
+def agent_reply(app: FastAPI) -> str:
+    """HAProxy agent-check answer: the replica's weight as a percentage of its configured one."""
+    serving: Serving | None = app.state.serving
+    if app.state.draining:
+        return "drain\n"
+    if serving is None:
+        return "down\n"
+    report = serving.scheduler.load()
+    if not report.healthy_devices:
+        return "down\n"
+    return f"up {max(1, report.headroom)}%\n"
+
+
+async def start_agent_check(app: FastAPI, host: str, port: int) -> asyncio.Server:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            writer.write(agent_reply(app).encode())
+            await writer.drain()
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(answer, host, port)
+    log.info("HAProxy agent-check listening on %s:%d", host, port)
+    return server

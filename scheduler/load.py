@@ -1,0 +1,67 @@
+"""Load figures a load balancer or autoscaler acts on: recent throughput, predicted wait, the
+queue-time/compute-time ratio, a 0-100 headroom, and saturation with hysteresis."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    queued_requests: int
+    queued_rows: int
+    predicted_wait_seconds: float  # until the rows queued now would all be scored
+    in_flight_batches: dict[str, int]
+    healthy_devices: list[str]
+    recent_rows_per_second: float
+    capacity_rows_per_second: float  # all healthy devices at full batches
+    queue_to_compute_ratio: float  # recent mean queue wait / mean batch compute time
+    headroom: int  # 0 (saturated) .. 100 (idle)
+    saturated: bool
+
+
+class RecentWork:
+    """Batches completed in the last `window_seconds`: rows, queue wait and compute time."""
+
+    def __init__(self, window_seconds: float = 5.0, max_entries: int = 10_000) -> None:
+        self._window = window_seconds
+        self._entries: deque[tuple[float, int, float, float]] = deque(maxlen=max_entries)
+
+    def record(self, now: float, rows: int, queue_seconds: float, compute_seconds: float) -> None:
+        self._entries.append((now, rows, queue_seconds, compute_seconds))
+
+    def _trim(self, now: float) -> None:
+        while self._entries and self._entries[0][0] < now - self._window:
+            self._entries.popleft()
+
+    def rows_per_second(self, now: float) -> float:
+        self._trim(now)
+        return sum(e[1] for e in self._entries) / self._window
+
+    def queue_to_compute_ratio(self, now: float) -> float:
+        self._trim(now)
+        compute = sum(e[3] for e in self._entries)
+        return sum(e[2] for e in self._entries) / compute if compute > 0 else 0.0
+
+
+class Saturation:
+    """Saturated while the predicted wait exceeds `threshold`; clear again only below half of it,
+    so readiness does not flap around the threshold."""
+
+    def __init__(self, threshold_seconds: float) -> None:
+        self.threshold = threshold_seconds
+        self.saturated = False
+
+    def update(self, predicted_wait_seconds: float) -> bool:
+        if self.saturated and predicted_wait_seconds < self.threshold / 2:
+            self.saturated = False
+        elif not self.saturated and predicted_wait_seconds > self.threshold:
+            self.saturated = True
+        return self.saturated
+
+
+def headroom(utilisation: float, predicted_wait_seconds: float, threshold_seconds: float) -> int:
+    """100 when idle, 0 at capacity or at the saturation wait, whichever is nearer."""
+    pressure = max(utilisation, predicted_wait_seconds / threshold_seconds)
+    return max(0, min(100, round(100 * (1 - pressure))))
