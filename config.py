@@ -185,6 +185,9 @@ class LoadBalancingSettings(Section):
     # "drain" while draining, "down" with no healthy device.
     agent_check_port: int = Field(0, ge=0, le=65535)
     agent_check_host: str = "127.0.0.1"
+    # HTTP requests in progress at which headroom reaches 0: the HTTP layer can saturate before
+    # the devices do, and a load balancer should see it.
+    max_in_flight_requests: int = Field(256, ge=1)
 
 
 class MetricsSettings(Section):

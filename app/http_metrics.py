@@ -12,9 +12,21 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from scheduler.metrics import LATENCY_BUCKETS
 
 
+class InFlight:
+    """HTTP requests in progress."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+
 class RequestMetrics:
-    def __init__(self, app: ASGIApp, registry: CollectorRegistry, prefix: str) -> None:
+    """Also counts the HTTP requests in progress (`in_flight`), a load signal of its own."""
+
+    def __init__(
+        self, app: ASGIApp, registry: CollectorRegistry, prefix: str, in_flight: InFlight
+    ) -> None:
         self.app = app
+        self.in_flight = in_flight
         self.latency = Histogram(
             f"{prefix}_request_duration_seconds", "HTTP request latency", ["endpoint", "status"],
             buckets=LATENCY_BUCKETS, registry=registry,
@@ -33,9 +45,11 @@ class RequestMetrics:
                 status = message["status"]
             await send(message)
 
+        self.in_flight.count += 1
         try:
             await self.app(scope, receive, send_with_status)
         finally:
+            self.in_flight.count -= 1
             route: Any = scope.get("route")
             endpoint = getattr(route, "path", "unmatched")
             self.latency.labels(endpoint=endpoint, status=str(status)).observe(

@@ -26,7 +26,20 @@ async def load(request: Request) -> dict[str, Any]:
     report = asdict(serving.scheduler.load())
     if math.isinf(report["predicted_wait_seconds"]):
         report["predicted_wait_seconds"] = None
-    return {**report, "draining": request.app.state.draining}
+    in_flight = request.app.state.in_flight.count - 1  # not this request
+    return {
+        **report,
+        "headroom": replica_headroom(request.app, report["headroom"], in_flight),
+        "in_flight_requests": in_flight,
+        "draining": request.app.state.draining,
+    }
+
+
+def replica_headroom(app: FastAPI, scheduler_headroom: int, in_flight_requests: int) -> int:
+    """The scheduler's headroom, capped by how busy the HTTP layer is."""
+    limit: int = app.state.settings.load_balancing.max_in_flight_requests
+    http = max(0, round(100 * (1 - in_flight_requests / limit)))
+    return min(scheduler_headroom, http)
 
 
 def agent_reply(app: FastAPI) -> str:
@@ -39,7 +52,8 @@ def agent_reply(app: FastAPI) -> str:
     report = serving.scheduler.load()
     if not report.healthy_devices:
         return "down\n"
-    return f"up {max(1, report.headroom)}%\n"
+    headroom = replica_headroom(app, report.headroom, app.state.in_flight.count)
+    return f"up {max(1, headroom)}%\n"
 
 
 async def start_agent_check(app: FastAPI, host: str, port: int) -> asyncio.Server:

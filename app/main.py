@@ -3,6 +3,7 @@ starts and warms up the devices (readiness stays false until then) and closes th
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -11,7 +12,7 @@ from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from app import admin, errors, load, v1, v2
-from app.http_metrics import BodyLimit, RequestMetrics
+from app.http_metrics import BodyLimit, InFlight, RequestMetrics
 from app.serving import Serving, start_serving
 from config import Settings
 from scheduler.metrics import SchedulerMetrics
@@ -50,6 +51,8 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     app.state.settings = settings
     app.state.serving = None
     app.state.draining = False  # set by the server on SIGTERM
+    in_flight = InFlight()
+    app.state.in_flight = in_flight
     errors.install(app)
     app.include_router(v1.router)
     app.include_router(v2.router)
@@ -66,9 +69,17 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
             scheduler_metrics.refresh_gauges(
                 serving.scheduler.devices, stats.queued_requests, stats.queued_rows
             )
-            scheduler_metrics.refresh_load(serving.scheduler.load())
+            report = serving.scheduler.load()
+            scheduler_metrics.refresh_load(
+                dataclasses.replace(
+                    report,
+                    headroom=load.replica_headroom(app, report.headroom, in_flight.count - 1),
+                )
+            )
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     app.add_middleware(BodyLimit, max_bytes=settings.limits.max_body_bytes)
-    app.add_middleware(RequestMetrics, registry=registry, prefix=settings.metrics.prefix)
+    app.add_middleware(
+        RequestMetrics, registry=registry, prefix=settings.metrics.prefix, in_flight=in_flight
+    )
     return app
