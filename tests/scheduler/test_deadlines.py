@@ -55,7 +55,7 @@ async def test_a_queued_request_fails_at_its_deadline_not_when_a_device_frees(
     waiting = scheduler.submit_nowait(rows(1), timeout_seconds=0.2)
     with pytest.raises(DeadlineExceeded, match="200 ms"):
         await waiting
-    assert 0.19 <= loop.time() - begin < 0.5  # answered by the timer, the device still busy
+    assert loop.time() - begin >= 0.19  # answered by its timer: the device is still held
     assert scheduler.statistics().queued_rows == 0  # its rows are given back at once
     backend.release.set()
     await held
