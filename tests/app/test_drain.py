@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import json
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -15,48 +11,28 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.app.conftest import DEVICES, free_port
-from tests.conftest import ROOT
+from tests.app.servers import start_server, stop
 
 pytestmark = pytest.mark.timeout(180)
 CLIENTS = 4
 MAX_REQUESTS_PER_CLIENT = 400
 
 
-def test_sigterm_drains_without_losing_accepted_requests(built_repository: Path) -> None:
-    port = free_port()
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "RECSYS_MODEL__REPOSITORY": str(built_repository),
-        "RECSYS_DEVICES": json.dumps(DEVICES),
-        "RECSYS_SERVER__DRAIN_DELAY_SECONDS": "1.0",
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "app", "--port", str(port)], cwd=ROOT, env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
+def test_sigterm_drains_without_losing_accepted_requests(
+    built_repository: Path, tmp_path: Path
+) -> None:
+    settings = {"SERVER__DRAIN_DELAY_SECONDS": "1.0"}
+    process, url = start_server(built_repository, settings, tmp_path / "server.log")
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline and process.poll() is None, "server never ready"
-            time.sleep(0.2)
-
         outcomes: Counter[str] = Counter()
         lock = threading.Lock()
-        stop = threading.Event()
+        stop_sending = threading.Event()
 
         def client() -> None:
             # A new connection per request: once the listener closes, a request is refused at
             # connect (never accepted), not reset on a keep-alive connection mid-flight.
             for _ in range(MAX_REQUESTS_PER_CLIENT):
-                if stop.is_set():
+                if stop_sending.is_set():
                     return
                 try:
                     response = httpx.post(
@@ -68,7 +44,7 @@ def test_sigterm_drains_without_losing_accepted_requests(built_repository: Path)
                         assert "draining" in response.json()["error"]
                 except httpx.ConnectError:
                     outcome = "refused at connect"
-                    stop.set()
+                    stop_sending.set()
                 except httpx.HTTPError as exc:
                     outcome = f"lost: {type(exc).__name__}"
                 with lock:
@@ -81,7 +57,8 @@ def test_sigterm_drains_without_losing_accepted_requests(built_repository: Path)
         before = sum(outcomes.values())
         process.send_signal(signal.SIGTERM)
         readiness_dropped = False
-        for _ in range(50):
+        polling_until = time.monotonic() + 10
+        while time.monotonic() < polling_until:
             try:
                 status = httpx.get(f"{url}/v2/health/ready", timeout=1).status_code
             except httpx.TransportError:
@@ -91,12 +68,11 @@ def test_sigterm_drains_without_losing_accepted_requests(built_repository: Path)
                 break
             time.sleep(0.02)
         assert process.wait(timeout=60) == 0
-        stop.set()
+        stop_sending.set()
         for thread in threads:
             thread.join(timeout=30)
     finally:
-        if process.poll() is None:
-            process.kill()
+        stop(process)
     assert readiness_dropped
     assert before > 0 and outcomes["200"] >= before
     assert outcomes["503"] > 0  # refused while draining, before the listener closed

@@ -3,10 +3,6 @@ answered wrongly, and the device comes back after its cool-down."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -19,8 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from models import repository
 from models.runtime import OnnxRuntimeSession
-from tests.app.conftest import DEVICES, free_port
-from tests.conftest import MODEL_NAME, ROOT
+from tests.app.servers import running_server
+from tests.conftest import MODEL_NAME
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -33,7 +29,9 @@ def metric(text: str, name: str, device: str | None = None) -> float:
     raise KeyError(name)
 
 
-def test_a_failing_then_stalling_device_loses_no_request(built_repository: Path) -> None:
+def test_a_failing_then_stalling_device_loses_no_request(
+    built_repository: Path, tmp_path: Path
+) -> None:
     version = repository.open_version(built_repository, MODEL_NAME)
     split = version.load_test_split()
     inputs = version.tables.assemble(split.user_rows[:64], split.item_rows[:64])
@@ -41,39 +39,22 @@ def test_a_failing_then_stalling_device_loses_no_request(built_repository: Path)
     expected = OnnxRuntimeSession(version.file(variant.file)).run(inputs)
     body = {"categorical": inputs["categorical"].tolist(), "dense": inputs["dense"].tolist()}
 
-    port = free_port()
-    env = {
-        **os.environ, "PYTHONPATH": str(ROOT),
-        "RECSYS_MODEL__REPOSITORY": str(built_repository), "RECSYS_DEVICES": json.dumps(DEVICES),
-        "RECSYS_FAULTS__ADMIN_ENABLED": "true", "RECSYS_FAULTS__BATCH_TIMEOUT_MS": "300",
-        "RECSYS_FAULTS__COOL_DOWN_SECONDS": "0.5", "RECSYS_FAULTS__PROBE_INTERVAL_SECONDS": "0.1",
-        "RECSYS_ADMISSION__DEFAULT_TIMEOUT_MS": "5000",
+    settings = {
+        "FAULTS__ADMIN_ENABLED": "true", "FAULTS__BATCH_TIMEOUT_MS": "300",
+        "FAULTS__COOL_DOWN_SECONDS": "0.5", "FAULTS__PROBE_INTERVAL_SECONDS": "0.1",
+        "ADMISSION__DEFAULT_TIMEOUT_MS": "5000",
         # Round robin, so the faulty device is offered batches whenever it is in routing.
-        "RECSYS_ROUTING__POLICY": "round-robin",
+        "ROUTING__POLICY": "round-robin",
     }  # fmt: skip
-    process = subprocess.Popen(
-        [sys.executable, "-m", "app", "--port", str(port)], cwd=ROOT, env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
     outcomes: Counter[str] = Counter()
     lock = threading.Lock()
-    stop = threading.Event()
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline and process.poll() is None, "server never ready"
-            time.sleep(0.2)
+    stop_sending = threading.Event()
+    with running_server(built_repository, settings, tmp_path / "server.log") as (_, url):
 
         def client() -> None:
             with httpx.Client(base_url=url, timeout=10) as c:
                 for _ in range(2000):
-                    if stop.is_set():
+                    if stop_sending.is_set():
                         return
                     response = c.post("/v1/score", json=body)
                     if response.status_code != 200:
@@ -94,15 +75,11 @@ def test_a_failing_then_stalling_device_loses_no_request(built_repository: Path)
             reply = admin.post("/admin/faults/cpu-openvino", json={"mode": mode})
             assert reply.status_code == 200, reply.text
         time.sleep(1.5)
-        stop.set()
+        stop_sending.set()
         for thread in threads:
             thread.join(timeout=30)
         text = admin.get("/metrics").text
         admin.close()
-    finally:
-        stop.set()
-        process.terminate()
-        process.wait(timeout=30)
     assert outcomes["right"] > 100
     assert set(outcomes) == {"right"}, outcomes
     assert metric(text, "recsys_device_failures_total", "cpu-openvino") >= 2

@@ -3,12 +3,10 @@ from an overloaded replica, and a replica drained with SIGTERM loses no request.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -18,7 +16,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.app.conftest import free_port
+from tests.app.servers import free_port, start_server, stop, wait_ready
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.timeout(300)
@@ -42,18 +40,6 @@ def haproxy_binary() -> str:
     pytest.skip("haproxy is not installed and could not be installed (Debian package haproxy)")
 
 
-def wait_ready(url: str, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline and process.poll() is None, f"{url} never ready"
-        time.sleep(0.2)
-
-
 def rank_count(url: str) -> float:
     text = httpx.get(f"{url}/metrics", timeout=5).text
     for family in text_string_to_metric_families(text):
@@ -70,26 +56,22 @@ def cluster(
     built_repository: Path, tmp_path: Path
 ) -> Iterator[tuple[str, list[str], list[subprocess.Popen[bytes]]]]:
     binary = haproxy_binary()
-    ports, agents, frontend = [free_port(), free_port()], [free_port(), free_port()], free_port()
+    agents, frontend = [free_port(), free_port()], free_port()
     processes: list[subprocess.Popen[bytes]] = []
     try:
-        for port, agent in zip(ports, agents, strict=True):
-            env = {
-                **os.environ, "PYTHONPATH": str(ROOT),
-                "RECSYS_MODEL__REPOSITORY": str(built_repository),
-                "RECSYS_DEVICES": json.dumps(DEVICES),
-                "RECSYS_LOAD_BALANCING__AGENT_CHECK_PORT": str(agent),
-                "RECSYS_LOAD_BALANCING__MAX_IN_FLIGHT_REQUESTS": str(MAX_IN_FLIGHT),
-                "RECSYS_SERVER__DRAIN_DELAY_SECONDS": "1.5",
-                "RECSYS_ADMISSION__DEFAULT_TIMEOUT_MS": "10000",
-            }  # fmt: skip
-            processes.append(subprocess.Popen(
-                [sys.executable, "-m", "app", "--port", str(port)], cwd=ROOT, env=env,
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            ))  # fmt: skip
-        urls = [f"http://127.0.0.1:{p}" for p in ports]
-        for url, process in zip(urls, processes, strict=True):
-            wait_ready(url, process)
+        urls = []
+        for index, agent in enumerate(agents):
+            settings = {
+                "LOAD_BALANCING__AGENT_CHECK_PORT": str(agent),
+                "LOAD_BALANCING__MAX_IN_FLIGHT_REQUESTS": str(MAX_IN_FLIGHT),
+                "SERVER__DRAIN_DELAY_SECONDS": "1.5",
+                "ADMISSION__DEFAULT_TIMEOUT_MS": "10000",
+            }
+            log = tmp_path / f"replica{index}.log"
+            process, url = start_server(built_repository, settings, log, DEVICES)
+            processes.append(process)
+            urls.append(url)
+        ports = [int(url.rsplit(":", 1)[1]) for url in urls]
         config = (ROOT / "deploy" / "haproxy.cfg").read_text()
         for old, new in (("8080", frontend), ("8001", ports[0]), ("8002", ports[1]),
                          ("9001", agents[0]), ("9002", agents[1])):  # fmt: skip
@@ -108,13 +90,7 @@ def cluster(
         yield front, urls, processes
     finally:
         for process in processes:
-            if process.poll() is None:
-                process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            stop(process)
 
 
 def send_through(front: str, count: int, clients: int = 2) -> list[int]:

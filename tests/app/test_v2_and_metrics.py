@@ -113,7 +113,7 @@ def test_v2_timeout_and_priority_parameters(client: httpx.Client) -> None:
     refused = client.post(url, json={"inputs": tensors, "parameters": {"timeout": 1}})
     assert refused.status_code == 503 and "Retry-After" in refused.headers
     low = client.post(
-        url, json={"inputs": tensors, "parameters": {"priority": 2, "timeout": 10**6}}
+        url, json={"inputs": tensors, "parameters": {"priority": 2, "timeout": 10**7}}
     )
     assert low.status_code == 200
     bad = client.post(url, json={"inputs": tensors, "parameters": {"priority": "high"}})
