@@ -10,7 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 
-from scheduler.errors import Overloaded, ServingError
+from scheduler.errors import NotReady, Overloaded, ServingError
 
 
 class PayloadTooLarge(ServingError):
@@ -43,6 +43,8 @@ async def serving_error(request: Request, exc: Exception) -> Response:
     if isinstance(exc, Overloaded):
         headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after_seconds)))}
         status = request.app.state.settings.admission.overload_status
+    elif isinstance(exc, NotReady):  # loading or draining: try again soon, or elsewhere
+        headers = {"Retry-After": "1"}
     return error_response(status, str(exc), headers)
 
 
