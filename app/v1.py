@@ -80,6 +80,8 @@ async def rank(
         ids = np.array([str(c) for c in body.candidates])
         item_rows = tables.item_rows(ids)
         unknown = [str(i) for i in ids[item_rows == OOV_ROW]]
+    if body.exclude_seen and serving.seen is None:
+        raise Unprocessable("exclude_seen: this model version has no table of seen items")
     if body.exclude_seen and serving.seen is not None and user_row != OOV_ROW:
         indptr, seen_rows = serving.seen
         keep = ~np.isin(item_rows, seen_rows[indptr[user_row] : indptr[user_row + 1]])
