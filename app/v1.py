@@ -69,7 +69,7 @@ async def rank(
     tables = serving.version.tables
     user_row = int(tables.user_rows([str(body.user_id)])[0])
     if body.candidates is None:
-        ids = tables.item_ids.astype(str)
+        ids = tables.item_ids  # already a unicode array: no per-request copy
         item_rows = np.arange(1, len(ids) + 1, dtype=np.int64)
         unknown: list[str] = []
     else:
