@@ -128,8 +128,8 @@ class ServingModelSettings(Section):
 
 class BatchingSettings(Section):
     max_batch_rows: int = Field(1024, ge=1)
-    # How long the batcher waits after the first queued row for more; 0 dispatches at once.
-    max_queue_delay_ms: float = Field(0.0, ge=0)
+    # Elastic: at once while an idle device would finish within it, else wait up to it for more.
+    max_queue_delay_ms: float = Field(0.5, ge=0)
     max_queue_rows: int = Field(65536, ge=1)
 
 

@@ -232,7 +232,9 @@ class Scheduler:
             await self._arrived.wait()
         oldest = min(q[0].enqueued_at for q in self._queues if q)
         deadline = oldest + self._config.max_queue_delay_seconds
-        while sum(self._queued_rows) < self._config.max_batch_rows:
+        # Elastic window: with a device idle, waiting only adds latency, so dispatch at once;
+        # while every device is busy, rows wait up to the window and grow the next batch.
+        while sum(self._queued_rows) < self._config.max_batch_rows and not self._device_idle():
             remaining = deadline - self._clock()
             if remaining <= 0:
                 break
@@ -244,6 +246,16 @@ class Scheduler:
         while not any(d.snapshot().accepting for d in self.devices):
             self._slot_freed.clear()
             await self._slot_freed.wait()
+
+    def _device_idle(self) -> bool:
+        """An idle device that would score the queued rows within the window: waiting longer
+        for a fuller batch would only add latency."""
+        rows = sum(self._queued_rows)
+        window = self._config.max_queue_delay_seconds
+        return any(
+            d.healthy and d.in_flight_batches == 0 and d.latency.predict(rows) <= window
+            for d in self.devices
+        )
 
     def _choose(self, batch: Batch, excluded: Device | None = None) -> Device | None:
         candidates = [d for d in self.devices if d.healthy and d is not excluded]

@@ -153,13 +153,25 @@ async def test_stop_fails_queued_requests_and_refuses_new_ones(backend: FakeBack
     config = BatchingConfig(max_batch_rows=4, max_queue_delay_seconds=10.0, max_queue_rows=10)
     s = Scheduler([Device(backend, 1)], earliest_completion, config)
     s.start()
-    waiting = s.submit_nowait(rows([1]))  # held by the 10 s batching window
+    backend.release.clear()
+    held = s.submit_nowait(rows([1]))  # keeps the only device busy
+    await asyncio.to_thread(backend.started.acquire, True, 5)
+    waiting = s.submit_nowait(rows([2]))  # no idle device: held by the 10 s batching window
     await asyncio.sleep(0.01)
+    backend.release.set()
+    await held
     await s.stop()
     with pytest.raises(NotReady, match="shutting down"):
         await waiting
     with pytest.raises(NotReady):
         s.submit_nowait(rows([1]))
+
+
+async def test_the_window_is_skipped_while_a_device_is_idle(backend: FakeBackend) -> None:
+    config = BatchingConfig(max_batch_rows=64, max_queue_delay_seconds=10.0, max_queue_rows=64)
+    async for s in started(Scheduler([Device(backend, 1)], earliest_completion, config)):
+        # The device is idle and would finish within the window: no reason to wait 10 s.
+        await asyncio.wait_for(s.submit(rows([1])), timeout=5)
 
 
 async def test_batches_spread_over_devices_by_predicted_finish() -> None:
