@@ -91,13 +91,13 @@ def create_device(
     return device, variant
 
 
-def warm_up(version: ModelVersion, device: Device, rows: tuple[int, ...]) -> None:
+def warm_up_sample(version: ModelVersion, rows: int) -> dict[str, np.ndarray]:
+    """`rows` real input rows (test pairs, repeated as needed) to time warm-up batches on."""
     split = version.load_test_split()
-    needed = max(rows)
-    repeat = -(-needed // len(split.labels))
-    users = np.tile(split.user_rows, repeat)[:needed]
-    items = np.tile(split.item_rows, repeat)[:needed]
-    device.warm_up(version.tables.assemble(users, items), rows)
+    repeat = -(-rows // len(split.labels))
+    users = np.tile(split.user_rows, repeat)[:rows]
+    items = np.tile(split.item_rows, repeat)[:rows]
+    return version.tables.assemble(users, items)
 
 
 async def start_serving(settings: Settings, metrics: SchedulerMetrics) -> Serving:
@@ -105,6 +105,8 @@ async def start_serving(settings: Settings, metrics: SchedulerMetrics) -> Servin
     version = await asyncio.to_thread(open_version, model.repository, model.name, model.version)
     devices: list[Device] = []
     variants: dict[str, Variant] = {}
+    warmup_rows = settings.routing.warmup_rows
+    sample = warm_up_sample(version, max(warmup_rows))
     for config in settings.devices:
         try:
             device, variant = await asyncio.to_thread(create_device, version, config, settings)
@@ -113,7 +115,7 @@ async def start_serving(settings: Settings, metrics: SchedulerMetrics) -> Servin
                 "device %s (%s) is not available here: %s", config.name, config.backend, exc
             )
             continue
-        await asyncio.to_thread(warm_up, version, device, settings.routing.warmup_rows)
+        await asyncio.to_thread(device.warm_up, sample, warmup_rows)
         fit = device.latency.fit
         log.info(
             "device %s ready: %s (%s, executes %s); latency %.3f ms + %.2f us/row",

@@ -124,8 +124,3 @@ def convert_float16(source: Path, target: Path) -> None:
 
     model = convert_float_to_float16(onnx.load(str(source)), keep_io_types=True)
     onnx.save(model, str(target))
-
-
-def quantized_op_types(path: Path) -> set[str]:
-    """Operator types of a graph (tests look for QuantizeLinear / DequantizeLinear)."""
-    return {node.op_type for node in onnx.load(str(path)).graph.node}

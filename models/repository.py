@@ -38,7 +38,7 @@ class Strict(BaseModel):
 
 class TensorSpec(Strict):
     name: str
-    datatype: Literal["INT64", "FP32"]  # KServe V2 names; the numpy dtype table is DTYPES
+    datatype: Literal["INT64", "FP32"]  # KServe V2 datatype names
     shape: tuple[int, ...]  # -1 is the dynamic batch axis
 
 
@@ -113,9 +113,6 @@ class Manifest(Strict):
             if variant.name == name:
                 return variant
         raise KeyError(name)
-
-
-DTYPES: dict[str, type[np.generic]] = {"INT64": np.int64, "FP32": np.float32}
 
 
 @dataclass(frozen=True)

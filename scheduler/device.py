@@ -35,7 +35,6 @@ class Device:
         self._waiting: dict[int, float] = {}  # batch -> predicted seconds, in arrival order
         self._running: dict[int, tuple[float, float]] = {}  # batch -> (started, predicted)
         self._next_token = 0
-        self.rows_scored = 0
         # Circuit breaker: a device that fails or stalls is taken out of routing until a probe
         # batch succeeds after the cool-down.
         self.batch_timeout_seconds = batch_timeout_seconds
@@ -124,7 +123,6 @@ class Device:
         if scores.shape[0] != rows:
             raise BatchFailed(f"device {self.name} returned {scores.shape[0]} rows for {rows}")
         self.latency.observe(rows, seconds)
-        self.rows_scored += rows
         return scores, seconds
 
     async def execute(self, inputs: Inputs, rows: int) -> tuple[np.ndarray, float]:

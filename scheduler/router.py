@@ -32,10 +32,6 @@ class DeviceSnapshot:
     def accepting(self) -> bool:
         return self.healthy and self.in_flight_batches < self.max_outstanding_batches
 
-    @property
-    def backlog_seconds(self) -> float:
-        return sum(self.running_remaining) + sum(self.waiting)
-
     def predicted_start(self) -> float:
         """Seconds until a slot is free for a batch sent now: the waiting batches take the
         slots as they free up (FIFO), this one the first slot free after them."""
