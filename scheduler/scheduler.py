@@ -148,7 +148,7 @@ class Scheduler:
         ahead = self._queued_rows[HIGH] + (self._queued_rows[LOW] if priority == LOW else 0)
         snapshots = [d.snapshot() for d in self.devices]
         start = min(s.predicted_start() for s in snapshots)
-        fixed = min(s.fit.fixed_seconds for s in snapshots)
+        fixed = min(s.fit.predict(0) for s in snapshots)
         return start + fixed + (ahead + rows) / max(rate, 1e-9)
 
     def load(self) -> LoadReport:

@@ -26,6 +26,17 @@ def test_latency_model_stays_positive_on_noise() -> None:
     assert model.fit.seconds_per_row == 0 and model.predict(10) > 0
 
 
+def test_latency_model_never_predicts_faster_than_the_fastest_recent_batch() -> None:
+    model = LatencyModel(window=3)
+    model.observe(100, 0.0001)
+    model.observe(1000, 0.0020)  # a line through these has a negative intercept: clamped to 0
+    assert model.fit.fixed_seconds == 0
+    assert model.predict(1) == pytest.approx(0.0001)  # not 2 microseconds
+    for _ in range(3):  # the fast sample leaves the window: the floor follows
+        model.observe(1000, 0.0020)
+    assert model.fit.floor_seconds == pytest.approx(0.0020)
+
+
 def device(name: str, fixed: float, per_row: float, in_flight: int = 0, backlog: float = 0.0,
            slots: int = 1) -> DeviceSnapshot:  # fmt: skip
     running = (backlog,) * min(in_flight, slots) if in_flight else ()
