@@ -12,8 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from app import dependencies
 from app.errors import PayloadTooLarge, Unprocessable
 from app.serving import Serving
-from config import Settings
-from models.feature_tables import CATEGORICAL_INPUT, DENSE_INPUT, OOV_ROW
+from config import LimitSettings, Settings
+from models.feature_tables import CATEGORICAL_INPUT, DENSE_INPUT, OOV_ROW, FeatureTables
 
 router = APIRouter(prefix="/v1", tags=["recommendations"])
 Id = Annotated[str | int, Field(description="a raw id as in the data set; unknown ids are scored")]
@@ -63,23 +63,9 @@ async def rank(
     settings: Annotated[Settings, Depends(dependencies.settings)],
     options: Annotated[dependencies.RequestOptions, Depends(dependencies.request_options)],
 ) -> RankResponse:
-    limits = settings.limits
-    if body.k > limits.max_k:
-        raise Unprocessable(f"k: at most {limits.max_k}, got {body.k}")
     tables = serving.version.tables
     user_row = int(tables.user_rows([str(body.user_id)])[0])
-    if body.candidates is None:
-        ids = tables.item_ids  # already a unicode array: no per-request copy
-        item_rows = np.arange(1, len(ids) + 1, dtype=np.int64)
-        unknown: list[str] = []
-    else:
-        if len(body.candidates) > limits.max_candidates:
-            raise PayloadTooLarge(
-                f"candidates: {len(body.candidates)} items, limit {limits.max_candidates}"
-            )
-        ids = np.array([str(c) for c in body.candidates])
-        item_rows = tables.item_rows(ids)
-        unknown = [str(i) for i in ids[item_rows == OOV_ROW]]
+    ids, item_rows, unknown = candidate_rows(body, tables, settings.limits)
     if body.exclude_seen and serving.seen is None:
         raise Unprocessable("exclude_seen: this model version has no table of seen items")
     if body.exclude_seen and serving.seen is not None and user_row != OOV_ROW:
@@ -92,10 +78,7 @@ async def rank(
         inputs = tables.assemble(np.full(len(item_rows), user_row, dtype=np.int64), item_rows)
         scored = await serving.scheduler.submit(inputs, options.timeout_seconds, options.priority)
         devices = scored.devices
-        k = min(body.k, len(item_rows))
-        top = np.argpartition(-scored.scores, k - 1)[:k]
-        top = top[np.argsort(-scored.scores[top], kind="stable")]
-        items = [RankedItem(item_id=str(ids[i]), score=float(scored.scores[i])) for i in top]
+        items = top_k(ids, scored.scores, body.k)
     return RankResponse(
         model_name=serving.version.manifest.model_name,
         model_version=serving.version.manifest.model_version,
@@ -104,6 +87,32 @@ async def rank(
         unknown_items=unknown,
         items=items,
     )
+
+
+def candidate_rows(
+    body: RankRequest, tables: FeatureTables, limits: LimitSettings
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The candidates' ids, their item rows in the feature tables, and the ids not in the
+    catalog (scored through the OOV row)."""
+    if body.k > limits.max_k:
+        raise Unprocessable(f"k: at most {limits.max_k}, got {body.k}")
+    if body.candidates is None:
+        ids = tables.item_ids  # already a unicode array: no per-request copy
+        return ids, np.arange(1, len(ids) + 1, dtype=np.int64), []
+    if len(body.candidates) > limits.max_candidates:
+        raise PayloadTooLarge(
+            f"candidates: {len(body.candidates)} items, limit {limits.max_candidates}"
+        )
+    ids = np.array([str(c) for c in body.candidates])
+    item_rows = tables.item_rows(ids)
+    return ids, item_rows, [str(i) for i in ids[item_rows == OOV_ROW]]
+
+
+def top_k(ids: np.ndarray, scores: np.ndarray, k: int) -> list[RankedItem]:
+    k = min(k, len(ids))
+    top = np.argpartition(-scores, k - 1)[:k]
+    top = top[np.argsort(-scores[top], kind="stable")]
+    return [RankedItem(item_id=str(ids[i]), score=float(scores[i])) for i in top]
 
 
 @router.post("/score")

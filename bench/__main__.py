@@ -1,0 +1,169 @@
+"""`python -m bench`: the paper's headline, measured. The optimized server (`python -m app`, default
+settings) against the naive baseline (heavy FP32 DCN-v2 in PyTorch, one call per request) and the
+HTTP front end alone (same body parsing, fixed answer), one after another in one run, each pinned
+to core 0 with the open-loop generator on core 1, with the same requests:
+
+- mixes: /v1/rank with 100 candidates, 1,000 candidates, and the whole catalog; users from the
+  test split;
+- light load: a fixed low rate per mix; latency percentiles;
+- step load: the offered rate grows by `--factor` a step until a step misses the p99 target
+  (50 ms) or has 0.1% or more errors; throughput at the target is the best goodput of a step
+  that met it.
+
+Writes report.json, report.md and latency.png to `--out`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench import loadgen, processes
+from bench.report import write_report
+from bench.stats import Summary, summarize
+from bench.workload import WHOLE_CATALOG, label, rank_bodies
+from config import load_settings
+from models.repository import ModelVersion, open_version
+
+SERVER_CPUS, GENERATOR_CPU = {0}, 1
+
+
+@dataclass(frozen=True)
+class Mix:
+    candidates: int
+    light_rate: float  # requests/s: light for every server, the baseline included
+    first_rate: float  # where the step load starts
+
+
+MIXES = (Mix(100, 10, 20), Mix(1000, 5, 10), Mix(WHOLE_CATALOG, 5, 5))
+SERVERS = {
+    "baseline": ["-m", "bench.apps", "baseline"],
+    "optimized": ["-m", "app"],
+    "frontend": ["-m", "bench.apps", "frontend"],
+}
+
+
+def measure(port: int, bodies: list[str], rate: float, seconds: float) -> Summary:
+    spec = loadgen.LoadSpec(
+        "127.0.0.1", port, bodies, "/v1/rank", rate, seconds, connections=512, cpu=GENERATOR_CPU
+    )
+    return summarize(loadgen.run(spec))
+
+
+def meets(s: Summary, p99_ms: float, max_error_rate: float) -> bool:
+    failed = s.error_rate + s.refused / max(s.offered_per_second, 1e-9)
+    return s.latency_ms["p99"] <= p99_ms and failed < max_error_rate
+
+
+def run_server(name: str, root: Path, bodies: dict[int, list[str]], args: argparse.Namespace,
+               ) -> dict[str, object]:  # fmt: skip
+    port = processes.free_port()
+    command = [sys.executable, *SERVERS[name], "--port", str(port)]
+    if name != "optimized":
+        command += ["--repository", str(root)]
+    env = {**os.environ, "RECSYS_MODEL__REPOSITORY": str(root)}
+    log = args.out / f"{name}.log"
+    mixes: dict[str, object] = {}
+    with processes.running(command, port, env, log, SERVER_CPUS):
+        variant = served_variant(port, bodies[MIXES[0].candidates][0])
+        for mix in MIXES:
+            mix_bodies = bodies[mix.candidates]
+            measure(port, mix_bodies, mix.light_rate, 1.0)  # warm-up
+            light = measure(port, mix_bodies, mix.light_rate, args.light_seconds)
+            steps, rate, best = [], mix.first_rate, 0.0
+            for _ in range(args.max_steps):
+                s = measure(port, mix_bodies, rate, args.step_seconds)
+                ok = meets(s, args.p99_ms, args.max_error_rate)
+                steps.append({"rate": rate, "meets_target": ok, **dataclasses.asdict(s)})
+                print(f"{name:9} {label(mix.candidates):15} {rate:7.0f}/s -> goodput "
+                      f"{s.ok_per_second:7.0f}/s p99 {s.latency_ms['p99']:8.1f} ms "
+                      f"errors {s.error_rate:.2%} refused {s.refused}"
+                      f"{'' if ok else '  (misses the target)'}", flush=True)  # fmt: skip
+                if not ok:
+                    break
+                best = max(best, s.ok_per_second)
+                rate *= args.factor
+            mixes[label(mix.candidates)] = {
+                "light": {"rate": mix.light_rate, **dataclasses.asdict(light)},
+                "steps": steps,
+                "throughput_at_target": best,
+            }
+    return {"variant": variant, "mixes": mixes}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    parser.add_argument("--repository", type=Path, help="model repository (default: settings)")
+    parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument("--servers", nargs="+", choices=list(SERVERS), default=list(SERVERS))
+    parser.add_argument("--p99-ms", type=float, default=50.0)
+    parser.add_argument("--max-error-rate", type=float, default=0.001)
+    parser.add_argument("--factor", type=float, default=1.5, help="rate growth per step")
+    parser.add_argument("--max-steps", type=int, default=16)
+    parser.add_argument("--step-seconds", type=float, default=5.0)
+    parser.add_argument("--light-seconds", type=float, default=10.0)
+    args = parser.parse_args(argv)
+    settings = load_settings()
+    root = Path(args.repository or settings.model.repository)
+    version = open_version(root, settings.model.name, settings.model.version)
+    args.out.mkdir(parents=True, exist_ok=True)
+    bodies = {mix.candidates: rank_bodies(version, mix.candidates) for mix in MIXES}
+    started = time.monotonic()
+    servers = {name: run_server(name, root, bodies, args) for name in args.servers}
+    report = {
+        "protocol": {
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores; server pinned to core 0, "
+            "generator to core 1",
+            "p99_target_ms": args.p99_ms,
+            "max_error_rate": args.max_error_rate,
+            "step_seconds": args.step_seconds,
+            "light_seconds": args.light_seconds,
+            "factor": args.factor,
+            "mixes": [dataclasses.asdict(m) for m in MIXES],
+            "model_version": version.manifest.model_version,
+        },
+        "accuracy": accuracy(version, {k: str(v["variant"]) for k, v in servers.items()}),
+        "servers": servers,
+        "seconds": time.monotonic() - started,
+    }
+    (args.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(write_report(report, args.out))
+    return 0
+
+
+def accuracy(version: ModelVersion, served: dict[str, str]) -> dict[str, dict[str, object]]:
+    """Test AUC and log loss of the variant each server answered with (scored by the build on the
+    test split, paired against baseline-fp32 on the same rows)."""
+    return {
+        server: {
+            "variant": name,
+            "test_auc": version.manifest.variant(name).test_auc,
+            "test_log_loss": version.manifest.variant(name).test_log_loss,
+        }
+        for server, name in served.items()
+        if name in {v.name for v in version.manifest.variants}
+    }
+
+
+def served_variant(port: int, body: str) -> str:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v1/rank", body.encode(), {"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        variants: dict[str, str] = json.loads(answer.read())["variants"]
+    return ", ".join(sorted(set(variants.values())))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

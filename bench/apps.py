@@ -1,0 +1,109 @@
+"""The two reference servers the benchmark runs beside ours, with the same FastAPI app shape:
+
+- `baseline`: the paper's starting point served naively: the heavy FP32 DCN-v2 in PyTorch, one
+  inference call per request, no batching (a plain `def` endpoint in FastAPI's thread pool).
+- `frontend`: parses and validates the same /v1/rank body, looks the ids up, and answers a fixed
+  ranking without scoring: the ceiling the HTTP layer alone allows on this machine.
+
+`python -m bench.apps {baseline,frontend} --port P [--repository R]` serves one with uvicorn,
+uvloop and httptools, as `python -m app` does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import uvicorn
+from fastapi import FastAPI
+
+from app import errors
+from app.http_metrics import BodyLimit
+from app.v1 import RankedItem, RankRequest, RankResponse, candidate_rows, top_k
+from config import Settings, load_settings
+from models.feature_tables import OOV_ROW
+from models.repository import ModelVersion, open_version
+
+
+def base_app(name: str, settings: Settings) -> FastAPI:
+    app = FastAPI(title=name)
+    errors.install(app)
+    app.add_middleware(BodyLimit, max_bytes=settings.limits.max_body_bytes)
+
+    @app.get("/v2/health/ready")
+    async def ready() -> dict[str, bool]:
+        return {"ready": True}
+
+    return app
+
+
+def response(version: ModelVersion, user_row: int, unknown: list[str], items: list[RankedItem],
+             variant: str) -> RankResponse:  # fmt: skip
+    manifest = version.manifest
+    return RankResponse(
+        model_name=manifest.model_name,
+        model_version=manifest.model_version,
+        variants={"cpu": variant},
+        user_known=user_row != OOV_ROW,
+        unknown_items=unknown,
+        items=items,
+    )
+
+
+def baseline_app(settings: Settings, version: ModelVersion) -> FastAPI:
+    import torch  # only here: the serving path never imports torch
+
+    from bench.baseline_model import BASELINE_VARIANT, load_baseline
+
+    model = load_baseline(version)
+    app = base_app("baseline", settings)
+    tables = version.tables
+
+    @app.post("/v1/rank")
+    def rank(body: RankRequest) -> RankResponse:
+        user_row = int(tables.user_rows([str(body.user_id)])[0])
+        ids, item_rows, unknown = candidate_rows(body, tables, settings.limits)
+        inputs = tables.assemble(np.full(len(item_rows), user_row, dtype=np.int64), item_rows)
+        with torch.inference_mode():
+            scores = model(*(torch.from_numpy(inputs[k]) for k in ("categorical", "dense")))
+        items = top_k(ids, scores.numpy(), body.k)
+        return response(version, user_row, unknown, items, BASELINE_VARIANT)
+
+    return app
+
+
+def frontend_app(settings: Settings, version: ModelVersion) -> FastAPI:
+    app = base_app("frontend", settings)
+    tables = version.tables
+
+    @app.post("/v1/rank")
+    async def rank(body: RankRequest) -> RankResponse:
+        user_row = int(tables.user_rows([str(body.user_id)])[0])
+        ids, _, unknown = candidate_rows(body, tables, settings.limits)
+        scores = np.linspace(1.0, 0.0, len(ids), dtype=np.float32)  # fixed: no model runs
+        return response(version, user_row, unknown, top_k(ids, scores, body.k), "none")
+
+    return app
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.apps", description=__doc__)
+    parser.add_argument("kind", choices=["baseline", "frontend"])
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--repository", type=Path, help="model repository (default: settings)")
+    args = parser.parse_args(argv)
+    settings = load_settings()
+    root = args.repository or settings.model.repository
+    version = open_version(Path(root), settings.model.name, settings.model.version)
+    make = baseline_app if args.kind == "baseline" else frontend_app
+    uvicorn.run(
+        make(settings, version), host="127.0.0.1", port=args.port, loop="uvloop",
+        http="httptools", log_level="warning", access_log=False,
+    )  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""`python -m bench.overload`: the server offered three times what it can do.
+
+1. Capacity: step an open-loop rate of /v1/rank requests (100 candidates, deadline
+   `--deadline-ms`, one in five at low priority) up by 25% a step; capacity is the best goodput of
+   a step with under 1% refused or failed and p99 within the deadline.
+2. Overload: offer 3x that rate for `--seconds`. Goodput, the p99 of accepted requests, the p99
+   of refusals, and every 5xx, 504 and client timeout are counted.
+
+The server runs pinned to core 0 and the generator to core 1 (see bench/loadgen.py). Targets
+(issue 5): goodput >= 90% of capacity, p99 accepted <= deadline, refusal p99 < 5 ms, no 500s, no
+client timeouts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from bench import loadgen, processes
+from bench.stats import Summary, summarize
+from bench.workload import rank_bodies
+from config import load_settings
+from models.repository import open_version
+
+SERVER_CPUS, GENERATOR_CPU = {0}, 1
+
+
+def offer(url: str, bodies: list[str], headers: list[dict[str, str]], rate: float,
+          seconds: float) -> tuple[loadgen.LoadResult, Summary]:  # fmt: skip
+    port = int(url.rsplit(":", 1)[1])
+    spec = loadgen.LoadSpec(
+        "127.0.0.1", port, bodies, "/v1/rank", rate, seconds, connections=512,
+        headers=headers, cpu=GENERATOR_CPU,
+    )  # fmt: skip
+    result = loadgen.run(spec)
+    return result, summarize(result)
+
+
+def line(name: str, s: Summary) -> str:
+    return (
+        f"{name:<22} offered {s.offered_per_second:7.0f}/s  goodput {s.ok_per_second:7.0f}/s  "
+        f"p50 {s.latency_ms['p50']:6.1f}  p99 {s.latency_ms['p99']:6.1f} ms  "
+        f"refused {s.refused:6d} (p99 {s.refusal_p99_ms:5.2f} ms)  504 {s.deadline_exceeded}  "
+        f"errors {s.errors}  timeouts {s.client_timeouts}  unsent {s.unsent}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.overload", description=__doc__)
+    parser.add_argument("--repository", type=Path, help="model repository (default: settings)")
+    parser.add_argument("--deadline-ms", type=float, default=100.0)
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of the 3x run")
+    parser.add_argument("--step-seconds", type=float, default=4.0)
+    parser.add_argument("--out", type=Path, default=Path("bench/results/overload.json"))
+    args = parser.parse_args(argv)
+    settings = load_settings()
+    root = args.repository or settings.model.repository
+    version = open_version(Path(root), settings.model.name, settings.model.version)
+    bodies = rank_bodies(version, 100, count=250)
+    timeout = {"X-Request-Timeout-Ms": f"{args.deadline_ms:g}"}
+    headers = [
+        {**timeout, "X-Request-Priority": "low" if i % 5 == 4 else "high"}
+        for i in range(len(bodies))
+    ]
+    port = processes.free_port()
+    env = {**os.environ, "RECSYS_MODEL__REPOSITORY": str(root)}
+    command = [sys.executable, "-m", "app", "--port", str(port)]
+    log = args.out.with_suffix(".server.log")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    steps: list[dict[str, object]] = []
+    with processes.running(command, port, env, log, SERVER_CPUS) as (_, url):
+        offer(url, bodies, headers, 50, 2)  # warm-up
+        rate, capacity = 100.0, 0.0
+        while True:
+            _, s = offer(url, bodies, headers, rate, args.step_seconds)
+            print(line(f"step {rate:.0f}/s", s), flush=True)
+            steps.append({"rate": rate, **dataclasses.asdict(s)})
+            bad = s.refused + s.errors + s.deadline_exceeded + s.client_timeouts + s.unsent
+            if bad > 0.01 * s.offered_per_second * args.step_seconds or not (
+                s.latency_ms["p99"] <= args.deadline_ms
+            ):
+                break
+            capacity = max(capacity, s.ok_per_second)
+            rate *= 1.25
+        result, over = offer(url, bodies, headers, 3 * capacity, args.seconds)
+    low = np.arange(len(result.statuses)) % len(bodies) % 5 == 4
+    by_priority = {"high": summarize(result, ~low), "low": summarize(result, low)}
+    print(f"capacity at 1x: {capacity:.0f} requests/s")
+    print(line("3x overload", over))
+    for name, s in by_priority.items():
+        print(line(f"  {name} priority", s))
+    checks = {
+        "goodput >= 90% of capacity": over.ok_per_second >= 0.9 * capacity,
+        "p99 of accepted within the deadline": over.latency_ms["p99"] <= args.deadline_ms,
+        "refusal p99 < 5 ms": over.refusal_p99_ms < 5,
+        "no 5xx but planned refusals": over.errors == 0,
+        "no client timeouts": over.client_timeouts == 0,
+    }
+    for name, passed in checks.items():
+        print(f"{'PASS' if passed else 'FAIL'}  {name}")
+    report = {
+        "deadline_ms": args.deadline_ms,
+        "capacity_per_second": capacity,
+        "goodput_fraction": over.ok_per_second / capacity if capacity else 0.0,
+        "steps": steps,
+        "overload": dataclasses.asdict(over),
+        "by_priority": {k: dataclasses.asdict(v) for k, v in by_priority.items()},
+        "checks": checks,
+    }
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0 if all(checks.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

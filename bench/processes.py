@@ -1,0 +1,85 @@
+"""Server processes on loopback for benchmarks and tests: start on a free port, wait until ready,
+stop with SIGTERM (then SIGKILL)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def is_ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=1) as answer:
+            return bool(answer.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path | None = None,
+               seconds: float = 90) -> None:  # fmt: skip
+    deadline = time.monotonic() + seconds
+    while not is_ready(url):
+        details = log.read_text()[-5000:] if log and log.exists() else ""
+        if process.poll() is not None:
+            raise RuntimeError(f"{url} exited:\n{details}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{url} not ready in {seconds:.0f} s:\n{details}")
+        time.sleep(0.2)
+
+
+def start(command: Sequence[str], port: int, env: Mapping[str, str], log: Path,
+          cpus: set[int] | None = None) -> tuple[subprocess.Popen[bytes], str]:  # fmt: skip
+    """Start `command` (which must listen on 127.0.0.1:`port`), pinned to `cpus` when given, and
+    return once it is ready."""
+    with log.open("w") as output:
+        process = subprocess.Popen(
+            list(command), cwd=ROOT, env=dict(env), stdout=output, stderr=subprocess.STDOUT
+        )
+    if cpus:  # before the interpreter has started its threads: they inherit it
+        os.sched_setaffinity(process.pid, cpus)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, process, log)
+    except BaseException:
+        stop(process)
+        raise
+    return process, url
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=30)
+
+
+@contextmanager
+def running(
+    command: Sequence[str], port: int, env: Mapping[str, str], log: Path,
+    cpus: set[int] | None = None,
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:  # fmt: skip
+    process, url = start(command, port, env, log, cpus)
+    try:
+        yield process, url
+    finally:
+        stop(process)
