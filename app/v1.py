@@ -6,14 +6,15 @@ from collections.abc import Sequence
 from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from app import dependencies
-from app.errors import PayloadTooLarge, Unprocessable
+from app.errors import PayloadTooLarge, Unprocessable, json_response
 from app.serving import Serving
 from config import LimitSettings, Settings
 from models.feature_tables import CATEGORICAL_INPUT, DENSE_INPUT, OOV_ROW, FeatureTables
+from models.repository import Manifest
 
 router = APIRouter(prefix="/v1", tags=["recommendations"])
 Id = Annotated[str | int, Field(description="a raw id as in the data set; unknown ids are scored")]
@@ -56,13 +57,13 @@ class ScoreResponse(BaseModel):
     scores: list[float]
 
 
-@router.post("/rank")
+@router.post("/rank", response_model=RankResponse)
 async def rank(
     body: RankRequest,
     serving: Annotated[Serving, Depends(dependencies.serving)],
     settings: Annotated[Settings, Depends(dependencies.settings)],
     options: Annotated[dependencies.RequestOptions, Depends(dependencies.request_options)],
-) -> RankResponse:
+) -> Response:
     tables = serving.version.tables
     user_row = int(tables.user_rows([str(body.user_id)])[0])
     ids, item_rows, unknown = candidate_rows(body, tables, settings.limits)
@@ -72,21 +73,28 @@ async def rank(
         indptr, seen_rows = serving.seen
         keep = ~np.isin(item_rows, seen_rows[indptr[user_row] : indptr[user_row + 1]])
         ids, item_rows = ids[keep], item_rows[keep]
-    items: list[RankedItem] = []
+    scores = np.empty(0, dtype=np.float32)
     devices: tuple[str, ...] = ()
     if len(item_rows):
         inputs = tables.assemble(np.full(len(item_rows), user_row, dtype=np.int64), item_rows)
         scored = await serving.scheduler.submit(inputs, options.timeout_seconds, options.priority)
-        devices = scored.devices
-        items = top_k(ids, scored.scores, body.k)
-    return RankResponse(
-        model_name=serving.version.manifest.model_name,
-        model_version=serving.version.manifest.model_version,
-        variants={d: serving.variants[d].name for d in devices},
-        user_known=user_row != OOV_ROW,
-        unknown_items=unknown,
-        items=items,
-    )
+        scores, devices = scored.scores, scored.devices
+    variants = {d: serving.variants[d].name for d in devices}
+    return ranking(serving.version.manifest, variants, user_row, unknown, ids, scores, body.k)
+
+
+def ranking(manifest: Manifest, variants: dict[str, str], user_row: int, unknown: list[str],
+            ids: np.ndarray, scores: np.ndarray, k: int) -> Response:  # fmt: skip
+    """The RankResponse body, serialized with orjson directly: validating a response the server
+    builds itself would cost more than the inference (the OpenAPI schema still documents it)."""
+    return json_response({
+        "model_name": manifest.model_name,
+        "model_version": manifest.model_version,
+        "variants": variants,
+        "user_known": user_row != OOV_ROW,
+        "unknown_items": unknown,
+        "items": [{"item_id": str(ids[i]), "score": float(scores[i])} for i in top_k(scores, k)],
+    })  # fmt: skip
 
 
 def candidate_rows(
@@ -108,11 +116,13 @@ def candidate_rows(
     return ids, item_rows, [str(i) for i in ids[item_rows == OOV_ROW]]
 
 
-def top_k(ids: np.ndarray, scores: np.ndarray, k: int) -> list[RankedItem]:
-    k = min(k, len(ids))
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k highest scores, best first (ties in input order)."""
+    k = min(k, len(scores))
+    if k == 0:
+        return np.empty(0, dtype=np.int64)
     top = np.argpartition(-scores, k - 1)[:k]
-    top = top[np.argsort(-scores[top], kind="stable")]
-    return [RankedItem(item_id=str(ids[i]), score=float(scores[i])) for i in top]
+    return top[np.argsort(-scores[top], kind="stable")]
 
 
 @router.post("/score")

@@ -78,7 +78,12 @@ def run_server(name: str, root: Path, bodies: dict[int, list[str]], args: argpar
             mix_bodies = bodies[mix.candidates]
             measure(port, mix_bodies, mix.light_rate, 1.0)  # warm-up
             light = measure(port, mix_bodies, mix.light_rate, args.light_seconds)
-            steps, rate, best = [], mix.first_rate, 0.0
+            steps: list[dict[str, object]] = []
+            passed, failed, best, bisected = 0.0, 0.0, 0.0, 0
+            rate = mix.first_rate
+            # Grow by `factor` until a step misses the target, then bisect (geometrically)
+            # between the last pass and the first miss `refine` times; if the first rate
+            # already misses, step down until one passes.
             for _ in range(args.max_steps):
                 s = measure(port, mix_bodies, rate, args.step_seconds)
                 ok = meets(s, args.p99_ms, args.max_error_rate)
@@ -87,10 +92,20 @@ def run_server(name: str, root: Path, bodies: dict[int, list[str]], args: argpar
                       f"{s.ok_per_second:7.0f}/s p99 {s.latency_ms['p99']:8.1f} ms "
                       f"errors {s.error_rate:.2%} refused {s.refused}"
                       f"{'' if ok else '  (misses the target)'}", flush=True)  # fmt: skip
-                if not ok:
+                if ok:
+                    passed, best = rate, max(best, s.ok_per_second)
+                else:
+                    failed = rate
+                if not passed:  # even the first rate missed: step down instead
+                    if rate < 0.5:
+                        break
+                    rate /= args.factor
+                    continue
+                if failed and bisected == args.refine:
                     break
-                best = max(best, s.ok_per_second)
-                rate *= args.factor
+                bisected += bool(failed)
+                rate = (passed * failed) ** 0.5 if failed else rate * args.factor
+            steps.sort(key=lambda step: float(step["rate"]))  # type: ignore[arg-type]
             mixes[label(mix.candidates)] = {
                 "light": {"rate": mix.light_rate, **dataclasses.asdict(light)},
                 "steps": steps,
@@ -110,9 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--p99-ms", type=float, default=50.0)
     parser.add_argument("--max-error-rate", type=float, default=0.001)
     parser.add_argument("--factor", type=float, default=1.5, help="rate growth per step")
-    parser.add_argument("--max-steps", type=int, default=16)
+    parser.add_argument("--refine", type=int, default=2, help="bisection steps after a miss")
+    parser.add_argument("--max-steps", type=int, default=20)
     parser.add_argument("--step-seconds", type=float, default=5.0)
-    parser.add_argument("--light-seconds", type=float, default=10.0)
+    parser.add_argument("--light-seconds", type=float, default=20.0)
     args = parser.parse_args(argv)
     settings = load_settings()
     root = Path(args.repository or settings.model.repository)
@@ -130,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             "step_seconds": args.step_seconds,
             "light_seconds": args.light_seconds,
             "factor": args.factor,
+            "refine": args.refine,
             "mixes": [dataclasses.asdict(m) for m in MIXES],
             "model_version": version.manifest.model_version,
         },

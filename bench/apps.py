@@ -12,18 +12,18 @@ uvloop and httptools, as `python -m app` does.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 import numpy as np
 import uvicorn
-from fastapi import FastAPI
+from fastapi import FastAPI, Response
 
 from app import errors
 from app.http_metrics import BodyLimit
-from app.v1 import RankedItem, RankRequest, RankResponse, candidate_rows, top_k
+from app.v1 import RankRequest, RankResponse, candidate_rows, ranking
 from config import Settings, load_settings
-from models.feature_tables import OOV_ROW
 from models.repository import ModelVersion, open_version
 
 
@@ -39,37 +39,26 @@ def base_app(name: str, settings: Settings) -> FastAPI:
     return app
 
 
-def response(version: ModelVersion, user_row: int, unknown: list[str], items: list[RankedItem],
-             variant: str) -> RankResponse:  # fmt: skip
-    manifest = version.manifest
-    return RankResponse(
-        model_name=manifest.model_name,
-        model_version=manifest.model_version,
-        variants={"cpu": variant},
-        user_known=user_row != OOV_ROW,
-        unknown_items=unknown,
-        items=items,
-    )
-
-
 def baseline_app(settings: Settings, version: ModelVersion) -> FastAPI:
     import torch  # only here: the serving path never imports torch
 
     from bench.baseline_model import BASELINE_VARIANT, load_baseline
 
+    # One intra-op thread per core the process may use (torch counts the machine's cores).
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
     model = load_baseline(version)
     app = base_app("baseline", settings)
     tables = version.tables
 
-    @app.post("/v1/rank")
-    def rank(body: RankRequest) -> RankResponse:
+    @app.post("/v1/rank", response_model=RankResponse)
+    def rank(body: RankRequest) -> Response:
         user_row = int(tables.user_rows([str(body.user_id)])[0])
         ids, item_rows, unknown = candidate_rows(body, tables, settings.limits)
         inputs = tables.assemble(np.full(len(item_rows), user_row, dtype=np.int64), item_rows)
         with torch.inference_mode():
             scores = model(*(torch.from_numpy(inputs[k]) for k in ("categorical", "dense")))
-        items = top_k(ids, scores.numpy(), body.k)
-        return response(version, user_row, unknown, items, BASELINE_VARIANT)
+        variants = {"cpu": BASELINE_VARIANT}
+        return ranking(version.manifest, variants, user_row, unknown, ids, scores.numpy(), body.k)
 
     return app
 
@@ -78,12 +67,12 @@ def frontend_app(settings: Settings, version: ModelVersion) -> FastAPI:
     app = base_app("frontend", settings)
     tables = version.tables
 
-    @app.post("/v1/rank")
-    async def rank(body: RankRequest) -> RankResponse:
+    @app.post("/v1/rank", response_model=RankResponse)
+    async def rank(body: RankRequest) -> Response:
         user_row = int(tables.user_rows([str(body.user_id)])[0])
         ids, _, unknown = candidate_rows(body, tables, settings.limits)
         scores = np.linspace(1.0, 0.0, len(ids), dtype=np.float32)  # fixed: no model runs
-        return response(version, user_row, unknown, top_k(ids, scores, body.k), "none")
+        return ranking(version.manifest, {}, user_row, unknown, ids, scores, body.k)
 
     return app
 

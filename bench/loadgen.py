@@ -2,10 +2,12 @@
 
 A closed-loop client (locust, a pool of workers) waits for each answer before sending the next, so
 a slow server slows the client down and the queueing delay never shows in its figures. Here request
-i is due at start + i / rate and its latency counts from that moment, not from when a connection
-was free (no coordinated omission). Each request needs a free keep-alive connection; when all
-`connections` are busy the request is still counted, as "unsent", so a too-small pool shows up
-instead of silently lowering the offered rate.
+i is due at start + i / rate and is written then, whatever is still outstanding; it never waits for
+the server (no coordinated omission). Latency counts from the write, so the generator's own timer
+lateness (uvloop's timers tick in milliseconds; reported as send_lag_p99) is not charged to the
+server. Each request needs a free keep-alive connection; when all `connections` are busy the
+request is counted as "unsent", so a too-small pool shows up instead of silently lowering the
+offered rate.
 
 Runs in its own process pinned to one core (`python -m bench.loadgen`, a JSON spec on stdin, a JSON
 result on stdout) so that it competes with the server for nothing but that core. Raw asyncio
@@ -48,7 +50,7 @@ class LoadResult:
     offered: int
     seconds: float
     statuses: list[int]  # per request in schedule order: an HTTP status, UNSENT or CLIENT_TIMEOUT
-    latencies: list[float]  # seconds from the due time to the last byte of the answer
+    latencies: list[float]  # seconds from the write to the last byte of the answer
     send_lag_p99: float  # seconds the generator itself sent late: its own limit shows here
 
 
@@ -135,9 +137,9 @@ async def generate(spec: LoadSpec) -> LoadResult:
     lags: list[float] = []
     tasks: set[asyncio.Task[None]] = set()
 
-    async def settle(i: int, due: float, connection: Connection) -> None:
+    async def settle(i: int, sent: float, connection: Connection) -> None:
         status = await connection.answer(spec.client_timeout_seconds)
-        statuses[i], latencies[i] = status, time.perf_counter() - due
+        statuses[i], latencies[i] = status, time.perf_counter() - sent
         if connection.closed or status == CLIENT_TIMEOUT:
             try:
                 _, connection = await loop.create_connection(Connection, spec.host, spec.port)
@@ -154,9 +156,10 @@ async def generate(spec: LoadSpec) -> LoadResult:
         if not pool:
             continue  # stays UNSENT
         connection = pool.pop()
+        sent = time.perf_counter()
         connection.send(requests[i % len(requests)])
-        lags.append(time.perf_counter() - due)
-        task = loop.create_task(settle(i, due, connection))
+        lags.append(sent - due)
+        task = loop.create_task(settle(i, sent, connection))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
     if tasks:
