@@ -1,8 +1,10 @@
-"""ASGI middleware: request latency histogram by route and status, and the body size limit."""
+"""ASGI middleware: request latency histogram by route and status, the in-flight limit on
+inference requests, and the body size limit."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -55,6 +57,44 @@ class RequestMetrics:
             self.latency.labels(endpoint=endpoint, status=str(status)).observe(
                 time.perf_counter() - started
             )
+
+
+class InFlightLimit:
+    """Refuse an inference request (a POST to /v1 or a V2 infer) at once, before its body is read
+    or parsed, while `max_requests` HTTP requests are already in progress. Under overload the
+    HTTP layer itself saturates a core before the scheduler's queue grows: a refusal here costs a
+    fraction of a parsed and scored request, so the requests already accepted keep their latency.
+    Health, metrics and admin requests are never refused."""
+
+    def __init__(self, app: ASGIApp, in_flight: InFlight, max_requests: int, status: int,
+                 on_refusal: Callable[[], None] | None = None) -> None:  # fmt: skip
+        self.app = app
+        self.in_flight = in_flight
+        self.max_requests = max_requests
+        self.on_refusal = on_refusal
+        body = orjson.dumps(
+            {"error": f"overloaded: {max_requests} requests in progress, the limit"}
+        )
+        self.start = {
+            "type": "http.response.start", "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"retry-after", b"1"),
+                        (b"content-length", str(len(body)).encode())],
+        }  # fmt: skip
+        self.body = {"type": "http.response.body", "body": body}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] == "http"
+            and self.in_flight.count > self.max_requests  # this request is counted already
+            and scope["method"] == "POST"
+            and (scope["path"].startswith("/v1/") or scope["path"].endswith("/infer"))
+        ):
+            if self.on_refusal:
+                self.on_refusal()
+            await send(self.start)
+            await send(self.body)
+            return
+        await self.app(scope, receive, send)
 
 
 class BodyLimit:

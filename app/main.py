@@ -12,7 +12,7 @@ from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from app import admin, errors, load, v1, v2
-from app.http_metrics import BodyLimit, InFlight, RequestMetrics
+from app.http_metrics import BodyLimit, InFlight, InFlightLimit, RequestMetrics
 from app.serving import Serving, start_serving
 from config import Settings
 from scheduler.metrics import SchedulerMetrics
@@ -79,6 +79,12 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     app.add_middleware(BodyLimit, max_bytes=settings.limits.max_body_bytes)
+    app.add_middleware(
+        InFlightLimit, in_flight=in_flight,
+        max_requests=settings.load_balancing.max_in_flight_requests,
+        status=settings.admission.overload_status,
+        on_refusal=scheduler_metrics.refused.labels(reason="in_flight").inc,
+    )  # fmt: skip
     app.add_middleware(
         RequestMetrics, registry=registry, prefix=settings.metrics.prefix, in_flight=in_flight
     )

@@ -58,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="length of the 3x run")
     parser.add_argument("--step-seconds", type=float, default=4.0)
     parser.add_argument("--out", type=Path, default=Path("bench/results/overload.json"))
+    parser.add_argument("--setting", action="append", default=[], metavar="SECTION__KEY=VALUE",
+                        help="a server setting, as RECSYS_SECTION__KEY (repeatable)")  # fmt: skip
     args = parser.parse_args(argv)
     settings = load_settings()
     root = args.repository or settings.model.repository
@@ -69,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(len(bodies))
     ]
     port = processes.free_port()
-    env = {**os.environ, "RECSYS_MODEL__REPOSITORY": str(root)}
+    overrides = dict(f"RECSYS_{item}".split("=", 1) for item in args.setting)
+    env = {**os.environ, "RECSYS_MODEL__REPOSITORY": str(root), **overrides}
     command = [sys.executable, "-m", "app", "--port", str(port)]
     log = args.out.with_suffix(".server.log")
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -105,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, passed in checks.items():
         print(f"{'PASS' if passed else 'FAIL'}  {name}")
     report = {
+        "settings": overrides,
         "deadline_ms": args.deadline_ms,
         "capacity_per_second": capacity,
         "goodput_fraction": over.ok_per_second / capacity if capacity else 0.0,

@@ -28,6 +28,13 @@ class SchedulerMetrics:
             f"{prefix}_batch_rows", "Rows per batch", ["device"], buckets=ROW_BUCKETS,
             registry=registry,
         )  # fmt: skip
+        self.window = Histogram(
+            f"{prefix}_batching_window_seconds",
+            "How long the batcher held a batch's oldest row to let it grow, by what closed the "
+            "window: idle (a device was idle: at once), full (max_batch_rows) or window (the "
+            "max_queue_delay_ms limit)",
+            ["closed_by"], buckets=(0.0, *LATENCY_BUCKETS), registry=registry,
+        )  # fmt: skip
         self.batch_fill = Histogram(
             f"{prefix}_batch_fill_ratio", "Batch rows / max_batch_rows", buckets=FILL_BUCKETS,
             registry=registry,
@@ -98,6 +105,9 @@ class SchedulerMetrics:
         for part in batch.parts:
             self.queue_wait.observe(now - part.request.enqueued_at)
         self.batch_fill.observe(batch.rows / max_batch_rows)
+
+    def observe_window(self, seconds: float, closed_by: str) -> None:
+        self.window.labels(closed_by=closed_by).observe(max(seconds, 0.0))
 
     def observe_batch(self, device: Device, rows: int, seconds: float) -> None:
         self.batch_rows.labels(device=device.name).observe(rows)

@@ -209,7 +209,7 @@ class Scheduler:
     async def _batch_loop(self) -> None:
         try:
             while True:
-                await self._wait_for_batch()
+                oldest, closed_by = await self._wait_for_batch()
                 parts: list[Part] = []
                 for priority, queue in enumerate(self._queues):  # high priority first
                     room = self._config.max_batch_rows - sum(p.rows for p in parts)
@@ -217,6 +217,8 @@ class Scheduler:
                     self._queued_rows[priority] -= sum(p.rows for p in taken) + dropped
                     parts += taken
                 if parts:
+                    if self._metrics:
+                        self._metrics.observe_window(self._clock() - oldest, closed_by)
                     self._dispatch(assemble(parts))
         except asyncio.CancelledError:
             raise
@@ -226,7 +228,9 @@ class Scheduler:
             self._fail_queued(BatchFailed(f"the batcher died: {exc!r}"))
             raise
 
-    async def _wait_for_batch(self) -> None:
+    async def _wait_for_batch(self) -> tuple[float, str]:
+        """Wait until a batch should leave; returns when its oldest row arrived and what closed
+        the window: "idle" (a device was idle), "full" (max_batch_rows queued) or "window"."""
         while not any(self._queues):
             self._arrived.clear()
             await self._arrived.wait()
@@ -234,7 +238,14 @@ class Scheduler:
         deadline = oldest + self._config.max_queue_delay_seconds
         # Elastic window: with a device idle, waiting only adds latency, so dispatch at once;
         # while every device is busy, rows wait up to the window and grow the next batch.
-        while sum(self._queued_rows) < self._config.max_batch_rows and not self._device_idle():
+        closed_by = "window"
+        while True:
+            if sum(self._queued_rows) >= self._config.max_batch_rows:
+                closed_by = "full"
+                break
+            if self._device_idle():
+                closed_by = "idle"
+                break
             remaining = deadline - self._clock()
             if remaining <= 0:
                 break
@@ -246,6 +257,7 @@ class Scheduler:
         while not any(d.snapshot().accepting for d in self.devices):
             self._slot_freed.clear()
             await self._slot_freed.wait()
+        return oldest, closed_by
 
     def _device_idle(self) -> bool:
         """An idle device that would score the queued rows within the window: waiting longer

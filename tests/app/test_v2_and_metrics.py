@@ -85,7 +85,8 @@ def test_metrics_are_prometheus_histograms_gauges_and_counters(client: httpx.Cli
     text = client.get("/metrics").text
     families = {f.name: f for f in text_string_to_metric_families(text)}
     histograms = ["request_duration_seconds", "queue_wait_seconds", "batch_rows",
-                  "batch_fill_ratio", "batch_execution_seconds"]  # fmt: skip
+                  "batch_fill_ratio", "batch_execution_seconds",
+                  "batching_window_seconds"]  # fmt: skip
     gauges = ["queue_rows", "queue_requests", "device_batches_in_flight",
               "device_latency_fixed_seconds", "device_latency_seconds_per_row"]  # fmt: skip
     for name in histograms:
@@ -98,6 +99,11 @@ def test_metrics_are_prometheus_histograms_gauges_and_counters(client: httpx.Cli
         if s.name.endswith("_count") and s.labels == {"endpoint": "/v1/rank", "status": "200"}
     ]  # fmt: skip
     assert rank and rank[0].value >= 1
+    windows = {
+        s.labels["closed_by"]: s.value for s in families["recsys_batching_window_seconds"].samples
+        if s.name.endswith("_count")
+    }  # fmt: skip
+    assert set(windows) <= {"idle", "full", "window"} and sum(windows.values()) >= 1
     scored = sum(
         s.value for s in families["recsys_rows_scored"].samples if s.name.endswith("_total")
     )

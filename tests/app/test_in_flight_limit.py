@@ -1,0 +1,66 @@
+"""The in-flight limit: with `max_in_flight_requests` inference requests in progress (held on a
+stalled device), the next one is refused at once, before its body is parsed; health and metrics
+still answer; the held requests finish once the device is released."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.app.servers import running_server
+
+pytestmark = pytest.mark.timeout(120)
+DEVICE = [{"name": "cpu", "backend": "onnxruntime-cpu"}]
+
+
+def test_requests_beyond_the_in_flight_limit_are_refused_at_once(
+    built_repository: Path, tmp_path: Path
+) -> None:
+    settings = {
+        "FAULTS__ADMIN_ENABLED": "true", "FAULTS__BATCH_TIMEOUT_MS": "30000",
+        "FAULTS__COOL_DOWN_SECONDS": "0.2", "FAULTS__PROBE_INTERVAL_SECONDS": "0.1",
+        "ADMISSION__DEFAULT_TIMEOUT_MS": "30000", "LOAD_BALANCING__MAX_IN_FLIGHT_REQUESTS": "2",
+    }  # fmt: skip
+    body = {"user_id": 1, "candidates": [1, 2, 3], "k": 2}
+    log = tmp_path / "server.log"
+    with (
+        running_server(built_repository, settings, log, DEVICE) as (_, url),
+        httpx.Client(base_url=url, timeout=60) as client,
+    ):
+        assert client.post("/v1/rank", json=body).status_code == 200
+        assert client.post("/admin/faults/cpu", json={"mode": "stall"}).status_code == 200
+        held: list[int] = []
+
+        def hold() -> None:
+            held.append(httpx.post(f"{url}/v1/rank", json=body, timeout=60).status_code)
+
+        threads = [threading.Thread(target=hold) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 10
+        while sum(client.get("/v1/load").json()["in_flight_batches"].values()) < 1:
+            assert time.monotonic() < deadline, "the held requests never reached the device"
+            time.sleep(0.05)
+        time.sleep(0.3)  # both held requests are in progress by now
+        started = time.perf_counter()
+        refused = client.post("/v1/rank", content=b"not even parsed")
+        elapsed = time.perf_counter() - started
+        assert refused.status_code == 503, refused.text
+        assert "in progress" in refused.json()["error"]
+        assert refused.headers["Retry-After"] == "1"
+        assert elapsed < 1.0
+        assert client.get("/v2/health/live").status_code == 200
+        assert 'reason="in_flight"' in client.get("/metrics").text
+        # Not an inference request: the limit leaves it alone.
+        assert client.post("/admin/faults/cpu", json={"mode": "none"}).status_code == 200
+        for thread in threads:
+            thread.join(timeout=60)
+        assert len(held) == 2  # answered (the stalled batch itself fails), none hangs
+        deadline = time.monotonic() + 10  # the device is back after its cool-down and a probe
+        while (answer := client.post("/v1/rank", json=body)).status_code != 200:
+            assert time.monotonic() < deadline, f"the device never came back: {answer.text}"
+            time.sleep(0.1)
