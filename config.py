@@ -187,7 +187,7 @@ class LoadBalancingSettings(Section):
     agent_check_host: str = "127.0.0.1"
     # HTTP requests in progress at which headroom reaches 0: the HTTP layer can saturate before
     # the devices do, and a load balancer should see it.
-    max_in_flight_requests: int = Field(256, ge=1)
+    max_in_flight_requests: int = Field(64, ge=1)
 
 
 class MetricsSettings(Section):

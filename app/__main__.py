@@ -10,7 +10,7 @@ from pathlib import Path
 import uvicorn
 from pydantic import ValidationError
 
-from app.main import create_app
+from app.main import create_app, with_in_flight_limit
 from app.server import DrainingServer
 from config import load_settings
 
@@ -36,13 +36,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     app = create_app(settings)
     config = uvicorn.Config(
-        app,
+        with_in_flight_limit(app),
         host=settings.server.host,
         port=settings.server.port,
         loop="uvloop",
         http="httptools",
         log_level=settings.server.log_level,
         access_log=False,
+        proxy_headers=False,  # client addresses are not used; one layer less per request
         timeout_graceful_shutdown=int(settings.server.graceful_shutdown_seconds),
     )
     DrainingServer(config, app, settings.server.drain_delay_seconds).run()

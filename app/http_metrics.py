@@ -61,20 +61,22 @@ class RequestMetrics:
 
 class InFlightLimit:
     """Refuse an inference request (a POST to /v1 or a V2 infer) at once, before its body is read
-    or parsed, while `max_requests` HTTP requests are already in progress. Under overload the
-    HTTP layer itself saturates a core before the scheduler's queue grows: a refusal here costs a
-    fraction of a parsed and scored request, so the requests already accepted keep their latency.
-    Health, metrics and admin requests are never refused."""
+    or parsed, while `max_requests` HTTP requests are already in progress; a low-priority one
+    (header X-Request-Priority) already at `low_priority_fraction` of that, so it is shed first.
+    Under overload the HTTP layer itself saturates a core before the scheduler's queue grows: a
+    refusal here costs a fraction of a parsed and scored request, so the requests already accepted
+    keep their latency. Health, metrics and admin requests are never refused."""
 
     def __init__(self, app: ASGIApp, in_flight: InFlight, max_requests: int, status: int,
+                 low_priority_fraction: float, default_low: bool,
                  on_refusal: Callable[[], None] | None = None) -> None:  # fmt: skip
         self.app = app
         self.in_flight = in_flight
         self.max_requests = max_requests
+        self.max_low_priority = max(1, int(max_requests * low_priority_fraction))
+        self.default_low = default_low
         self.on_refusal = on_refusal
-        body = orjson.dumps(
-            {"error": f"overloaded: {max_requests} requests in progress, the limit"}
-        )
+        body = orjson.dumps({"error": "overloaded: too many requests in progress"})
         self.start = {
             "type": "http.response.start", "status": status,
             "headers": [(b"content-type", b"application/json"), (b"retry-after", b"1"),
@@ -82,13 +84,22 @@ class InFlightLimit:
         }  # fmt: skip
         self.body = {"type": "http.response.body", "body": body}
 
+    def refuses(self, scope: Scope) -> bool:
+        count = self.in_flight.count  # counted inside, by RequestMetrics: refusals are not
+        if count < self.max_low_priority or scope["type"] != "http" or scope["method"] != "POST":
+            return False
+        path: str = scope["path"]
+        if not (path.startswith("/v1/") or path.endswith("/infer")):
+            return False
+        if count >= self.max_requests:
+            return True
+        for name, value in scope["headers"]:
+            if name == b"x-request-priority":
+                return bool(value.lower() == b"low")
+        return self.default_low
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] == "http"
-            and self.in_flight.count > self.max_requests  # this request is counted already
-            and scope["method"] == "POST"
-            and (scope["path"].startswith("/v1/") or scope["path"].endswith("/infer"))
-        ):
+        if self.refuses(scope):
             if self.on_refusal:
                 self.on_refusal()
             await send(self.start)

@@ -49,6 +49,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.scheduler_metrics = scheduler_metrics
     app.state.serving = None
     app.state.draining = False  # set by the server on SIGTERM
     in_flight = InFlight()
@@ -80,12 +81,21 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
 
     app.add_middleware(BodyLimit, max_bytes=settings.limits.max_body_bytes)
     app.add_middleware(
-        InFlightLimit, in_flight=in_flight,
-        max_requests=settings.load_balancing.max_in_flight_requests,
-        status=settings.admission.overload_status,
-        on_refusal=scheduler_metrics.refused.labels(reason="in_flight").inc,
-    )  # fmt: skip
-    app.add_middleware(
         RequestMetrics, registry=registry, prefix=settings.metrics.prefix, in_flight=in_flight
     )
     return app
+
+
+def with_in_flight_limit(app: FastAPI) -> InFlightLimit:
+    """The ASGI app to serve: `app` behind the in-flight limit, outside every other layer (even
+    Starlette's error middleware), so that a refusal under overload costs as little as it can."""
+    settings: Settings = app.state.settings
+    refused = app.state.scheduler_metrics.refused.labels(reason="in_flight")
+    return InFlightLimit(
+        app, in_flight=app.state.in_flight,
+        max_requests=settings.load_balancing.max_in_flight_requests,
+        status=settings.admission.overload_status,
+        low_priority_fraction=settings.admission.low_priority_admit_fraction,
+        default_low=settings.admission.default_priority == "low",
+        on_refusal=refused.inc,
+    )  # fmt: skip

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import platform
@@ -29,6 +30,7 @@ from pathlib import Path
 from bench import loadgen, processes
 from bench.report import write_report
 from bench.stats import Summary, summarize
+from bench.stepping import Stepping, step_up
 from bench.workload import WHOLE_CATALOG, label, rank_bodies
 from config import load_settings
 from models.repository import ModelVersion, open_version
@@ -51,7 +53,7 @@ SERVERS = {
 }
 
 
-def measure(port: int, bodies: list[str], rate: float, seconds: float) -> Summary:
+def measure(port: int, bodies: list[str], rate: float, *, seconds: float) -> Summary:
     spec = loadgen.LoadSpec(
         "127.0.0.1", port, bodies, "/v1/rank", rate, seconds, connections=512, cpu=GENERATOR_CPU
     )
@@ -76,36 +78,21 @@ def run_server(name: str, root: Path, bodies: dict[int, list[str]], args: argpar
         variant = served_variant(port, bodies[MIXES[0].candidates][0])
         for mix in MIXES:
             mix_bodies = bodies[mix.candidates]
-            measure(port, mix_bodies, mix.light_rate, 1.0)  # warm-up
-            light = measure(port, mix_bodies, mix.light_rate, args.light_seconds)
-            steps: list[dict[str, object]] = []
-            passed, failed, best, bisected = 0.0, 0.0, 0.0, 0
-            rate = mix.first_rate
-            # Grow by `factor` until a step misses the target, then bisect (geometrically)
-            # between the last pass and the first miss `refine` times; if the first rate
-            # already misses, step down until one passes.
-            for _ in range(args.max_steps):
-                s = measure(port, mix_bodies, rate, args.step_seconds)
-                ok = meets(s, args.p99_ms, args.max_error_rate)
-                steps.append({"rate": rate, "meets_target": ok, **dataclasses.asdict(s)})
+            measure(port, mix_bodies, mix.light_rate, seconds=1.0)  # warm-up
+            light = measure(port, mix_bodies, mix.light_rate, seconds=args.light_seconds)
+
+            def show(rate: float, s: Summary, ok: bool, mix: Mix = mix) -> None:
                 print(f"{name:9} {label(mix.candidates):15} {rate:7.0f}/s -> goodput "
                       f"{s.ok_per_second:7.0f}/s p99 {s.latency_ms['p99']:8.1f} ms "
                       f"errors {s.error_rate:.2%} refused {s.refused}"
                       f"{'' if ok else '  (misses the target)'}", flush=True)  # fmt: skip
-                if ok:
-                    passed, best = rate, max(best, s.ok_per_second)
-                else:
-                    failed = rate
-                if not passed:  # even the first rate missed: step down instead
-                    if rate < 0.5:
-                        break
-                    rate /= args.factor
-                    continue
-                if failed and bisected == args.refine:
-                    break
-                bisected += bool(failed)
-                rate = (passed * failed) ** 0.5 if failed else rate * args.factor
-            steps.sort(key=lambda step: float(step["rate"]))  # type: ignore[arg-type]
+
+            best, steps = step_up(
+                functools.partial(measure, port, mix_bodies, seconds=args.step_seconds),
+                lambda s: meets(s, args.p99_ms, args.max_error_rate),
+                Stepping(mix.first_rate, args.factor, args.refine, args.max_steps),
+                show,
+            )
             mixes[label(mix.candidates)] = {
                 "light": {"rate": mix.light_rate, **dataclasses.asdict(light)},
                 "steps": steps,

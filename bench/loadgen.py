@@ -127,25 +127,30 @@ class Connection(asyncio.Protocol):
 async def generate(spec: LoadSpec) -> LoadResult:
     loop = asyncio.get_running_loop()
     requests = encode(spec)
-    pool: list[Connection] = []
-    for _ in range(spec.connections):
-        _, connection = await loop.create_connection(Connection, spec.host, spec.port)
+    pool: list[Connection] = []  # idle connections, most recently used last
+
+    async def connect() -> None:
+        try:
+            _, connection = await loop.create_connection(Connection, spec.host, spec.port)
+        except OSError:
+            return
         pool.append(connection)
+
+    await asyncio.gather(*(connect() for _ in range(spec.connections)))
     total = int(spec.rate * spec.seconds)
     statuses = [UNSENT] * total
     latencies = [0.0] * total
     lags: list[float] = []
     tasks: set[asyncio.Task[None]] = set()
+    reconnects: set[asyncio.Task[None]] = set()
 
     async def settle(i: int, sent: float, connection: Connection) -> None:
         status = await connection.answer(spec.client_timeout_seconds)
         statuses[i], latencies[i] = status, time.perf_counter() - sent
         if connection.closed or status == CLIENT_TIMEOUT:
-            try:
-                _, connection = await loop.create_connection(Connection, spec.host, spec.port)
-            except OSError:
-                return
-        pool.append(connection)
+            await connect()
+        else:
+            pool.append(connection)
 
     start = time.perf_counter()
     for i in range(total):
@@ -153,6 +158,12 @@ async def generate(spec: LoadSpec) -> LoadResult:
         delay = due - time.perf_counter()
         if delay > 0.0005:  # sleep only when worth it; otherwise send what is due in a burst
             await asyncio.sleep(delay)
+        # The server closes keep-alive connections idle for a while (uvicorn: 5 s); replace them
+        # as a real client would, rather than count their loss against the server.
+        while pool and pool[-1].closed:
+            pool.pop()
+            reconnects.add(task := loop.create_task(connect()))
+            task.add_done_callback(reconnects.discard)
         if not pool:
             continue  # stays UNSENT
         connection = pool.pop()

@@ -50,7 +50,7 @@ def test_requests_beyond_the_in_flight_limit_are_refused_at_once(
         refused = client.post("/v1/rank", content=b"not even parsed")
         elapsed = time.perf_counter() - started
         assert refused.status_code == 503, refused.text
-        assert "in progress" in refused.json()["error"]
+        assert "too many requests in progress" in refused.json()["error"]
         assert refused.headers["Retry-After"] == "1"
         assert elapsed < 1.0
         assert client.get("/v2/health/live").status_code == 200
