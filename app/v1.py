@@ -17,6 +17,7 @@ from models.feature_tables import CATEGORICAL_INPUT, DENSE_INPUT, OOV_ROW, Featu
 from models.repository import Manifest
 
 router = APIRouter(prefix="/v1", tags=["recommendations"])
+Ids = Sequence[str] | np.ndarray  # candidate ids: a list, or the catalog's array
 Id = Annotated[str | int, Field(description="a raw id as in the data set; unknown ids are scored")]
 
 
@@ -72,7 +73,7 @@ async def rank(
     if body.exclude_seen and serving.seen is not None and user_row != OOV_ROW:
         indptr, seen_rows = serving.seen
         keep = ~np.isin(item_rows, seen_rows[indptr[user_row] : indptr[user_row + 1]])
-        ids, item_rows = ids[keep], item_rows[keep]
+        ids, item_rows = np.asarray(ids)[keep], item_rows[keep]
     scores = np.empty(0, dtype=np.float32)
     devices: tuple[str, ...] = ()
     if len(item_rows):
@@ -84,7 +85,7 @@ async def rank(
 
 
 def ranking(manifest: Manifest, variants: dict[str, str], user_row: int, unknown: list[str],
-            ids: np.ndarray, scores: np.ndarray, k: int) -> Response:  # fmt: skip
+            ids: Ids, scores: np.ndarray, k: int) -> Response:  # fmt: skip
     """The RankResponse body, serialized with orjson directly: validating a response the server
     builds itself would cost more than the inference (the OpenAPI schema still documents it)."""
     return json_response({
@@ -99,21 +100,22 @@ def ranking(manifest: Manifest, variants: dict[str, str], user_row: int, unknown
 
 def candidate_rows(
     body: RankRequest, tables: FeatureTables, limits: LimitSettings
-) -> tuple[np.ndarray, np.ndarray, list[str]]:
+) -> tuple[Ids, np.ndarray, list[str]]:
     """The candidates' ids, their item rows in the feature tables, and the ids not in the
     catalog (scored through the OOV row)."""
     if body.k > limits.max_k:
         raise Unprocessable(f"k: at most {limits.max_k}, got {body.k}")
     if body.candidates is None:
-        ids = tables.item_ids  # already a unicode array: no per-request copy
-        return ids, np.arange(1, len(ids) + 1, dtype=np.int64), []
+        catalog = tables.item_ids  # already a unicode array: no per-request copy
+        return catalog, np.arange(1, len(catalog) + 1, dtype=np.int64), []
     if len(body.candidates) > limits.max_candidates:
         raise PayloadTooLarge(
             f"candidates: {len(body.candidates)} items, limit {limits.max_candidates}"
         )
-    ids = np.array([str(c) for c in body.candidates])
+    ids = list(map(str, body.candidates))
     item_rows = tables.item_rows(ids)
-    return ids, item_rows, [str(i) for i in ids[item_rows == OOV_ROW]]
+    unknown = [ids[i] for i in np.flatnonzero(item_rows == OOV_ROW)]
+    return ids, item_rows, unknown
 
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
