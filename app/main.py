@@ -4,6 +4,7 @@ starts and warms up the devices (readiness stays false until then) and closes th
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -32,6 +33,10 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         agent = None
         if lb.agent_check_port:
             agent = await load.start_agent_check(app, lb.agent_check_host, lb.agent_check_port)
+        # Everything loaded so far lives as long as the server: out of the collector's sight,
+        # full collections stay short (they were tens of milliseconds under load).
+        gc.collect()
+        gc.freeze()
         log.info(
             "ready: %s version %s", settings.model.name, serving.version.manifest.model_version
         )

@@ -18,6 +18,7 @@ class Summary:
     ok_per_second: float  # goodput: 200s per second of the run
     latency_ms: dict[str, float]  # of the 200s: p50, p90, p99, p99.9
     refused: int  # 503 or 429: shed on purpose
+    refusal_rate: float  # refused over the requests offered
     refusal_p99_ms: float
     deadline_exceeded: int  # 504: accepted, then its deadline passed in the queue
     errors: int  # any other status, 5xx included
@@ -49,6 +50,7 @@ def summarize(result: LoadResult, which: np.ndarray | None = None) -> Summary:
         ok_per_second=float(ok.sum()) / result.seconds,
         latency_ms={f"p{q:g}": percentile(latencies[ok], q) for q in PERCENTILES},
         refused=int(refused.sum()),
+        refusal_rate=float(refused.sum()) / max(len(statuses), 1),
         refusal_p99_ms=percentile(latencies[refused], 99),
         deadline_exceeded=int(expired.sum()),
         errors=int(errors.sum()),
