@@ -71,7 +71,8 @@ def markdown(report: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         f"never waiting for answers), latency from the write to the last byte of the answer; "
         f"light load = {light}"
         f" requests/s for {p['light_seconds']:g} s; step load x{p['factor']:g} per "
-        f"{p['step_seconds']:g} s step, then {p.get('refine', 0)} bisection steps, until p99 > "
+        f"{p['step_seconds']:g} s step, then {p.get('refine', 0)} bisection steps (a miss counts "
+        f"when it repeats), until p99 > "
         f"{p['p99_target_ms']:g} ms or errors and refusals >= {p['max_error_rate']:.1%}; "
         f"throughput = the best goodput of a step that met both. Servers: {', '.join(servers)}; "
         f"run took {report['seconds'] / 60:.1f} min.",
