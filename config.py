@@ -130,6 +130,7 @@ class BatchingSettings(Section):
     max_batch_rows: int = Field(1024, ge=1)
     # Elastic: at once while an idle device would finish within it, else wait up to it for more.
     max_queue_delay_ms: float = Field(0.5, ge=0)
+    elastic: bool = True  # False: every batch waits the whole window (for comparison)
     max_queue_rows: int = Field(65536, ge=1)
 
 

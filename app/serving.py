@@ -134,6 +134,7 @@ async def start_serving(settings: Settings, metrics: SchedulerMetrics) -> Servin
             batching.max_batch_rows,
             batching.max_queue_delay_ms / 1000,
             batching.max_queue_rows,
+            batching.elastic,
             settings.admission.low_priority_admit_fraction,
             settings.faults.cool_down_seconds,
             settings.faults.probe_interval_seconds,

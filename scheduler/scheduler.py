@@ -30,6 +30,9 @@ class BatchingConfig:
     max_batch_rows: int
     max_queue_delay_seconds: float
     max_queue_rows: int
+    # Elastic window: dispatch at once while an idle device would score the queued rows within
+    # it. False: every batch waits the whole window (or until full), for comparison.
+    elastic: bool = True
     # A low-priority request is admitted only if predicted to finish within this fraction of
     # its timeout, so under pressure low priority is shed first and high priority keeps its latency.
     low_priority_admit_fraction: float = 0.5
@@ -243,7 +246,7 @@ class Scheduler:
             if sum(self._queued_rows) >= self._config.max_batch_rows:
                 closed_by = "full"
                 break
-            if self._device_idle():
+            if self._config.elastic and self._device_idle():
                 closed_by = "idle"
                 break
             remaining = deadline - self._clock()

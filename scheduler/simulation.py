@@ -100,6 +100,7 @@ async def _drive(
     rows: int,
     seed: int,
     window_seconds: float,
+    elastic: bool,
 ) -> Outcome:
     loop = asyncio.get_running_loop()
     sim_devices = [SimulatedDevice(c) for c in devices]
@@ -109,8 +110,9 @@ async def _drive(
                 size, device.curve.fixed_seconds + device.curve.seconds_per_row * size
             )
     config = BatchingConfig(
-        max_batch_rows=1024, max_queue_delay_seconds=window_seconds, max_queue_rows=200_000
-    )
+        max_batch_rows=1024, max_queue_delay_seconds=window_seconds, max_queue_rows=200_000,
+        elastic=elastic,
+    )  # fmt: skip
     scheduler = Scheduler(sim_devices, make_router(policy), config, clock=loop.time)
     scheduler.start()
     gaps = np.random.default_rng(seed).exponential(1.0 / rate, requests)
@@ -150,12 +152,13 @@ def simulate(
     rows_per_request: int = 100,
     seed: int = 0,
     window_seconds: float = 0.0005,
+    elastic: bool = True,
 ) -> Outcome:
     loop = VirtualClockLoop()
     try:
         rate = offered_rows_per_second / rows_per_request
         return loop.run_until_complete(
-            _drive(policy, devices, rate, requests, rows_per_request, seed, window_seconds)
+            _drive(policy, devices, rate, requests, rows_per_request, seed, window_seconds, elastic)
         )
     finally:
         loop.close()
@@ -191,14 +194,17 @@ WINDOWS_MS = (0.0, 0.25, 0.5, 1.0, 2.0)
 
 
 def compare_windows() -> None:
-    """Fixed batching windows under earliest-completion routing, from light to heavy load."""
+    """Fixed and elastic batching windows under earliest-completion routing, light to heavy."""
     total = capacity(DEFAULT_DEVICES)
-    print(f"{'load':>6} {'window ms':>10} {'p50 ms':>8} {'p99 ms':>8} {'achieved rows/s':>16}")
+    print(f"{'load':>6} {'window':>16} {'p50 ms':>8} {'p99 ms':>8} {'achieved rows/s':>16}")
     for load in (0.1, 0.5, 0.9):
-        for window in WINDOWS_MS:
-            o = simulate("earliest-completion", load * total, window_seconds=window / 1000)
-            print(f"{load:>6.0%} {window:>10.2f} {o.p50_ms:>8.3f} {o.p99_ms:>8.3f} "
-                  f"{o.throughput_rows_per_second:>16,.0f}")  # fmt: skip
+        for elastic in (False, True):
+            for window in WINDOWS_MS:
+                o = simulate("earliest-completion", load * total, window_seconds=window / 1000,
+                             elastic=elastic)  # fmt: skip
+                name = f"{'elastic' if elastic else 'fixed'} {window:.2f} ms"
+                print(f"{load:>6.0%} {name:>16} {o.p50_ms:>8.3f} {o.p99_ms:>8.3f} "
+                      f"{o.throughput_rows_per_second:>16,.0f}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -174,6 +174,17 @@ async def test_the_window_is_skipped_while_a_device_is_idle(backend: FakeBackend
         await asyncio.wait_for(s.submit(rows([1])), timeout=5)
 
 
+async def test_a_fixed_window_waits_even_with_a_device_idle(backend: FakeBackend) -> None:
+    config = BatchingConfig(
+        max_batch_rows=64, max_queue_delay_seconds=0.2, max_queue_rows=64, elastic=False
+    )
+    async for s in started(Scheduler([Device(backend, 1)], earliest_completion, config)):
+        loop = asyncio.get_running_loop()
+        started_at = loop.time()
+        await asyncio.wait_for(s.submit(rows([1])), timeout=5)
+        assert loop.time() - started_at >= 0.19  # the whole window, idle device or not
+
+
 async def test_batches_spread_over_devices_by_predicted_finish() -> None:
     slow, fast = FakeBackend("slow"), FakeBackend("fast")
     devices = [Device(slow, 1), Device(fast, 1)]
