@@ -11,7 +11,10 @@ import orjson
 from prometheus_client import CollectorRegistry, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.dependencies import PRIORITY_HEADER
 from scheduler.metrics import LATENCY_BUCKETS
+
+PRIORITY_HEADER_BYTES = PRIORITY_HEADER.encode()  # ASGI header names are lower-case bytes
 
 
 class InFlight:
@@ -94,7 +97,7 @@ class InFlightLimit:
         if count >= self.max_requests:
             return True
         for name, value in scope["headers"]:
-            if name == b"x-request-priority":
+            if name == PRIORITY_HEADER_BYTES:
                 return bool(value.lower() == b"low")
         return self.default_low
 

@@ -23,7 +23,6 @@ import os
 import platform
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,8 +33,6 @@ from bench.stepping import Stepping, step_up
 from bench.workload import WHOLE_CATALOG, label, rank_bodies
 from config import load_settings
 from models.repository import ModelVersion, open_version
-
-SERVER_CPUS, GENERATOR_CPU = {0}, 1
 
 
 @dataclass(frozen=True)
@@ -57,10 +54,7 @@ def measure(port: int, bodies: list[str], rate: float, *, seconds: float,
             settle_body: str | None = None) -> Summary:  # fmt: skip
     if settle_body is not None:
         settle(port, settle_body)
-    spec = loadgen.LoadSpec(
-        "127.0.0.1", port, bodies, "/v1/rank", rate, seconds, connections=512, cpu=GENERATOR_CPU
-    )
-    return summarize(loadgen.run(spec))
+    return summarize(loadgen.offer(port, bodies, rate, seconds))
 
 
 def settle(port: int, body: str, seconds: float = 120.0) -> None:
@@ -69,13 +63,9 @@ def settle(port: int, body: str, seconds: float = 120.0) -> None:
     which would otherwise be charged to the next step."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/v1/rank", body.encode(), {"Content-Type": "application/json"}
-        )
         started = time.monotonic()
         try:
-            with urllib.request.urlopen(request, timeout=30) as answer:
-                answer.read()
+            processes.post_json(f"http://127.0.0.1:{port}/v1/rank", body)
         except OSError:
             pass
         else:
@@ -97,7 +87,7 @@ def run_server(name: str, root: Path, bodies: dict[int, list[str]], args: argpar
     env = {**os.environ, "RECSYS_MODEL__REPOSITORY": str(root)}
     log = args.out / f"{name}.log"
     mixes: dict[str, object] = {}
-    with processes.running(command, port, env, log, SERVER_CPUS):
+    with processes.running(command, port, env, log, processes.SERVER_CPUS):
         variant = served_variant(port, bodies[MIXES[0].candidates][0])
         for mix in MIXES:
             mix_bodies = bodies[mix.candidates]
@@ -186,11 +176,8 @@ def accuracy(version: ModelVersion, served: dict[str, str]) -> dict[str, dict[st
 
 
 def served_variant(port: int, body: str) -> str:
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/v1/rank", body.encode(), {"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(request, timeout=30) as answer:
-        variants: dict[str, str] = json.loads(answer.read())["variants"]
+    answer = processes.post_json(f"http://127.0.0.1:{port}/v1/rank", body)
+    variants: dict[str, str] = json.loads(answer)["variants"]
     return ", ".join(sorted(set(variants.values())))
 
 

@@ -27,6 +27,7 @@ from typing import cast
 
 import uvloop
 
+GENERATOR_CPU = 1  # the benchmarks pin servers to core 0 (processes.SERVER_CPUS) and this to 1
 UNSENT = -1  # no free connection at the due time
 CLIENT_TIMEOUT = 0  # no answer within the client timeout, or the connection failed
 
@@ -201,6 +202,14 @@ def run(spec: LoadSpec, timeout: float | None = None) -> LoadResult:
     if completed.returncode != 0:
         raise RuntimeError(f"load generator failed: {completed.stderr.decode()[-2000:]}")
     return LoadResult(**json.loads(completed.stdout))
+
+
+def offer(port: int, bodies: list[str], rate: float, seconds: float,
+          headers: list[dict[str, str]] | None = None) -> LoadResult:  # fmt: skip
+    """/v1/rank at `rate` for `seconds` from the pinned generator core, 512 connections."""
+    spec = LoadSpec("127.0.0.1", port, bodies, "/v1/rank", rate, seconds, connections=512,
+                    headers=headers or [], cpu=GENERATOR_CPU)  # fmt: skip
+    return run(spec)
 
 
 def main() -> int:

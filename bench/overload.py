@@ -30,19 +30,6 @@ from bench.workload import rank_bodies
 from config import load_settings
 from models.repository import open_version
 
-SERVER_CPUS, GENERATOR_CPU = {0}, 1
-
-
-def offer(url: str, bodies: list[str], headers: list[dict[str, str]], rate: float,
-          seconds: float) -> tuple[loadgen.LoadResult, Summary]:  # fmt: skip
-    port = int(url.rsplit(":", 1)[1])
-    spec = loadgen.LoadSpec(
-        "127.0.0.1", port, bodies, "/v1/rank", rate, seconds, connections=512,
-        headers=headers, cpu=GENERATOR_CPU,
-    )  # fmt: skip
-    result = loadgen.run(spec)
-    return result, summarize(result)
-
 
 def line(name: str, s: Summary) -> str:
     return (
@@ -78,8 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     command = [sys.executable, "-m", "app", "--port", str(port)]
     log = args.out.with_suffix(".server.log")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    with processes.running(command, port, env, log, SERVER_CPUS) as (_, url):
-        offer(url, bodies, headers, 50, 2)  # warm-up
+    with processes.running(command, port, env, log, processes.SERVER_CPUS):
+        loadgen.offer(port, bodies, 50, 2, headers)  # warm-up
 
         def passes(s: Summary) -> bool:
             bad = s.refused + s.errors + s.deadline_exceeded + s.client_timeouts + s.unsent
@@ -93,10 +80,11 @@ def main(argv: list[str] | None = None) -> int:
         # design, at half the in-flight limit) is policy, not a lack of capacity.
         high = [{**h, "X-Request-Priority": "high"} for h in headers]
         capacity, steps = step_up(
-            lambda rate: offer(url, bodies, high, rate, args.step_seconds)[1],
+            lambda rate: summarize(loadgen.offer(port, bodies, rate, args.step_seconds, high)),
             passes, Stepping(200.0, factor=1.5, refine=3), show,
         )  # fmt: skip
-        result, over = offer(url, bodies, headers, 3 * capacity, args.seconds)
+        result = loadgen.offer(port, bodies, 3 * capacity, args.seconds, headers)
+        over = summarize(result)
     low = np.arange(len(result.statuses)) % len(bodies) % 5 == 4
     by_priority = {"high": summarize(result, ~low), "low": summarize(result, low)}
     print(f"capacity at 1x: {capacity:.0f} requests/s")

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+SERVER_CPUS = {0}  # the server under test; the load generator has core 1 (loadgen.GENERATOR_CPU)
 
 
 def free_port() -> int:
@@ -22,6 +23,13 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def post_json(url: str, body: str, timeout: float = 30) -> bytes:
+    request = urllib.request.Request(url, body.encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout) as answer:
+        content: bytes = answer.read()
+        return content
 
 
 def is_ready(url: str) -> bool:

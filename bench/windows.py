@@ -19,7 +19,6 @@ from bench.workload import rank_bodies
 from config import load_settings
 from models.repository import open_version
 
-SERVER_CPUS, GENERATOR_CPU = {0}, 1
 WINDOWS = (("fixed", 0.0), ("fixed", 0.25), ("fixed", 0.5), ("elastic", 0.25), ("elastic", 0.5))
 
 
@@ -41,11 +40,9 @@ def main(argv: list[str] | None = None) -> int:
         log = Path("bench/results") / f"windows-{mode}-{window}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         cells = []
-        with processes.running(command, port, env, log, SERVER_CPUS):
+        with processes.running(command, port, env, log, processes.SERVER_CPUS):
             for rate in (50.0, *args.rates):  # the first is a warm-up
-                spec = loadgen.LoadSpec("127.0.0.1", port, bodies, "/v1/rank", rate,
-                                        args.seconds, cpu=GENERATOR_CPU)  # fmt: skip
-                cells.append(summarize(loadgen.run(spec)))
+                cells.append(summarize(loadgen.offer(port, bodies, rate, args.seconds)))
         row = " ".join(
             f"{s.latency_ms['p50']:>11.2f} {s.latency_ms['p99']:>7.2f}" for s in cells[1:]
         )
