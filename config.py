@@ -171,6 +171,10 @@ class AdmissionSettings(Section):
 class FaultSettings(Section):
     # A batch running longer than this takes its device out of routing and is retried elsewhere.
     batch_timeout_ms: float = Field(2000.0, gt=0)
+    # Sooner while another device can take the batch: once it has run stall_multiple times its
+    # predicted time (at least stall_floor_ms), so the retry still meets the callers' deadlines.
+    stall_multiple: float = Field(20.0, ge=1)
+    stall_floor_ms: float = Field(50.0, gt=0)
     cool_down_seconds: float = Field(5.0, gt=0)
     probe_interval_seconds: float = Field(0.5, gt=0)
     # Fault injection for tests: POST /admin/faults/{device} {"mode": "fail" | "stall" | "none"}.

@@ -15,7 +15,7 @@ import numpy as np
 from config import DeviceSettings, Settings
 from models.repository import ModelVersion, Variant, open_version
 from scheduler.backend import Backend, BackendConfig, create_backend
-from scheduler.device import Device
+from scheduler.device import Device, StallPolicy
 from scheduler.errors import DeviceUnavailable
 from scheduler.faults import FaultInjector
 from scheduler.metrics import SchedulerMetrics
@@ -87,6 +87,7 @@ def create_device(
         config.parallel_batches,
         settings.routing.latency_window_batches,
         settings.faults.batch_timeout_ms / 1000,
+        StallPolicy(settings.faults.stall_multiple, settings.faults.stall_floor_ms / 1000),
     )
     return device, variant
 

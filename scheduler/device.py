@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -17,6 +18,18 @@ from scheduler.router import DeviceSnapshot
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class StallPolicy:
+    """A batch has stalled once it runs `multiple` times its predicted time, or `floor_seconds`
+    if that is longer (timer and scheduling noise dwarf sub-millisecond predictions)."""
+
+    multiple: float = 20.0
+    floor_seconds: float = 0.05
+
+    def seconds(self, predicted: float) -> float:
+        return max(self.floor_seconds, self.multiple * predicted)
+
+
 class Device:
     def __init__(
         self,
@@ -24,6 +37,7 @@ class Device:
         parallel_batches: int,
         latency_window: int = 256,
         batch_timeout_seconds: float | None = None,
+        stall: StallPolicy | None = None,
     ) -> None:
         self.backend = backend
         self.name = backend.name
@@ -38,6 +52,7 @@ class Device:
         # Circuit breaker: a device that fails or stalls is taken out of routing until a probe
         # batch succeeds after the cool-down.
         self.batch_timeout_seconds = batch_timeout_seconds
+        self.stall = stall
         self.healthy = True
         self.open_until = 0.0
         self.failures = 0
@@ -95,9 +110,21 @@ class Device:
         self.healthy = True
         return True
 
-    async def run(self, inputs: Inputs, rows: int) -> tuple[np.ndarray, float]:
+    def timeout(self, rows: int, fallback: bool) -> float | None:
+        """How long a batch may run. With another device to retry on (`fallback`), a batch far
+        past its predicted time has stalled: retried elsewhere it still meets its deadline, where
+        the full batch timeout would not. Without one, waiting is better than failing."""
+        if not fallback or self.stall is None:
+            return self.batch_timeout_seconds
+        early = self.stall.seconds(self.latency.predict(rows))
+        limit = self.batch_timeout_seconds
+        return early if limit is None else min(early, limit)
+
+    async def run(self, inputs: Inputs, rows: int, fallback: bool = False,
+                  ) -> tuple[np.ndarray, float]:  # fmt: skip
         """Scores and the seconds the backend took. Raises BatchFailed naming this device."""
         predicted = self.latency.predict(rows)
+        timeout = self.timeout(rows, fallback)
         loop = asyncio.get_running_loop()
         token, self._next_token = self._next_token, self._next_token + 1
         self.in_flight_batches += 1
@@ -107,12 +134,11 @@ class Device:
                 del self._waiting[token]
                 self._running[token] = (loop.time(), predicted)
                 try:
-                    scores, seconds = await asyncio.wait_for(
-                        self.execute(inputs, rows), self.batch_timeout_seconds
-                    )
+                    scores, seconds = await asyncio.wait_for(self.execute(inputs, rows), timeout)
                 except TimeoutError as exc:
                     raise BatchFailed(
-                        f"device {self.name} timed out after {self.batch_timeout_seconds} s"
+                        f"device {self.name} stalled: a {rows}-row batch ran past {timeout:.3f} s "
+                        f"(predicted {predicted:.4f} s)"
                     ) from exc
                 except Exception as exc:
                     raise BatchFailed(f"device {self.name} failed a batch: {exc}") from exc

@@ -1,4 +1,4 @@
-"""ONNX Runtime on CPU, and on GPU through the CUDA (and TensorRT, when present) providers."""
+"""ONNX Runtime on CPU, and on GPU through the CUDA provider."""
 
 from __future__ import annotations
 
@@ -53,12 +53,16 @@ class OnnxRuntimeGpuBackend(OnnxRuntimeCpuBackend):
         available = ort.get_available_providers()
         if "CUDAExecutionProvider" not in available:
             raise DeviceUnavailable(f"no CUDA execution provider (available: {available})")
-        chosen: list[Any] = []
-        if "TensorrtExecutionProvider" in available:
-            chosen.append("TensorrtExecutionProvider")
-        return [*chosen, "CUDAExecutionProvider", "CPUExecutionProvider"]
+        # CUDA only: TensorRT builds an engine per new input shape (seconds each), and every
+        # batch size the batcher forms is a new shape.
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
     def load(self) -> None:
+        import onnxruntime as ort
+
+        # Loads CUDA and cuDNN from the nvidia-* wheels when that is how they were installed
+        # (pip install onnxruntime-gpu[cuda,cudnn]); a system-wide CUDA is found without it.
+        ort.preload_dlls()
         super().load()
         if "CUDAExecutionProvider" not in self._session.get_providers():
             raise DeviceUnavailable("the CUDA provider did not initialise (no GPU?)")

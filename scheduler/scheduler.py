@@ -292,7 +292,8 @@ class Scheduler:
             self._metrics.observe_dispatch(batch, started, self._config.max_batch_rows)
         try:
             try:
-                scores, seconds = await device.run(batch.inputs, batch.rows)
+                fallback = any(d.healthy and d is not device for d in self.devices)
+                scores, seconds = await device.run(batch.inputs, batch.rows, fallback)
             except BatchFailed as error:
                 device.trip(self._clock(), self._config.cool_down_seconds, str(error))
                 if self._metrics:

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import numpy as np
 import pytest
 
-from scheduler.device import Device
+from scheduler.device import Device, StallPolicy
 from scheduler.errors import BatchFailed, NotReady, Overloaded
 from scheduler.fake_backend import FakeBackend
 from scheduler.router import earliest_completion
@@ -147,6 +147,37 @@ async def test_a_stalled_batch_times_out_and_is_retried() -> None:
         assert result.scores.tolist() == [7] and result.devices == ("spare",)
         assert not devices[0].healthy
         stalled.release.set()
+
+
+async def test_a_stall_is_detected_long_before_the_batch_timeout_when_a_spare_can_serve() -> None:
+    stalled, spare = FakeBackend("stalled"), FakeBackend("spare")
+    stalled.release.clear()
+    policy = StallPolicy(multiple=20.0, floor_seconds=0.05)
+    devices = [Device(stalled, 1, batch_timeout_seconds=10.0, stall=policy), Device(spare, 1)]
+    devices[0].latency.observe(1, 0.0001)
+    devices[1].latency.observe(1, 0.01)
+    config = BatchingConfig(max_batch_rows=4, max_queue_delay_seconds=0.0, max_queue_rows=100)
+    async for s in started(Scheduler(devices, earliest_completion, config)):
+        result = await asyncio.wait_for(s.submit(rows([7])), timeout=2)  # not the 10 s timeout
+        assert result.scores.tolist() == [7] and result.devices == ("spare",)
+        assert not devices[0].healthy
+        stalled.release.set()
+
+
+async def test_a_slow_batch_is_not_failed_early_when_no_other_device_can_serve() -> None:
+    slow = FakeBackend("slow")
+    slow.release.clear()
+    policy = StallPolicy(multiple=20.0, floor_seconds=0.05)
+    device = Device(slow, 1, batch_timeout_seconds=10.0, stall=policy)
+    device.latency.observe(1, 0.0001)
+    config = BatchingConfig(max_batch_rows=4, max_queue_delay_seconds=0.0, max_queue_rows=100)
+    async for s in started(Scheduler([device], earliest_completion, config)):
+        pending = s.submit_nowait(rows([3]))
+        await asyncio.sleep(0.3)  # six times the stall floor
+        assert not pending.done()
+        slow.release.set()
+        assert (await pending).scores.tolist() == [3]
+        assert device.healthy
 
 
 async def test_stop_fails_queued_requests_and_refuses_new_ones(backend: FakeBackend) -> None:
