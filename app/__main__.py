@@ -10,6 +10,7 @@ from pathlib import Path
 import uvicorn
 from pydantic import ValidationError
 
+from app.http_protocol import protocol_with_limit
 from app.main import create_app, with_in_flight_limit
 from app.server import DrainingServer
 from config import load_settings
@@ -35,12 +36,13 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
     app = create_app(settings)
+    limited = with_in_flight_limit(app)
     config = uvicorn.Config(
-        with_in_flight_limit(app),
+        limited,
         host=settings.server.host,
         port=settings.server.port,
         loop="uvloop",
-        http="httptools",
+        http=protocol_with_limit(limited),  # httptools, refusing before any ASGI work
         log_level=settings.server.log_level,
         access_log=False,
         proxy_headers=False,  # client addresses are not used; one layer less per request

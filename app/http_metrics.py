@@ -4,7 +4,8 @@ inference requests, and the body size limit."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from http import HTTPStatus
 from typing import Any
 
 import orjson
@@ -79,27 +80,40 @@ class InFlightLimit:
         self.max_low_priority = max(1, int(max_requests * low_priority_fraction))
         self.default_low = default_low
         self.on_refusal = on_refusal
+        self.status = status
         body = orjson.dumps({"error": "overloaded: too many requests in progress"})
-        self.start = {
-            "type": "http.response.start", "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"retry-after", b"1"),
-                        (b"content-length", str(len(body)).encode())],
-        }  # fmt: skip
+        self.refusal_body = body
+        self.refusal_headers = [(b"content-type", b"application/json"), (b"retry-after", b"1"),
+                                (b"content-length", str(len(body)).encode())]  # fmt: skip
+        self.start = {"type": "http.response.start", "status": status,
+                      "headers": self.refusal_headers}  # fmt: skip
         self.body = {"type": "http.response.body", "body": body}
 
     def refuses(self, scope: Scope) -> bool:
+        return scope["type"] == "http" and self.refuses_request(
+            scope["method"], scope["path"], scope["headers"]
+        )
+
+    def refuses_request(self, method: str, path: str, headers: Iterable[tuple[bytes, bytes]],
+                        ) -> bool:  # fmt: skip
         count = self.in_flight.count  # counted inside, by RequestMetrics: refusals are not
-        if count < self.max_low_priority or scope["type"] != "http" or scope["method"] != "POST":
+        if count < self.max_low_priority or method != "POST":
             return False
-        path: str = scope["path"]
         if not (path.startswith("/v1/") or path.endswith("/infer")):
             return False
         if count >= self.max_requests:
             return True
-        for name, value in scope["headers"]:
+        for name, value in headers:
             if name == PRIORITY_HEADER_BYTES:
                 return bool(value.lower() == b"low")
         return self.default_low
+
+    def refusal_bytes(self, default_headers: list[tuple[bytes, bytes]]) -> bytes:
+        """The whole HTTP/1.1 refusal, for a server that writes it to the socket itself."""
+        head = [b"HTTP/1.1 %d %s\r\n" % (self.status, HTTPStatus(self.status).phrase.encode())]
+        head += [name + b": " + value + b"\r\n" for name, value in default_headers]
+        head += [name + b": " + value + b"\r\n" for name, value in self.refusal_headers]
+        return b"".join(head) + b"\r\n" + self.refusal_body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.refuses(scope):

@@ -4,6 +4,9 @@ still answer; the held requests finish once the device is released."""
 
 from __future__ import annotations
 
+import json
+import re
+import socket
 import threading
 import time
 from pathlib import Path
@@ -15,6 +18,22 @@ from tests.app.servers import running_server
 
 pytestmark = pytest.mark.timeout(120)
 DEVICE = [{"name": "cpu", "backend": "onnxruntime-cpu"}]
+
+
+def pipelined_statuses(url: str, body: dict[str, object]) -> list[int]:
+    host, port = url.removeprefix("http://").split(":")
+    data = json.dumps(body).encode()
+    post = (f"POST /v1/rank HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(data)}\r\n\r\n").encode() + data  # fmt: skip
+    get = f"GET /v2/health/live HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+    with socket.create_connection((host, int(port)), timeout=10) as connection:
+        connection.sendall(post + get + post)
+        received = b""
+        while received.count(b"HTTP/1.1 ") < 3 or not received.endswith((b"}", b"true")):
+            chunk = connection.recv(65536)
+            assert chunk, f"connection closed after {received!r}"
+            received += chunk
+    return [int(status) for status in re.findall(rb"HTTP/1\.1 (\d{3}) ", received)]
 
 
 def test_requests_beyond_the_in_flight_limit_are_refused_at_once(
@@ -56,6 +75,9 @@ def test_requests_beyond_the_in_flight_limit_are_refused_at_once(
         assert refused.headers["Retry-After"] == "1"
         assert elapsed < 1.0
         assert client.get("/v2/health/live").status_code == 200
+        # Refused as soon as its headers are parsed, its body skipped: the requests after it on
+        # the same connection (pipelined in one write) are answered, in order.
+        assert pipelined_statuses(url, body) == [503, 200, 503]
         assert 'reason="in_flight"' in client.get("/metrics").text
         # Not an inference request: the limit leaves it alone.
         assert client.post("/admin/faults/cpu", json={"mode": "none"}).status_code == 200
