@@ -51,7 +51,10 @@ def protocol_with_limit(limit: InFlightLimit) -> type[HttpToolsProtocol]:
                 cached[:] = [defaults, limit.refusal_bytes(defaults)]
             self.cycle = ANSWERED  # type: ignore[assignment]
             self.transport.write(cached[1])  # type: ignore[arg-type]
-            if self.parser.get_http_version() == "1.0" or not self.parser.should_keep_alive():
+            # A client waiting for "100 Continue" may never send the body the parser would then
+            # expect: close rather than read its next request as that body.
+            closing = self.expect_100_continue or self.parser.get_http_version() == "1.0"
+            if closing or not self.parser.should_keep_alive():
                 self.transport.close()
             else:
                 self.on_response_complete()

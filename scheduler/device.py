@@ -99,10 +99,8 @@ class Device:
         if self.probe_inputs is None:
             return False
         try:
-            async with self._slots:
-                await asyncio.wait_for(
-                    self.execute(self.probe_inputs, 1), self.batch_timeout_seconds
-                )
+            async with self._slots, asyncio.timeout(self.batch_timeout_seconds):
+                await self.execute(self.probe_inputs, 1)
         except Exception as exc:  # any failure keeps the circuit open
             log.info("device %s probe failed: %r", self.name, exc)
             return False
@@ -133,14 +131,16 @@ class Device:
             async with self._slots:
                 del self._waiting[token]
                 self._running[token] = (loop.time(), predicted)
+                deadline = asyncio.timeout(timeout)  # not wait_for (see the batcher)
                 try:
-                    scores, seconds = await asyncio.wait_for(self.execute(inputs, rows), timeout)
-                except TimeoutError as exc:
-                    raise BatchFailed(
-                        f"device {self.name} stalled: a {rows}-row batch ran past {timeout:.3f} s "
-                        f"(predicted {predicted:.4f} s)"
-                    ) from exc
+                    async with deadline:
+                        scores, seconds = await self.execute(inputs, rows)
                 except Exception as exc:
+                    if deadline.expired():
+                        raise BatchFailed(
+                            f"device {self.name} stalled: a {rows}-row batch ran past {timeout} s "
+                            f"(predicted {predicted:.4f} s)"
+                        ) from exc
                     raise BatchFailed(f"device {self.name} failed a batch: {exc}") from exc
         finally:
             self.in_flight_batches -= 1

@@ -71,7 +71,7 @@ class Scheduler:
         self._clock = clock  # the simulation passes its virtual clock
         self._queues: tuple[deque[Request], deque[Request]] = (deque(), deque())  # HIGH, LOW
         self._queued_rows = [0, 0]
-        self._arrived = asyncio.Event()
+        self._changed = asyncio.Event()  # a request arrived or a device finished a batch
         self._slot_freed = asyncio.Event()
         self._dispatches: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
@@ -133,7 +133,7 @@ class Scheduler:
         future.add_done_callback(lambda _: self._settled(request))
         self._queues[priority].append(request)
         self._queued_rows[priority] += rows
-        self._arrived.set()
+        self._changed.set()
         return future
 
     async def submit(
@@ -235,12 +235,13 @@ class Scheduler:
         """Wait until a batch should leave; returns when its oldest row arrived and what closed
         the window: "idle" (a device was idle), "full" (max_batch_rows queued) or "window"."""
         while not any(self._queues):
-            self._arrived.clear()
-            await self._arrived.wait()
+            self._changed.clear()
+            await self._changed.wait()
         oldest = min(q[0].enqueued_at for q in self._queues if q)
         deadline = oldest + self._config.max_queue_delay_seconds
         # Elastic window: with a device idle, waiting only adds latency, so dispatch at once;
-        # while every device is busy, rows wait up to the window and grow the next batch.
+        # while every device is busy, rows wait and grow the next batch until one turns idle or
+        # the window closes.
         closed_by = "window"
         while True:
             if sum(self._queued_rows) >= self._config.max_batch_rows:
@@ -252,9 +253,10 @@ class Scheduler:
             remaining = deadline - self._clock()
             if remaining <= 0:
                 break
-            self._arrived.clear()
-            try:
-                await asyncio.wait_for(self._arrived.wait(), remaining)
+            self._changed.clear()
+            try:  # not wait_for: on 3.11 it can swallow a cancellation that races the wake-up
+                async with asyncio.timeout(remaining):
+                    await self._changed.wait()
             except TimeoutError:
                 break
         while not any(d.snapshot().accepting for d in self.devices):
@@ -324,7 +326,11 @@ class Scheduler:
                 part.request.fail(BatchFailed(f"batch on {device.name} did not finish: {exc!r}"))
             raise
         finally:
-            self._slot_freed.set()
+            self._device_freed()
+
+    def _device_freed(self) -> None:
+        self._slot_freed.set()
+        self._changed.set()  # an idle device ends an elastic window
 
     async def _probe_loop(self) -> None:
         """Bring tripped devices back: after the cool-down, a one-row probe must succeed."""
@@ -334,6 +340,6 @@ class Scheduler:
                 if device.healthy or self._clock() < device.open_until:
                     continue
                 if await device.probe():
-                    self._slot_freed.set()
+                    self._device_freed()
                 else:
                     device.open_until = self._clock() + self._config.cool_down_seconds

@@ -187,15 +187,34 @@ async def test_stop_fails_queued_requests_and_refuses_new_ones(backend: FakeBack
     backend.release.clear()
     held = s.submit_nowait(rows([1]))  # keeps the only device busy
     await asyncio.to_thread(backend.started.acquire, True, 5)
-    waiting = s.submit_nowait(rows([2]))  # no idle device: held by the 10 s batching window
-    await asyncio.sleep(0.01)
+    waiting = s.submit_nowait(rows([2]))  # no idle device: queued
+    stopping = asyncio.create_task(s.stop())
+    await asyncio.sleep(0.01)  # the batcher is stopped; the running batch may finish
     backend.release.set()
-    await held
-    await s.stop()
+    assert (await held).scores.tolist() == [1]
+    await stopping
     with pytest.raises(NotReady, match="shutting down"):
         await waiting
     with pytest.raises(NotReady):
         s.submit_nowait(rows([1]))
+
+
+async def test_rows_queued_behind_a_busy_device_leave_when_it_turns_idle(
+    backend: FakeBackend,
+) -> None:
+    config = BatchingConfig(max_batch_rows=64, max_queue_delay_seconds=10.0, max_queue_rows=64)
+    async for s in started(Scheduler([Device(backend, 1)], earliest_completion, config)):
+        backend.release.clear()
+        held = s.submit_nowait(rows([1]))
+        await wait_started(backend)
+        waiting = [s.submit_nowait(rows([float(i)])) for i in (2, 3)]
+        await asyncio.sleep(0.05)
+        assert not any(w.done() for w in waiting)
+        backend.release.set()
+        # Not after the 10 s window: as soon as the device is free, in one batch.
+        answers = await asyncio.wait_for(asyncio.gather(held, *waiting), timeout=5)
+        assert [a.scores.tolist() for a in answers] == [[1], [2], [3]]
+        assert backend.batches == [1, 2]
 
 
 async def test_the_window_is_skipped_while_a_device_is_idle(backend: FakeBackend) -> None:
