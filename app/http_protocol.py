@@ -1,9 +1,10 @@
 """uvicorn's httptools protocol with the in-flight limit applied as soon as a request's headers are
 parsed. A refused request gets its 503 written straight to the socket: no ASGI scope, response
 cycle or task is made for it, and its body is skipped by the parser. Under 3x overload most
-requests are refusals, and each one this way costs about half of what it does as ASGI middleware
-(`python -m bench.overload`). Anything unusual (a pipelined request behind one still in progress, a
-URL that is not a plain path) takes the normal path, where `InFlightLimit` decides the same way.
+requests are refusals: refused here (about 5 µs of Python each, parsing included) rather than by
+ASGI middleware, goodput at 3x rose from 82% to 90-91% of capacity (`python -m bench.overload`).
+Anything unusual (a pipelined request behind one still in progress, a URL that is not a plain
+path) takes the normal path, where `InFlightLimit` decides the same way.
 """
 
 from __future__ import annotations
