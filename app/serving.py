@@ -69,15 +69,21 @@ def choose_variant(version: ModelVersion, device: DeviceSettings) -> Variant:
     return variant
 
 
+def backend_config(version: ModelVersion, variant: Variant, threads: int = 0, streams: int = 1,
+                   ) -> BackendConfig:  # fmt: skip
+    # An FP32 ONNX file runs at FP32 in OpenVINO too (its CPU plugin would pick BF16 on its own).
+    hint = "f32" if variant.precision == "fp32" and variant.format == "onnx" else None
+    return BackendConfig(version.file(variant.file), threads, streams, hint)
+
+
 def create_device(
     version: ModelVersion, config: DeviceSettings, settings: Settings
 ) -> tuple[Device, Variant]:
     variant = choose_variant(version, config)
-    hint = "f32" if variant.precision == "fp32" and variant.format == "onnx" else None
     backend: Backend = create_backend(
         config.backend,
         config.name,
-        BackendConfig(version.file(variant.file), config.threads, config.streams, hint),
+        backend_config(version, variant, config.threads, config.streams),
     )
     if settings.faults.admin_enabled:
         backend = FaultInjector(backend)

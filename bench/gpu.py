@@ -30,25 +30,24 @@ from typing import Any
 
 import numpy as np
 
+from app.serving import backend_config
 from bench import loadgen, processes
 from bench.stats import summarize
 from bench.workload import WHOLE_CATALOG, label, rank_bodies
 from config import load_settings
 from models.metrics import roc_auc
 from models.repository import ModelVersion, open_version
-from scheduler.backend import Backend, BackendConfig, create_backend
+from scheduler.backend import Backend, create_backend
 from scheduler.errors import DeviceUnavailable
 
 BATCH_ROWS = (1, 64, 256, 1024, 1682, 4096)
 AUC_TOLERANCE = 1e-4
-GPU = "gpu-onnxruntime"  # the default device names in settings.toml
-CPU = "cpu-openvino"
+GPU = "gpu-onnxruntime"  # the default GPU device's name in settings.toml
 
 
 def backend_for(version: ModelVersion, kind: str, variant: str) -> Backend:
-    v = version.manifest.variant(variant)
-    hint = "f32" if v.precision == "fp32" and v.format == "onnx" else None
-    backend = create_backend(kind, kind, BackendConfig(version.file(v.file), precision_hint=hint))
+    config = backend_config(version, version.manifest.variant(variant))
+    backend = create_backend(kind, kind, config)
     backend.load()
     return backend
 
@@ -73,8 +72,9 @@ def check_sessions(version: ModelVersion) -> dict[str, Any]:
     gpu_variants = [v.name for v in version.manifest.variants if v.name in {
         defaults["gpu"], defaults["cpu"]}]  # fmt: skip
     accuracy = []
+    gpus = {}
     for name in gpu_variants:
-        gpu = backend_for(version, "onnxruntime-gpu", name)
+        gpu = gpus[name] = backend_for(version, "onnxruntime-gpu", name)
         scores = gpu.run(inputs).ravel().astype(np.float32)
         auc = roc_auc(split.labels, scores)
         manifest_auc = version.manifest.variant(name).test_auc
@@ -90,7 +90,7 @@ def check_sessions(version: ModelVersion) -> dict[str, Any]:
             f"max |GPU - CPU| {row['max_abs_diff_vs_cpu']:.2e}", flush=True,
         )  # fmt: skip
         accuracy.append(row)
-    gpu = backend_for(version, "onnxruntime-gpu", defaults["gpu"])
+    gpu = gpus[defaults["gpu"]]
     latency = []
     for rows in BATCH_ROWS:
         repeat = -(-rows // len(split.labels))
@@ -104,9 +104,12 @@ def check_sessions(version: ModelVersion) -> dict[str, Any]:
     return {"accuracy": accuracy, "latency": latency}
 
 
-def rows_scored(url: str) -> dict[str, float]:
+def metrics_text(url: str) -> str:
     with urllib.request.urlopen(f"{url}/metrics", timeout=10) as answer:
-        text = answer.read().decode()
+        return str(answer.read().decode())
+
+
+def rows_scored(text: str) -> dict[str, float]:
     pattern = r'^recsys_rows_scored_total\{device="([^"]+)"\} (\S+)$'
     return {m[1]: float(m[2]) for m in re.finditer(pattern, text, re.MULTILINE)}
 
@@ -129,9 +132,9 @@ def check_server(version: ModelVersion, root: Path, seconds: float) -> dict[str,
             bodies = rank_bodies(version, candidates, count=200)
             loadgen.offer(port, bodies, 50, 1)  # warm-up
             for rate in rates:
-                before = rows_scored(url)
+                before = rows_scored(metrics_text(url))
                 s = summarize(loadgen.offer(port, bodies, rate, seconds))
-                after = rows_scored(url)
+                after = rows_scored(metrics_text(url))
                 share = {d: after[d] - before.get(d, 0.0) for d in after}
                 total = sum(share.values()) or 1.0
                 steps.append({"request": label(candidates), "rate": rate, "ok_per_second":
@@ -155,20 +158,19 @@ def check_faults(url: str, port: int, version: ModelVersion, seconds: float) -> 
     fifth = seconds / 5
     timers = [threading.Timer(fifth * (i + 1), set_fault, (url, GPU, mode))
               for i, mode in enumerate(("fail", "none", "stall", "none"))]  # fmt: skip
-    before = rows_scored(url)
+    before = rows_scored(metrics_text(url))
     for timer in timers:
         timer.start()
     result = loadgen.offer(port, bodies, 200, seconds)
     for timer in timers:
         timer.join()
     time.sleep(2)  # the probe brings the GPU back after the cool-down
-    after = rows_scored(url)
+    text = metrics_text(url)
+    after = rows_scored(text)
     s = summarize(result)
     statuses = np.asarray(result.statuses)
     lost = int((statuses != 200).sum())
     counts = dict(zip(*(x.tolist() for x in np.unique(statuses, return_counts=True)), strict=True))
-    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as answer:
-        text = answer.read().decode()
     healthy = re.search(rf'^recsys_device_healthy\{{device="{GPU}"\}} (\S+)$', text, re.M)
     retries = re.search(r"^recsys_batch_retries_total (\S+)$", text, re.M)
     report = {

@@ -108,13 +108,13 @@ class Device:
         self.healthy = True
         return True
 
-    def timeout(self, rows: int, fallback: bool) -> float | None:
+    def timeout(self, predicted: float, fallback: bool) -> float | None:
         """How long a batch may run. With another device to retry on (`fallback`), a batch far
         past its predicted time has stalled: retried elsewhere it still meets its deadline, where
         the full batch timeout would not. Without one, waiting is better than failing."""
         if not fallback or self.stall is None:
             return self.batch_timeout_seconds
-        early = self.stall.seconds(self.latency.predict(rows))
+        early = self.stall.seconds(predicted)
         limit = self.batch_timeout_seconds
         return early if limit is None else min(early, limit)
 
@@ -122,7 +122,7 @@ class Device:
                   ) -> tuple[np.ndarray, float]:  # fmt: skip
         """Scores and the seconds the backend took. Raises BatchFailed naming this device."""
         predicted = self.latency.predict(rows)
-        timeout = self.timeout(rows, fallback)
+        timeout = self.timeout(predicted, fallback)
         loop = asyncio.get_running_loop()
         token, self._next_token = self._next_token, self._next_token + 1
         self.in_flight_batches += 1
