@@ -6,6 +6,7 @@ handed only its own section.
 
 from __future__ import annotations
 
+import ipaddress
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -118,6 +119,34 @@ class ServerSettings(Section):
     graceful_shutdown_seconds: float = Field(30.0, gt=0)
 
 
+class HttpSettings(Section):
+    """Bounds on what one client may make the HTTP layer hold: request heads, slow senders,
+    connections (nginx, gunicorn and Envoy anchor the defaults)."""
+
+    max_request_line_bytes: int = Field(
+        8192, ge=256, description="longest request target (URL); longer: 414, then close"
+    )
+    max_header_count: int = Field(
+        100, ge=8, description="most header fields in one request; more: 431, then close"
+    )
+    max_header_bytes: int = Field(
+        32768, ge=1024, description="largest request head in bytes; larger: 431, then close"
+    )
+    header_timeout_seconds: float = Field(
+        10.0, gt=0, description="a request's head must arrive within this; else 408, then close"
+    )
+    body_timeout_seconds: float = Field(
+        30.0, gt=0, description="its body must arrive within this after the head; else 408"
+    )
+    keep_alive_timeout_seconds: float = Field(
+        5.0, gt=0, description="an idle keep-alive connection is closed after this"
+    )
+    max_connections: int = Field(
+        4096, ge=16, description="open connections at most (kept below the descriptor limit); "
+        "beyond it the oldest idle one is closed, or the new one refused with 503",
+    )  # fmt: skip
+
+
 class ServingModelSettings(Section):
     """Which model version the server loads from the repository."""
 
@@ -180,6 +209,10 @@ class FaultSettings(Section):
     # Fault injection for tests: POST /admin/faults/{device} {"mode": "fail" | "stall" | "none"}.
     # Off by default; never enable it on a server others can reach.
     admin_enabled: bool = False
+    admin_token: str = Field("", description="bearer token the fault endpoints require")
+    allow_remote_admin: bool = Field(
+        False, description="allow admin_enabled on a host other than loopback"
+    )
 
 
 class LoadBalancingSettings(Section):
@@ -219,6 +252,7 @@ class Settings(BaseSettings):
     benchmark: BenchmarkSettings = BenchmarkSettings()
     repository: RepositorySettings = RepositorySettings()
     server: ServerSettings = ServerSettings()
+    http: HttpSettings = HttpSettings()
     model: ServingModelSettings = ServingModelSettings()
     batching: BatchingSettings = BatchingSettings()
     devices: tuple[DeviceSettings, ...] = DEFAULT_DEVICES
@@ -228,6 +262,22 @@ class Settings(BaseSettings):
     faults: FaultSettings = FaultSettings()
     load_balancing: LoadBalancingSettings = LoadBalancingSettings()
     metrics: MetricsSettings = MetricsSettings()
+
+    @model_validator(mode="after")
+    def _check_admin(self) -> Settings:
+        faults = self.faults
+        if faults.admin_enabled and len(faults.admin_token) < 16:
+            raise ValueError("faults.admin_token: at least 16 characters with admin_enabled")
+        if (
+            faults.admin_enabled
+            and not faults.allow_remote_admin
+            and not is_loopback(self.server.host)
+        ):
+            raise ValueError(
+                f"faults.admin_enabled: server.host {self.server.host!r} is not loopback "
+                "(set faults.allow_remote_admin to expose fault injection)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_devices(self) -> Settings:
@@ -249,6 +299,15 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # The environment beats the file, which load_settings passes in as init values.
         return (env_settings, init_settings)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def load_settings(path: Path | None = None, **overrides: Any) -> Settings:

@@ -10,8 +10,7 @@ from pathlib import Path
 import uvicorn
 from pydantic import ValidationError
 
-from app.http_protocol import protocol_with_limit
-from app.main import create_app, with_in_flight_limit
+from app.main import create_app, http_protocol, with_in_flight_limit
 from app.server import DrainingServer
 from config import load_settings
 
@@ -42,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
         host=settings.server.host,
         port=settings.server.port,
         loop="uvloop",
-        http=protocol_with_limit(limited),  # httptools, refusing before any ASGI work
+        http=http_protocol(limited, settings, app.state.connection_metrics),
+        timeout_keep_alive=settings.http.keep_alive_timeout_seconds,  # type: ignore[arg-type]
         log_level=settings.server.log_level,
         access_log=False,
         proxy_headers=False,  # client addresses are not used; one layer less per request

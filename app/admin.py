@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
+import hmac
 from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel
 
 from app import dependencies
+from app.errors import Unauthorized
 from app.serving import Serving
 from scheduler.errors import UnknownModel
 from scheduler.faults import FaultInjector, FaultMode
 
-router = APIRouter(prefix="/admin", tags=["admin"], include_in_schema=False)
+
+async def authorized(request: Request) -> None:
+    """`Authorization: Bearer <[faults] admin_token>`, compared in constant time."""
+    token: str = request.app.state.settings.faults.admin_token
+    given = request.headers.get("authorization", "")
+    if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+        raise Unauthorized("Authorization: a bearer token ([faults] admin_token) is required")
+
+
+router = APIRouter(
+    prefix="/admin", tags=["admin"], include_in_schema=False, dependencies=[Depends(authorized)]
+)
 
 
 class FaultRequest(BaseModel):

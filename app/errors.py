@@ -17,6 +17,10 @@ class PayloadTooLarge(ServingError):
     status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
 
 
+class Unauthorized(ServingError):
+    status = HTTPStatus.UNAUTHORIZED
+
+
 class Unprocessable(ServingError):
     status = HTTPStatus.UNPROCESSABLE_ENTITY
 

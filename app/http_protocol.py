@@ -1,19 +1,133 @@
-"""uvicorn's httptools protocol with the in-flight limit applied as soon as a request's headers are
-parsed. A refused request gets its 503 written straight to the socket: no ASGI scope, response
-cycle or task is made for it, and its body is skipped by the parser. Under 3x overload most
-requests are refusals: refused here (about 5 µs of Python each, parsing included) rather than by
-ASGI middleware, goodput at 3x rose from 82% to 90-91% of capacity (`python -m bench.overload`).
-Anything unusual (a pipelined request behind one still in progress, a URL that is not a plain
-path) takes the normal path, where `InFlightLimit` decides the same way.
+"""uvicorn's httptools protocol, guarded against hostile and broken clients, with admission decided
+as soon as a request's head is parsed.
+
+- Heads are bounded (request target, header count, head bytes: 414 / 431) and must arrive within
+  `header_timeout_seconds` (408); only HTTP/1.0 and 1.1 are spoken (505), and 1.1 needs a Host
+  (400). Every such answer is the JSON error format, then the connection closes.
+- A body larger than `max_body_bytes` is refused (413) by its Content-Length before it is read, or
+  as soon as a chunked one passes the limit; the whole body must arrive within
+  `body_timeout_seconds` (408).
+- A request reaches the ASGI app (and counts against admission) only once its body is complete:
+  slow senders can never hold the in-flight slots of complete requests.
+- An inference request over the in-flight limit gets its 503 written straight to the socket: no
+  ASGI scope, cycle or task, its body skipped by the parser (about 5 µs of Python, parsing
+  included; under 3x overload this raised goodput from 82% to 90% of capacity). Anything unusual
+  (a request pipelined behind one in progress, a URL that is not a plain path) takes the ASGI
+  path, where `InFlightLimit` decides the same way.
+- Open connections are capped (`ConnectionCap`): beyond the cap the oldest idle connection is
+  closed, or the new one refused.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import resource
+import time
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+import httptools
+import orjson
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
-from app.http_metrics import InFlightLimit
+from app.admission import InFlightLimit
+from app.http_metrics import ConnectionMetrics
+
+log = logging.getLogger(__name__)
+HIGH_WATER_BYTES = 65536  # as uvicorn: pause reading a started request's unread body beyond this
+
+
+@dataclass(frozen=True)
+class HttpLimits:
+    max_request_line_bytes: int
+    max_header_count: int
+    max_header_bytes: int
+    max_body_bytes: int
+    header_timeout_seconds: float
+    body_timeout_seconds: float
+
+
+def error_bytes(
+    status: int, message: str, defaults: list[tuple[bytes, bytes]], *extra: tuple[bytes, bytes]
+) -> bytes:
+    """A whole HTTP/1.1 error response in the JSON error format, closing the connection."""
+    body = orjson.dumps({"error": message})
+    head = [b"HTTP/1.1 %d %s\r\n" % (status, HTTPStatus(status).phrase.encode())]
+    headers = [*defaults, (b"content-type", b"application/json"), *extra,
+               (b"content-length", b"%d" % len(body)), (b"connection", b"close")]  # fmt: skip
+    head += [name + b": " + value + b"\r\n" for name, value in headers]
+    return b"".join(head) + b"\r\n" + body
+
+
+class Throttled:
+    """A warning at most once per `seconds`, with how many times it happened meanwhile."""
+
+    def __init__(self, message: str, seconds: float = 10.0) -> None:
+        self.message = message
+        self.seconds = seconds
+        self.count = 0
+        self.last = -seconds
+
+    def __call__(self) -> None:
+        self.count += 1
+        now = time.monotonic()
+        if now - self.last >= self.seconds:
+            log.warning("%s (%d since the last such line)", self.message, self.count)
+            self.count, self.last = 0, now
+
+
+class ConnectionCap:
+    """At most `limit` open connections. Idle ones (no request begun) are kept in the order they
+    turned idle, so that a new connection beyond the cap closes the one idle the longest."""
+
+    def __init__(self, limit: int, metrics: ConnectionMetrics) -> None:
+        self.limit = limit
+        self.metrics = metrics
+        self.open = 0
+        self.idle: dict[Any, None] = {}  # insertion order: the oldest idle first
+        self.warn_evicted = Throttled(f"connection cap ({limit}) reached: closed idle connections")
+        self.warn_refused = Throttled(f"connection cap ({limit}) reached, none idle: refused")
+        metrics.open.set_function(lambda: self.open)
+
+    def admit(self, connection: Any) -> bool:
+        """Count a new connection in; False: it is to be refused (the cap, none idle)."""
+        self.open += 1
+        if self.open <= self.limit:
+            return True
+        if self.idle:
+            oldest = next(iter(self.idle))
+            del self.idle[oldest]
+            oldest.transport.close()
+            self.metrics.closed.labels(reason="idle_evicted").inc()
+            self.warn_evicted()
+            return True
+        self.metrics.closed.labels(reason="refused").inc()
+        self.warn_refused()
+        return False
+
+    def release(self, connection: Any) -> None:
+        self.open -= 1
+        self.idle.pop(connection, None)
+
+
+def connection_limit(configured: int, reserve: int = 128) -> int:
+    """`configured`, raising the soft descriptor limit toward the hard one to fit it, and kept
+    `reserve` descriptors below the soft limit (model files, sessions, the agent check, logs)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = configured + reserve
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        raised = wanted if hard == resource.RLIM_INFINITY else min(hard, wanted)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+            soft = raised
+    limit = configured if soft == resource.RLIM_INFINITY else min(configured, soft - reserve)
+    if limit < configured:
+        log.warning("max_connections %d lowered to %d: the descriptor limit is %d",
+                    configured, limit, soft)  # fmt: skip
+    return max(limit, 1)
 
 
 class _Answered:
@@ -23,17 +137,176 @@ class _Answered:
     response_complete = True
     disconnected = False
     keep_alive = True
+    more_body = False
     message_event = asyncio.Event()
 
 
 ANSWERED = _Answered()
 
 
-def protocol_with_limit(limit: InFlightLimit) -> type[HttpToolsProtocol]:
-    cached: list[object] = [None, b""]  # uvicorn replaces default_headers (Date) every second
+class Rejected(Exception):
+    """Raised in a parser callback once the protocol has answered and closed: stops the parser."""
 
-    class LimitedHttpToolsProtocol(HttpToolsProtocol):
+
+def guarded_protocol(limit: InFlightLimit, limits: HttpLimits, cap: ConnectionCap,
+                     metrics: ConnectionMetrics) -> type[HttpToolsProtocol]:  # fmt: skip
+    cached: list[object] = [None, b""]  # uvicorn replaces default_headers (Date) every second
+    rejected = {reason: metrics.rejected.labels(reason=reason) for reason in (
+        "request_line", "header_count", "header_bytes", "header_timeout", "body_bytes",
+        "body_timeout", "http_version", "no_host", "malformed",
+    )}  # fmt: skip
+    timed_out = {k: metrics.closed.labels(reason=k) for k in ("header_timeout", "body_timeout")}
+
+    class GuardedHttpToolsProtocol(HttpToolsProtocol):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.closed_by_us = False
+            self.head_open = False  # a request's head has begun and is not complete
+            self.body_open = False  # its head is complete, its body not yet
+            self.head_read_bytes = 0  # whole reads while the head stayed open
+            self.header_bytes = 0  # the header fields parsed so far
+            self.body_bytes = 0
+            self.waiting: tuple[RequestResponseCycle, Any] | None = None  # started once complete
+            self.timer: asyncio.TimerHandle | None = None
+            self.timer_kind = ""
+
+        # Connection life
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            if not cap.admit(self):
+                self.closed_by_us = True
+                refusal = error_bytes(503, "too many open connections", [], (b"retry-after", b"1"))
+                transport.write(refusal)
+                transport.close()
+                return
+            cap.idle[self] = None
+            self.set_timer("header_timeout", limits.header_timeout_seconds)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            cap.release(self)
+            self.set_timer("", 0)
+            super().connection_lost(exc)
+
+        def set_timer(self, kind: str, seconds: float) -> None:
+            if kind == self.timer_kind:
+                return
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
+            self.timer_kind = kind
+            if kind:
+                self.timer = self.loop.call_later(seconds, self.on_timeout)
+
+        def on_timeout(self) -> None:
+            kind, self.timer, self.timer_kind = self.timer_kind, None, ""
+            if self.closed_by_us or self.transport.is_closing():
+                return
+            timed_out[kind].inc()
+            if kind == "header_timeout" and not self.head_open:
+                self.close_now()  # a connection that never began a request: nothing to answer
+            elif kind == "header_timeout":
+                seconds = limits.header_timeout_seconds
+                self.reject(408, "header_timeout", f"request head: not complete in {seconds:g} s")
+            else:
+                seconds = limits.body_timeout_seconds
+                self.reject(408, "body_timeout", f"body: not complete in {seconds:g} s")
+
+        def close_now(self) -> None:
+            self.closed_by_us = True
+            if self.cycle is not None and not self.cycle.response_complete:  # its app stops
+                self.cycle.disconnected = True
+                self.cycle.message_event.set()
+            self.cycle = ANSWERED  # type: ignore[assignment]
+            self.transport.close()
+
+        def reject(self, status: int, reason: str, message: str) -> None:
+            """Answer `status` with the JSON error and close, whatever was in progress."""
+            rejected[reason].inc()
+            self.transport.write(error_bytes(status, message, self.server_state.default_headers))
+            self.close_now()
+
+        # Bytes in
+
+        def data_received(self, data: bytes) -> None:
+            if self.closed_by_us:
+                return
+            self._unset_keepalive_if_required()
+            cap.idle.pop(self, None)
+            head_was_open = self.head_open
+            try:
+                self.parser.feed_data(data)
+            except httptools.HttpParserUpgrade:
+                if self._should_upgrade():
+                    self.handle_websocket_upgrade()
+                    return
+                self._unsupported_upgrade_warning()
+            except httptools.HttpParserError:
+                if not self.closed_by_us:
+                    self.reject(400, "malformed", "not a valid HTTP/1.1 request")
+                return
+            # A head still open after a whole read was all head: the parser buffers a header
+            # until it ends, so bound it here (a read at most past the limit).
+            if self.head_open and head_was_open:
+                self.head_read_bytes += len(data)
+                if self.head_read_bytes > limits.max_header_bytes:
+                    self.reject(431, "header_bytes", self.head_message())
+                    return
+            if self.head_open:
+                self.set_timer("header_timeout", limits.header_timeout_seconds)
+            elif self.body_open:
+                self.set_timer("body_timeout", limits.body_timeout_seconds)
+            elif self.timer_kind:
+                self.set_timer("", 0)
+
+        def head_message(self) -> str:
+            return f"request head: larger than {limits.max_header_bytes} bytes"
+
+        # Parser callbacks
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self.head_open = True
+            self.head_read_bytes = self.header_bytes = self.body_bytes = 0
+
+        def on_url(self, url: bytes) -> None:
+            super().on_url(url)
+            if len(self.url) > limits.max_request_line_bytes:
+                size = limits.max_request_line_bytes
+                self.reject(414, "request_line", f"request target: longer than {size} bytes")
+                raise Rejected
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            super().on_header(name, value)
+            self.header_bytes += len(name) + len(value) + 4
+            if len(self.headers) > limits.max_header_count:
+                count = limits.max_header_count
+                self.reject(431, "header_count", f"request head: more than {count} header fields")
+                raise Rejected
+            if self.header_bytes > limits.max_header_bytes:
+                self.reject(431, "header_bytes", self.head_message())
+                raise Rejected
+
         def on_headers_complete(self) -> None:
+            self.head_open = False
+            version = self.parser.get_http_version()
+            if version not in ("1.1", "1.0"):
+                self.reject(505, "http_version", f"HTTP/{version}: only HTTP/1.1 and 1.0 here")
+                raise Rejected
+            length = None
+            has_host = False
+            for name, value in self.headers:
+                if name == b"content-length":
+                    length = value
+                elif name == b"host":
+                    has_host = True
+            if version == "1.1" and not has_host:
+                self.reject(400, "no_host", "Host: required in an HTTP/1.1 request")
+                raise Rejected
+            if length is not None and length.isdigit() and int(length) > limits.max_body_bytes:
+                self.reject(413, "body_bytes", self.body_message())
+                raise Rejected
+            self.body_open = True
             in_progress = self.cycle is not None and not self.cycle.response_complete
             if not in_progress and self.url.startswith(b"/") and limit.refuses_request(
                 self.parser.get_method().decode("ascii"),
@@ -43,6 +316,47 @@ def protocol_with_limit(limit: InFlightLimit) -> type[HttpToolsProtocol]:
                 self.refuse()
                 return
             super().on_headers_complete()
+
+        def body_message(self) -> str:
+            return f"body: larger than the limit of {limits.max_body_bytes} bytes"
+
+        def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+            if cycle.more_body:  # its body is still coming: start once it is complete
+                self.waiting = (cycle, app)
+                if cycle.waiting_for_100_continue:
+                    cycle.waiting_for_100_continue = False
+                    self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                return
+            super()._start_asgi_task(cycle, app)
+
+        def on_body(self, body: bytes) -> None:
+            cycle = self.cycle
+            if cycle.response_complete:
+                return
+            self.body_bytes += len(body)
+            if self.body_bytes > limits.max_body_bytes:
+                self.reject(413, "body_bytes", self.body_message())
+                raise Rejected
+            cycle.body += body
+            # A request waiting for its body reads on (bounded by max_body_bytes); a started one
+            # reads at the app's pace, as in uvicorn.
+            if self.waiting is None and len(cycle.body) > HIGH_WATER_BYTES:
+                self.flow.pause_reading()
+            cycle.message_event.set()
+
+        def on_message_complete(self) -> None:
+            super().on_message_complete()
+            self.body_open = False
+            waiting = self.waiting
+            if waiting is not None and waiting[0] is self.cycle:
+                self.waiting = None
+                super()._start_asgi_task(*waiting)
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            busy = self.pipeline or self.head_open or self.body_open
+            if not busy and not self.transport.is_closing():
+                cap.idle[self] = None
 
         def refuse(self) -> None:
             if limit.on_refusal:
@@ -56,8 +370,8 @@ def protocol_with_limit(limit: InFlightLimit) -> type[HttpToolsProtocol]:
             # expect: close rather than read its next request as that body.
             closing = self.expect_100_continue or self.parser.get_http_version() == "1.0"
             if closing or not self.parser.should_keep_alive():
-                self.transport.close()
+                self.close_now()
             else:
                 self.on_response_complete()
 
-    return LimitedHttpToolsProtocol
+    return GuardedHttpToolsProtocol

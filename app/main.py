@@ -11,9 +11,12 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from app import admin, errors, load, v1, v2
-from app.http_metrics import BodyLimit, InFlight, InFlightLimit, RequestMetrics
+from app.admission import InFlight, InFlightLimit
+from app.http_metrics import ConnectionMetrics, RequestMetrics
+from app.http_protocol import ConnectionCap, HttpLimits, connection_limit, guarded_protocol
 from app.serving import Serving, start_serving
 from config import Settings
 from scheduler.metrics import SchedulerMetrics
@@ -55,6 +58,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     )
     app.state.settings = settings
     app.state.scheduler_metrics = scheduler_metrics
+    app.state.connection_metrics = ConnectionMetrics(registry, settings.metrics.prefix)
     app.state.serving = None
     app.state.draining = False  # set by the server on SIGTERM
     in_flight = InFlight()
@@ -84,7 +88,6 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
             )
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    app.add_middleware(BodyLimit, max_bytes=settings.limits.max_body_bytes)
     app.add_middleware(
         RequestMetrics, registry=registry, prefix=settings.metrics.prefix, in_flight=in_flight
     )
@@ -104,3 +107,19 @@ def with_in_flight_limit(app: FastAPI) -> InFlightLimit:
         default_low=settings.admission.default_priority == "low",
         on_refusal=refused.inc,
     )  # fmt: skip
+
+
+def http_protocol(limited: InFlightLimit, settings: Settings, metrics: ConnectionMetrics,
+                  ) -> type[HttpToolsProtocol]:  # fmt: skip
+    """The guarded httptools protocol for `python -m app`, refusing before any ASGI work."""
+    http = settings.http
+    limits = HttpLimits(
+        max_request_line_bytes=http.max_request_line_bytes,
+        max_header_count=http.max_header_count,
+        max_header_bytes=http.max_header_bytes,
+        max_body_bytes=settings.limits.max_body_bytes,
+        header_timeout_seconds=http.header_timeout_seconds,
+        body_timeout_seconds=http.body_timeout_seconds,
+    )
+    cap = ConnectionCap(connection_limit(http.max_connections), metrics)
+    return guarded_protocol(limited, limits, cap, metrics)

@@ -17,14 +17,63 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import orjson
 import uvicorn
 from fastapi import FastAPI, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import errors
-from app.http_metrics import BodyLimit
 from app.v1 import RankRequest, RankResponse, candidate_rows, ranking
 from config import Settings, load_settings
 from models.repository import ModelVersion, open_version
+
+
+class BodyLimit:
+    """Refuse bodies over `max_bytes` with 413, by Content-Length at once or while streaming (our
+    server does this in its HTTP protocol; these plain uvicorn servers need it as middleware)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            await self._refuse(send)
+            return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                raise BodyTooLarge
+            return message
+
+        try:
+            await self.app(scope, limited_receive, send)
+        except BodyTooLarge:
+            await self._refuse(send)
+
+    async def _refuse(self, send: Send) -> None:
+        body = orjson.dumps({"error": f"body: larger than the limit of {self.max_bytes} bytes"})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+class BodyTooLarge(Exception):
+    pass
 
 
 def base_app(name: str, settings: Settings) -> FastAPI:

@@ -115,12 +115,13 @@ def rows_scored(text: str) -> dict[str, float]:
 
 
 def set_fault(url: str, device: str, mode: str) -> None:
-    processes.post_json(f"{url}/admin/faults/{device}", json.dumps({"mode": mode}))
+    body = json.dumps({"mode": mode})
+    processes.post_json(f"{url}/admin/faults/{device}", body, headers=processes.ADMIN_HEADERS)
 
 
 def check_server(version: ModelVersion, root: Path, seconds: float) -> dict[str, Any]:
     port = processes.free_port()
-    faults = {"RECSYS_FAULTS__ADMIN_ENABLED": "true", "RECSYS_FAULTS__COOL_DOWN_SECONDS": "1"}
+    faults = {**processes.ADMIN_SETTINGS, "RECSYS_FAULTS__COOL_DOWN_SECONDS": "1"}
     env = {**os.environ, "RECSYS_MODEL__REPOSITORY": str(root), **faults}
     cpus = set(range(2, os.cpu_count() or 3)) or None  # the generator has core 1
     log = Path("bench/results/gpu.server.log")

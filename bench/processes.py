@@ -25,11 +25,18 @@ def free_port() -> int:
         return port
 
 
-def post_json(url: str, body: str, timeout: float = 30) -> bytes:
-    request = urllib.request.Request(url, body.encode(), {"Content-Type": "application/json"})
+def post_json(url: str, body: str, timeout: float = 30, headers: dict[str, str] | None = None,
+              ) -> bytes:  # fmt: skip
+    headers = {"Content-Type": "application/json", **(headers or {})}
+    request = urllib.request.Request(url, body.encode(), headers)
     with urllib.request.urlopen(request, timeout=timeout) as answer:
         content: bytes = answer.read()
         return content
+
+
+ADMIN_TOKEN = "benchmark-admin-token"  # for the fault endpoints of a server on loopback
+ADMIN_SETTINGS = {"RECSYS_FAULTS__ADMIN_ENABLED": "true", "RECSYS_FAULTS__ADMIN_TOKEN": ADMIN_TOKEN}
+ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 def is_ready(url: str) -> bool:

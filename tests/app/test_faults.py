@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.processes import ADMIN_HEADERS, ADMIN_TOKEN
 from models import repository
 from models.runtime import OnnxRuntimeSession
 from tests.app.servers import running_server
@@ -40,7 +41,8 @@ def test_a_failing_then_stalling_device_loses_no_request(
     body = {"categorical": inputs["categorical"].tolist(), "dense": inputs["dense"].tolist()}
 
     settings = {
-        "FAULTS__ADMIN_ENABLED": "true", "FAULTS__BATCH_TIMEOUT_MS": "300",
+        "FAULTS__ADMIN_ENABLED": "true", "FAULTS__ADMIN_TOKEN": ADMIN_TOKEN,
+        "FAULTS__BATCH_TIMEOUT_MS": "300",
         "FAULTS__COOL_DOWN_SECONDS": "0.5", "FAULTS__PROBE_INTERVAL_SECONDS": "0.1",
         "ADMISSION__DEFAULT_TIMEOUT_MS": "5000",
         # Round robin, so the faulty device is offered batches whenever it is in routing.
@@ -69,7 +71,7 @@ def test_a_failing_then_stalling_device_loses_no_request(
         threads = [threading.Thread(target=client) for _ in range(4)]
         for thread in threads:
             thread.start()
-        admin = httpx.Client(base_url=url, timeout=10)
+        admin = httpx.Client(base_url=url, timeout=10, headers=ADMIN_HEADERS)
         for mode in ("fail", "none", "stall", "none"):
             time.sleep(1.5)  # under "none": cool-down, then a probe brings the device back
             reply = admin.post("/admin/faults/cpu-openvino", json={"mode": mode})

@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bench.processes import ADMIN_HEADERS, ADMIN_TOKEN
 from tests.app.servers import running_server
 
 pytestmark = pytest.mark.timeout(120)
@@ -40,7 +41,8 @@ def test_requests_beyond_the_in_flight_limit_are_refused_at_once(
     built_repository: Path, tmp_path: Path
 ) -> None:
     settings = {
-        "FAULTS__ADMIN_ENABLED": "true", "FAULTS__BATCH_TIMEOUT_MS": "30000",
+        "FAULTS__ADMIN_ENABLED": "true", "FAULTS__ADMIN_TOKEN": ADMIN_TOKEN,
+        "FAULTS__BATCH_TIMEOUT_MS": "30000",
         "FAULTS__COOL_DOWN_SECONDS": "0.2", "FAULTS__PROBE_INTERVAL_SECONDS": "0.1",
         "ADMISSION__DEFAULT_TIMEOUT_MS": "30000", "LOAD_BALANCING__MAX_IN_FLIGHT_REQUESTS": "2",
     }  # fmt: skip
@@ -48,10 +50,15 @@ def test_requests_beyond_the_in_flight_limit_are_refused_at_once(
     log = tmp_path / "server.log"
     with (
         running_server(built_repository, settings, log, DEVICE) as (_, url),
-        httpx.Client(base_url=url, timeout=60) as client,
+        httpx.Client(base_url=url, timeout=60, headers=ADMIN_HEADERS) as client,
     ):
         assert client.post("/v1/rank", json=body).status_code == 200
-        assert client.post("/admin/faults/cpu", json={"mode": "stall"}).status_code == 200
+        assert (
+            client.post(
+                "/admin/faults/cpu", json={"mode": "stall"}, headers=ADMIN_HEADERS
+            ).status_code
+            == 200
+        )
         held: list[int] = []
 
         def hold() -> None:
@@ -80,7 +87,12 @@ def test_requests_beyond_the_in_flight_limit_are_refused_at_once(
         assert pipelined_statuses(url, body) == [503, 200, 503]
         assert 'reason="in_flight"' in client.get("/metrics").text
         # Not an inference request: the limit leaves it alone.
-        assert client.post("/admin/faults/cpu", json={"mode": "none"}).status_code == 200
+        assert (
+            client.post(
+                "/admin/faults/cpu", json={"mode": "none"}, headers=ADMIN_HEADERS
+            ).status_code
+            == 200
+        )
         for thread in threads:
             thread.join(timeout=60)
         assert len(held) == 2  # answered (the stalled batch itself fails), none hangs
