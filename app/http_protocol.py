@@ -37,6 +37,7 @@ from app.admission import InFlightLimit
 from app.http_metrics import ConnectionMetrics
 
 log = logging.getLogger(__name__)
+LINGER_SECONDS = 2.0  # after an error answer, unread bytes are discarded this long, then close
 HIGH_WATER_BYTES = 65536  # as uvicorn: pause reading a started request's unread body beyond this
 
 
@@ -212,19 +213,25 @@ def guarded_protocol(limit: InFlightLimit, limits: HttpLimits, cap: ConnectionCa
                 seconds = limits.body_timeout_seconds
                 self.reject(408, "body_timeout", f"body: not complete in {seconds:g} s")
 
-        def close_now(self) -> None:
-            self.closed_by_us = True
+        def close_now(self, linger: bool = False) -> None:
+            self.closed_by_us = True  # from now on, what arrives is discarded unparsed
             if self.cycle is not None and not self.cycle.response_complete:  # its app stops
                 self.cycle.disconnected = True
                 self.cycle.message_event.set()
             self.cycle = ANSWERED  # type: ignore[assignment]
-            self.transport.close()
+            if linger and self.transport.can_write_eof():
+                # Closing with unread bytes would reset the connection and could destroy the
+                # answer before the client reads it: end our side, discard theirs for a while.
+                self.transport.write_eof()
+                self.loop.call_later(LINGER_SECONDS, self.transport.close)
+            else:
+                self.transport.close()
 
         def reject(self, status: int, reason: str, message: str) -> None:
             """Answer `status` with the JSON error and close, whatever was in progress."""
             rejected[reason].inc()
             self.transport.write(error_bytes(status, message, self.server_state.default_headers))
-            self.close_now()
+            self.close_now(linger=True)
 
         # Bytes in
 
