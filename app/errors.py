@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from http import HTTPStatus
+from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from scheduler.errors import NotReady, Overloaded, ServingError
+
+log = logging.getLogger(__name__)
 
 
 class PayloadTooLarge(ServingError):
@@ -25,6 +31,29 @@ class Unprocessable(ServingError):
     status = HTTPStatus.UNPROCESSABLE_ENTITY
 
 
+class ErrorBody(BaseModel):
+    error: str = Field(description="what was wrong, naming the field or header")
+
+
+def _described(description: str) -> dict[str, Any]:
+    return {"model": ErrorBody, "description": description}
+
+
+# Every error the server answers, in the one JSON format (for the OpenAPI schema).
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: _described("invalid input: a wrong type, shape, datatype or header, naming it"),
+    404: _described("unknown model, version or route"),
+    405: _described("method not allowed"),
+    408: _described("the request's head or body did not arrive in time"),
+    413: _described("body, candidates or rows over the limits"),
+    422: _described("a /v1 body that does not match its schema or ranges"),
+    431: _described("request head too large"),
+    500: _described("an internal error"),
+    503: _described("overloaded (with Retry-After), draining or not ready"),
+    504: _described("the request's deadline passed"),
+}
+
+
 def json_response(
     content: object, status: int = 200, headers: dict[str, str] | None = None
 ) -> Response:
@@ -35,9 +64,20 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
     return json_response({"error": message}, status, headers)
 
 
-def _field(location: tuple[object, ...]) -> str:
-    parts = [str(p) for p in location if p != "body"]
-    return ".".join(parts) or "body"
+UNION_MEMBERS = {"bool", "int", "float", "str"}  # pydantic tags a union member's error with these
+
+
+def field_path(location: tuple[int | str, ...]) -> str:
+    """pydantic's location as the request spells it (`inputs[0].shape[1]`), without the
+    union member a message is about."""
+    path = ""
+    for part in location:
+        if part in UNION_MEMBERS:
+            break
+        if part == "body" and not path:  # FastAPI's prefix for the request body
+            continue
+        path += f"[{part}]" if isinstance(part, int) else f".{part}" if path else str(part)
+    return path or "body"
 
 
 async def serving_error(request: Request, exc: Exception) -> Response:
@@ -54,10 +94,24 @@ async def serving_error(request: Request, exc: Exception) -> Response:
 
 async def validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
-    problems = [f"{_field(tuple(e['loc']))}: {e['msg']}" for e in exc.errors()[:5]]
+    problems = [f"{field_path(tuple(e['loc']))}: {e['msg']}" for e in exc.errors()[:5]]
     return error_response(HTTPStatus.UNPROCESSABLE_ENTITY, "; ".join(problems))
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own errors (an unknown route, a wrong method) in the one JSON format."""
+    assert isinstance(exc, StarletteHTTPException)
+    return error_response(exc.status_code, str(exc.detail), dict(exc.headers or {}) or None)
+
+
+async def internal_error(request: Request, exc: Exception) -> Response:
+    """Anything unexpected: a 500 in the one JSON format (the traceback goes to the log)."""
+    log.error("unexpected error on %s", request.url.path, exc_info=exc)
+    return error_response(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error")
 
 
 def install(app: FastAPI) -> None:
     app.add_exception_handler(ServingError, serving_error)
     app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, internal_error)

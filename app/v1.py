@@ -3,26 +3,32 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import numpy as np
-from fastapi import APIRouter, Depends, Response
-from pydantic import BaseModel, ConfigDict, Field
+import orjson
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
 from app import dependencies
-from app.errors import PayloadTooLarge, Unprocessable, json_response
+from app.errors import ERROR_RESPONSES, PayloadTooLarge, Unprocessable, json_response
+from app.openapi import json_body
 from app.serving import Serving
 from config import LimitSettings, Settings
 from models.feature_tables import CATEGORICAL_INPUT, DENSE_INPUT, OOV_ROW, FeatureTables
 from models.repository import Manifest
 
-router = APIRouter(prefix="/v1", tags=["recommendations"])
+router = APIRouter(prefix="/v1", tags=["recommendations"], responses=ERROR_RESPONSES)
 Ids = Sequence[str] | np.ndarray  # candidate ids: a list, or the catalog's array
-Id = Annotated[str | int, Field(description="a raw id as in the data set; unknown ids are scored")]
+Id = Annotated[
+    StrictStr | StrictInt, Field(description="a raw id as in the data set; unknown ids are scored")
+]
+Body = TypeVar("Body", bound=BaseModel)
 
 
 class RankRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     user_id: Id
     candidates: list[Id] | None = Field(
         None, min_length=1, description="item ids to rank; omitted: the whole catalog"
@@ -46,7 +52,7 @@ class RankResponse(BaseModel):
 
 
 class ScoreRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     categorical: list[list[int]] = Field(min_length=1, description="per-field vocabulary indices")
     dense: list[list[float]] = Field(min_length=1, description="dense features (genre bag)")
 
@@ -58,9 +64,38 @@ class ScoreResponse(BaseModel):
     scores: list[float]
 
 
-@router.post("/rank", response_model=RankResponse)
+def parse_body(raw: bytes, model: type[Body], limits: dict[str, int]) -> Body:
+    """The JSON body as `model`, its lists named in `limits` counted before any validation (a
+    body of two million candidates is refused in the time it takes to parse it)."""
+    try:
+        document = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise Unprocessable(f"body: not valid JSON ({exc})") from None
+    if isinstance(document, dict):
+        for key, limit in limits.items():
+            value = document.get(key)
+            if isinstance(value, list) and len(value) > limit:
+                raise PayloadTooLarge(f"{key}: {len(value)} items, limit {limit}")
+    try:
+        return model.model_validate(document)
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors(include_url=False)) from None
+
+
+async def rank_body(request: Request) -> RankRequest:
+    limits: LimitSettings = request.app.state.settings.limits
+    return parse_body(await request.body(), RankRequest, {"candidates": limits.max_candidates})
+
+
+async def score_body(request: Request) -> ScoreRequest:
+    limits: LimitSettings = request.app.state.settings.limits
+    rows = limits.max_rows_per_request
+    return parse_body(await request.body(), ScoreRequest, {"categorical": rows, "dense": rows})
+
+
+@router.post("/rank", response_model=RankResponse, openapi_extra=json_body(RankRequest))
 async def rank(
-    body: RankRequest,
+    body: Annotated[RankRequest, Depends(rank_body)],
     serving: Annotated[Serving, Depends(dependencies.serving)],
     settings: Annotated[Settings, Depends(dependencies.settings)],
     options: Annotated[dependencies.RequestOptions, Depends(dependencies.request_options)],
@@ -127,9 +162,9 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     return top[np.argsort(-scores[top], kind="stable")]
 
 
-@router.post("/score")
+@router.post("/score", openapi_extra=json_body(ScoreRequest))
 async def score(
-    body: ScoreRequest,
+    body: Annotated[ScoreRequest, Depends(score_body)],
     serving: Annotated[Serving, Depends(dependencies.serving)],
     settings: Annotated[Settings, Depends(dependencies.settings)],
     options: Annotated[dependencies.RequestOptions, Depends(dependencies.request_options)],
@@ -162,7 +197,10 @@ def to_array(rows: Sequence[Sequence[float]], dtype: type, width: int, name: str
     for index, row in enumerate(rows):
         if len(row) != width:
             raise Unprocessable(f"{name}: row {index} has {len(row)} values, expected {width}")
-    return np.asarray(rows, dtype=dtype)
+    try:
+        return np.asarray(rows, dtype=dtype)
+    except OverflowError:
+        raise Unprocessable(f"{name}: a value outside the range of {np.dtype(dtype)}") from None
 
 
 def check_inputs(inputs: dict[str, np.ndarray], serving: Serving) -> None:

@@ -10,7 +10,8 @@ from fastapi import APIRouter, Depends, Request, Response
 
 from app import dependencies
 from app.dependencies import PRIORITIES, effective_timeout
-from app.errors import json_response
+from app.errors import ERROR_RESPONSES, json_response
+from app.openapi import inline_schema
 from app.serving import Serving
 from app.v1 import check_inputs
 from app.v2_codec import (
@@ -21,17 +22,40 @@ from app.v2_codec import (
     encode_response,
     parse_request,
 )
+from app.v2_schema import InferenceRequest, RequestParameters
 from config import Settings
-from scheduler.errors import InvalidInput, NotReady, UnknownModel
+from scheduler.errors import NotReady, UnknownModel
 from scheduler.scheduler import LOW
 
-router = APIRouter(prefix="/v2", tags=["KServe V2"])
+router = APIRouter(prefix="/v2", tags=["KServe V2"], responses=ERROR_RESPONSES)
+# The version is read from the path by model_of; documented here for the versioned routes.
+VERSIONED: dict[str, Any] = {
+    "parameters": [
+        {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}}
+    ]
+}
+INFER: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": inline_schema(InferenceRequest)},
+            "application/octet-stream": {
+                "schema": {"type": "string", "format": "binary"},
+                "description": "binary tensor extension: the JSON header "
+                "(Inference-Header-Content-Length bytes), then the raw tensors",
+            },
+        },
+    }
+}
+VERSIONED_INFER = {**VERSIONED, **INFER}
 SERVER_NAME = "recsys-serve"
 SERVER_VERSION = "0.1.0"
 TRITON_TYPES = {"INT64": "TYPE_INT64", "FP32": "TYPE_FP32"}
 
 
-def model_of(request: Request, name: str, version: str | None) -> Serving:
+def model_of(request: Request, name: str) -> Serving:
+    """The model a route names, at the version its path names (none: the one served)."""
+    version: str | None = request.path_params.get("version")
     state: Serving | None = request.app.state.serving
     if state is None:
         raise NotReady("the model is not loaded yet")
@@ -72,9 +96,9 @@ async def ready(request: Request) -> Response:
 
 
 @router.get("/models/{name}")
-@router.get("/models/{name}/versions/{version}")
-async def model_metadata(request: Request, name: str, version: str | None = None) -> dict[str, Any]:
-    manifest = model_of(request, name, version).version.manifest
+@router.get("/models/{name}/versions/{version}", openapi_extra=VERSIONED)
+async def model_metadata(request: Request, name: str) -> dict[str, Any]:
+    manifest = model_of(request, name).version.manifest
     return {
         "name": manifest.model_name,
         "versions": [str(manifest.model_version)],
@@ -91,9 +115,9 @@ async def model_metadata(request: Request, name: str, version: str | None = None
 
 
 @router.get("/models/{name}/ready")
-@router.get("/models/{name}/versions/{version}/ready")
-async def model_ready(request: Request, name: str, version: str | None = None) -> Response:
-    state = model_of(request, name, version)
+@router.get("/models/{name}/versions/{version}/ready", openapi_extra=VERSIONED)
+async def model_ready(request: Request, name: str) -> Response:
+    state = model_of(request, name)
     return json_response({"name": name, "ready": state.ready}, status=200 if state.ready else 503)
 
 
@@ -101,7 +125,7 @@ async def model_ready(request: Request, name: str, version: str | None = None) -
 async def model_config(
     request: Request, name: str, settings: Annotated[Settings, Depends(dependencies.settings)]
 ) -> dict[str, Any]:
-    manifest = model_of(request, name, None).version.manifest
+    manifest = model_of(request, name).version.manifest
     return {
         "name": manifest.model_name,
         "max_batch_size": settings.limits.max_rows_per_request,
@@ -120,9 +144,9 @@ async def model_config(
 
 
 @router.get("/models/{name}/stats")
-@router.get("/models/{name}/versions/{version}/stats")
-async def model_stats(request: Request, name: str, version: str | None = None) -> dict[str, Any]:
-    state = model_of(request, name, version)
+@router.get("/models/{name}/versions/{version}/stats", openapi_extra=VERSIONED)
+async def model_stats(request: Request, name: str) -> dict[str, Any]:
+    state = model_of(request, name)
     s = state.stats
     return {
         "model_stats": [
@@ -148,42 +172,34 @@ async def model_stats(request: Request, name: str, version: str | None = None) -
     }
 
 
-def v2_options(header: dict[str, Any], settings: Settings) -> tuple[float, int]:
+def v2_options(request: InferenceRequest, settings: Settings) -> tuple[float, int]:
     """Triton's request parameters: `timeout` in microseconds, `priority` 1 highest (0: default)."""
-    parameters = header.get("parameters") or {}
-    timeout = parameters.get("timeout")
-    if timeout is not None and not (isinstance(timeout, int | float) and timeout > 0):
-        raise InvalidInput(
-            f"parameters.timeout: {timeout!r} is not a positive number of microseconds"
-        )
-    priority = parameters.get("priority", 0)
-    if not isinstance(priority, int) or priority < 0:
-        raise InvalidInput(f"parameters.priority: {priority!r} is not a non-negative integer")
+    parameters = request.parameters or RequestParameters()
+    priority = parameters.priority or 0
     level = (
         PRIORITIES[settings.admission.default_priority] if priority == 0 else min(priority - 1, LOW)
     )
-    asked_ms = None if timeout is None else timeout / 1000
+    asked_ms = None if parameters.timeout is None else parameters.timeout / 1000
     return effective_timeout(settings, asked_ms), level
 
 
-@router.post("/models/{name}/infer")
-@router.post("/models/{name}/versions/{version}/infer")
+@router.post("/models/{name}/infer", openapi_extra=INFER)
+@router.post("/models/{name}/versions/{version}/infer", openapi_extra=VERSIONED_INFER)
 async def infer(
     request: Request,
     name: str,
     serving: Annotated[Serving, Depends(dependencies.serving)],
     settings: Annotated[Settings, Depends(dependencies.settings)],
-    version: str | None = None,
 ) -> Response:
     started = time.perf_counter()
-    model_of(request, name, version)
+    model_of(request, name)
     manifest = serving.version.manifest
-    header, tail = parse_request(await request.body(), request.headers.get(HEADER_LENGTH))
+    parsed, tail = parse_request(await request.body(), request.headers.get(HEADER_LENGTH))
     specs = {i.name: (i.datatype, i.shape) for i in manifest.inputs}
-    inputs = check_against(decode_inputs(header, tail), specs, settings.limits.max_rows_per_request)
+    inputs = check_against(decode_inputs(parsed, tail), specs, settings.limits.max_rows_per_request)
     check_inputs(inputs, serving)
-    binary = binary_outputs(header, [o.name for o in manifest.outputs])
-    timeout_seconds, priority = v2_options(header, settings)
+    binary = binary_outputs(parsed, [o.name for o in manifest.outputs])
+    timeout_seconds, priority = v2_options(parsed, settings)
     try:
         scored = await serving.scheduler.submit(inputs, timeout_seconds, priority)
     except Exception:
@@ -193,8 +209,8 @@ async def infer(
         "model_name": manifest.model_name,
         "model_version": str(manifest.model_version),
     }
-    if "id" in header:
-        response_header["id"] = header["id"]
+    if parsed.id is not None:
+        response_header["id"] = parsed.id
     body, json_length = encode_response(
         response_header, {manifest.outputs[0].name: scored.scores}, binary
     )

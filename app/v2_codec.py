@@ -6,6 +6,7 @@ raw little-endian bytes of each input that declares `parameters.binary_data_size
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -13,6 +14,7 @@ import numpy as np
 import orjson
 
 from app.errors import Unprocessable
+from app.v2_schema import InferenceRequest, decode_request
 from scheduler.errors import InvalidInput
 
 HEADER_LENGTH = "inference-header-content-length"
@@ -23,60 +25,68 @@ DTYPES: dict[str, np.dtype[Any]] = {
 }  # fmt: skip
 
 
-def parse_request(body: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes]:
-    """The JSON header and the binary tail (empty for a plain JSON request)."""
+def parse_request(body: bytes, header_length: str | None) -> tuple[InferenceRequest, bytes]:
+    """The typed JSON header and the binary tail (empty for a plain JSON request)."""
     if header_length is None:
-        json_part, tail = body, b""
-    else:
-        if not header_length.isdigit() or int(header_length) > len(body):
-            raise InvalidInput(f"Inference-Header-Content-Length: {header_length!r} is not valid")
-        json_part, tail = body[: int(header_length)], body[int(header_length) :]
-    try:
-        header = orjson.loads(json_part)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"body: not valid JSON ({exc})") from None
-    if not isinstance(header, dict) or not isinstance(header.get("inputs"), list):
-        raise InvalidInput("inputs: a list of input tensors is required")
-    return header, tail
+        return decode_request(body), b""
+    if not (header_length.isascii() and header_length.isdigit()) or int(header_length) > len(body):
+        shown = header_length[:20]
+        raise InvalidInput(f"Inference-Header-Content-Length: {shown!r} is not valid")
+    return decode_request(body[: int(header_length)]), body[int(header_length) :]
 
 
-def decode_inputs(header: dict[str, Any], tail: bytes) -> dict[str, np.ndarray]:
+# Which kinds of JSON values (as numpy reads them) each kind of datatype accepts.
+ACCEPTED_KINDS = {"b": "b", "i": "biu", "u": "biu", "f": "biuf"}
+
+
+def decode_inputs(request: InferenceRequest, tail: bytes) -> dict[str, np.ndarray]:
     tensors: dict[str, np.ndarray] = {}
     position = 0
-    for index, spec in enumerate(header["inputs"]):
+    for index, spec in enumerate(request.inputs):
         where = f"inputs[{index}]"
-        if not isinstance(spec, dict):
-            raise InvalidInput(f"{where}: must be an object")
-        name, datatype, shape = spec.get("name"), spec.get("datatype"), spec.get("shape")
-        if not isinstance(name, str):
-            raise InvalidInput(f"{where}.name: required")
-        if datatype not in DTYPES:
-            raise InvalidInput(f"{where}.datatype: {datatype!r} is not a V2 datatype")
-        if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
-            raise InvalidInput(f"{where}.shape: a list of non-negative integers is required")
-        dtype = DTYPES[datatype]
-        count = int(np.prod(shape)) if shape else 1
-        size = (spec.get("parameters") or {}).get("binary_data_size")
+        if spec.name in tensors:
+            raise InvalidInput(f"{where}.name: {spec.name[:64]!r} is given twice")
+        if spec.datatype == "BYTES":
+            raise InvalidInput(f"{where}.datatype: BYTES tensors are not served here")
+        if spec.datatype not in DTYPES:
+            raise InvalidInput(f"{where}.datatype: {spec.datatype[:32]!r} is not a V2 datatype")
+        dtype = DTYPES[spec.datatype]
+        count = math.prod(spec.shape)  # Python integers: no overflow
+        size = spec.parameters.binary_data_size if spec.parameters else None
         if size is not None:
             if size != count * dtype.itemsize or position + size > len(tail):
-                raise InvalidInput(f"{where}.parameters.binary_data_size: {size} does not fit")
+                raise InvalidInput(
+                    f"{where}.parameters.binary_data_size: {size} bytes do not fit shape "
+                    f"{spec.shape} of {spec.datatype} ({len(tail) - position} bytes left)"
+                )
             array = np.frombuffer(tail, dtype=dtype.newbyteorder("<"), count=count, offset=position)
             position += size
+        elif spec.data is None:
+            raise InvalidInput(f"{where}.data: required (or parameters.binary_data_size)")
         else:
-            data = spec.get("data")
-            if not isinstance(data, list):
-                raise InvalidInput(f"{where}.data: required (or binary_data_size)")
-            try:
-                as_given = np.asarray(data)
-                if dtype.kind in "iu" and as_given.dtype.kind not in "iub":
-                    raise ValueError("expected integers")
-                array = as_given.astype(dtype).reshape(-1)
-            except (TypeError, ValueError) as exc:
-                raise InvalidInput(f"{where}.data: not {datatype} values ({exc})") from None
+            array = json_values(spec.data, dtype, f"{where}.data", spec.datatype)
             if array.size != count:
-                raise InvalidInput(f"{where}.data: {array.size} values for shape {shape}")
-        tensors[name] = array.reshape(shape)
+                raise InvalidInput(f"{where}.data: {array.size} values for shape {spec.shape}")
+        tensors[spec.name] = array.reshape(spec.shape)
+    if position != len(tail):
+        raise InvalidInput(f"body: {len(tail) - position} bytes after the binary tensors")
     return tensors
+
+
+def json_values(data: list[Any], dtype: np.dtype[Any], where: str, datatype: str) -> np.ndarray:
+    """`data` (flat or nested) as a flat array of `dtype`, refusing values of another kind or
+    out of the datatype's range rather than converting them silently."""
+    try:
+        given = np.asarray(data)
+    except (TypeError, ValueError) as exc:  # ragged nesting
+        raise InvalidInput(f"{where}: not {datatype} values ({str(exc)[:80]})") from None
+    if given.size and given.dtype.kind not in ACCEPTED_KINDS[dtype.kind]:
+        raise InvalidInput(f"{where}: not {datatype} values")
+    if given.size and dtype.kind in "iu" and given.dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        if given.min() < info.min or given.max() > info.max:
+            raise InvalidInput(f"{where}: values outside the range of {datatype}")
+    return given.astype(dtype).reshape(-1)
 
 
 def check_against(
@@ -84,7 +94,8 @@ def check_against(
 ) -> dict[str, np.ndarray]:
     """Names, datatypes and shapes against the model's inputs; returns C-contiguous arrays."""
     if set(tensors) != set(specs):
-        raise InvalidInput(f"inputs: expected {sorted(specs)}, got {sorted(tensors)}")
+        given = sorted(tensors)[:8]
+        raise InvalidInput(f"inputs: expected {sorted(specs)[:8]}, got {given}")
     rows = {len(t) for t in tensors.values() if t.ndim}
     for name, (datatype, shape) in specs.items():
         tensor = tensors[name]
@@ -128,17 +139,16 @@ def encode_response(
     return head + b"".join(tail), len(head)
 
 
-def binary_outputs(header: dict[str, Any], output_names: list[str]) -> set[str]:
+def binary_outputs(request: InferenceRequest, output_names: list[str]) -> set[str]:
     """Outputs asked for as binary, per output or for all (`binary_data_output`)."""
-    default = bool((header.get("parameters") or {}).get("binary_data_output", False))
-    requested = header.get("outputs")
-    if not requested:
+    default = bool(request.parameters and request.parameters.binary_data_output)
+    if not request.outputs:
         return set(output_names) if default else set()
     chosen = set()
-    for spec in requested:
-        name = spec.get("name") if isinstance(spec, dict) else None
-        if name not in output_names:
-            raise InvalidInput(f"outputs: unknown output {name!r}")
-        if (spec.get("parameters") or {}).get("binary_data", default):
-            chosen.add(name)
+    for index, spec in enumerate(request.outputs):
+        if spec.name not in output_names:
+            raise InvalidInput(f"outputs[{index}].name: unknown output {spec.name[:64]!r}")
+        asked = spec.parameters.binary_data if spec.parameters else None
+        if default if asked is None else asked:
+            chosen.add(spec.name)
     return chosen
