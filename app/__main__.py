@@ -26,8 +26,10 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings(args.settings, **({"server": overrides} if overrides else {}))
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
-        )
+            ".".join(str(p) for p in e["loc"]) + ": " * bool(e["loc"])
+            + e["msg"].removeprefix("Value error, ")
+            for e in exc.errors()
+        )  # fmt: skip
         print(f"error: invalid settings: {problems}", file=sys.stderr)
         return 2
     logging.basicConfig(

@@ -3,6 +3,9 @@ answered wrongly, and the device comes back after its cool-down."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -17,7 +20,7 @@ from bench.processes import ADMIN_HEADERS, ADMIN_TOKEN
 from models import repository
 from models.runtime import OnnxRuntimeSession
 from tests.app.servers import running_server
-from tests.conftest import MODEL_NAME
+from tests.conftest import MODEL_NAME, ROOT
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -93,3 +96,20 @@ def test_a_failing_then_stalling_device_loses_no_request(
 def test_the_admin_switch_is_off_by_default(client: httpx.Client) -> None:
     response = client.post("/admin/faults/cpu-openvino", json={"mode": "fail"})
     assert response.status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"RECSYS_FAULTS__ADMIN_ENABLED": "true"}, "faults.admin_token: at least 16 characters"),
+        ({"RECSYS_FAULTS__ADMIN_ENABLED": "true", "RECSYS_FAULTS__ADMIN_TOKEN": ADMIN_TOKEN,
+          "RECSYS_SERVER__HOST": "0.0.0.0"}, "'0.0.0.0' is not loopback"),
+    ],
+    ids=["no-token", "not-loopback"],
+)  # fmt: skip
+def test_fault_injection_needs_a_token_and_loopback(settings: dict[str, str], message: str) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **settings}
+    result = subprocess.run([sys.executable, "-m", "app"], env=env, capture_output=True,
+                            text=True, timeout=60, check=False)  # fmt: skip
+    assert result.returncode == 2
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1

@@ -53,6 +53,8 @@ def test_requests_beyond_the_in_flight_limit_are_refused_at_once(
         httpx.Client(base_url=url, timeout=60, headers=ADMIN_HEADERS) as client,
     ):
         assert client.post("/v1/rank", json=body).status_code == 200
+        anonymous = httpx.post(f"{url}/admin/faults/cpu", json={"mode": "stall"})
+        assert anonymous.status_code == 401 and "bearer token" in anonymous.json()["error"]
         assert (
             client.post(
                 "/admin/faults/cpu", json={"mode": "stall"}, headers=ADMIN_HEADERS
