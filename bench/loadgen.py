@@ -44,6 +44,9 @@ class LoadSpec:
     client_timeout_seconds: float = 5.0
     headers: list[dict[str, str]] = field(default_factory=list)  # per body, when given
     cpu: int | None = None  # pin the generator to this core
+    # False: start with no connections and open one whenever none is idle (up to `connections`),
+    # as a burst of new clients would; latency then counts from the connect.
+    preconnect: bool = True
 
 
 @dataclass
@@ -137,7 +140,9 @@ async def generate(spec: LoadSpec) -> LoadResult:
             return
         pool.append(connection)
 
-    await asyncio.gather(*(connect() for _ in range(spec.connections)))
+    if spec.preconnect:
+        await asyncio.gather(*(connect() for _ in range(spec.connections)))
+    opened = len(pool)
     total = int(spec.rate * spec.seconds)
     statuses = [UNSENT] * total
     latencies = [0.0] * total
@@ -153,6 +158,16 @@ async def generate(spec: LoadSpec) -> LoadResult:
         else:
             pool.append(connection)
 
+    async def send_on_new(i: int) -> None:
+        sent = time.perf_counter()
+        try:
+            _, connection = await loop.create_connection(Connection, spec.host, spec.port)
+        except OSError:
+            statuses[i], latencies[i] = CLIENT_TIMEOUT, time.perf_counter() - sent
+            return
+        connection.send(requests[i % len(requests)])
+        await settle(i, sent, connection)
+
     start = time.perf_counter()
     for i in range(total):
         due = start + i / spec.rate
@@ -165,6 +180,12 @@ async def generate(spec: LoadSpec) -> LoadResult:
             pool.pop()
             reconnects.add(task := loop.create_task(connect()))
             task.add_done_callback(reconnects.discard)
+        if not pool and not spec.preconnect and opened < spec.connections:
+            opened += 1
+            lags.append(time.perf_counter() - due)
+            tasks.add(task := loop.create_task(send_on_new(i)))
+            task.add_done_callback(tasks.discard)
+            continue
         if not pool:
             continue  # stays UNSENT
         connection = pool.pop()
@@ -205,10 +226,11 @@ def run(spec: LoadSpec, timeout: float | None = None) -> LoadResult:
 
 
 def offer(port: int, bodies: list[str], rate: float, seconds: float,
-          headers: list[dict[str, str]] | None = None) -> LoadResult:  # fmt: skip
+          headers: list[dict[str, str]] | None = None, preconnect: bool = True,
+          ) -> LoadResult:  # fmt: skip
     """/v1/rank at `rate` for `seconds` from the pinned generator core, 512 connections."""
     spec = LoadSpec("127.0.0.1", port, bodies, "/v1/rank", rate, seconds, connections=512,
-                    headers=headers or [], cpu=GENERATOR_CPU)  # fmt: skip
+                    headers=headers or [], cpu=GENERATOR_CPU, preconnect=preconnect)  # fmt: skip
     return run(spec)
 
 

@@ -69,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each 3x run")
     parser.add_argument("--repeats", type=int, default=3, help="3x runs, reported together")
     parser.add_argument("--step-seconds", type=float, default=4.0)
+    parser.add_argument("--standing-start", action="store_true",
+                        help="3x runs open connections on demand (new clients in a burst)",
+                        )  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("bench/results/overload.json"))
     parser.add_argument("--setting", action="append", default=[], metavar="SECTION__KEY=VALUE",
                         help="a server setting, as RECSYS_SECTION__KEY (repeatable)")  # fmt: skip
@@ -118,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         runs = []
         for _ in range(args.repeats):
             time.sleep(1.0)  # the in-flight limit keeps the backlog to ~30 ms; let it clear
-            runs.append(loadgen.offer(port, bodies, 3 * capacity, args.seconds, headers))
+            runs.append(loadgen.offer(port, bodies, 3 * capacity, args.seconds, headers,
+                                      preconnect=not args.standing_start))  # fmt: skip
             print(line(f"3x run {len(runs)}", summarize(runs[-1])), flush=True)
         result = combined(runs)
         over = summarize(result)
@@ -143,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'PASS' if passed else 'FAIL'}  {name}")
     report = {
         "settings": overrides,
+        "standing_start": args.standing_start,
         "deadline_ms": args.deadline_ms,
         "capacity_per_second": capacity,
         "goodput_fraction": over.ok_per_second / capacity if capacity else 0.0,
