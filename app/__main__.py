@@ -10,7 +10,7 @@ from pathlib import Path
 import uvicorn
 from pydantic import ValidationError
 
-from app.main import create_app, http_protocol, with_in_flight_limit
+from app.main import create_app, http_protocol, in_flight_limit
 from app.server import DrainingServer
 from config import load_settings
 
@@ -37,13 +37,12 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
     app = create_app(settings)
-    limited = with_in_flight_limit(app)
     config = uvicorn.Config(
-        limited,
+        app,
         host=settings.server.host,
         port=settings.server.port,
         loop="uvloop",
-        http=http_protocol(limited, settings, app.state.connection_metrics),
+        http=http_protocol(in_flight_limit(app), settings, app.state.connection_metrics),
         timeout_keep_alive=settings.http.keep_alive_timeout_seconds,  # type: ignore[arg-type]
         log_level=settings.server.log_level,
         access_log=False,

@@ -9,7 +9,6 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.admission import InFlight
 from scheduler.metrics import LATENCY_BUCKETS
 
 
@@ -32,13 +31,8 @@ class ConnectionMetrics:
 
 
 class RequestMetrics:
-    """Also counts the HTTP requests in progress (`in_flight`), a load signal of its own."""
-
-    def __init__(
-        self, app: ASGIApp, registry: CollectorRegistry, prefix: str, in_flight: InFlight
-    ) -> None:
+    def __init__(self, app: ASGIApp, registry: CollectorRegistry, prefix: str) -> None:
         self.app = app
-        self.in_flight = in_flight
         self.latency = Histogram(
             f"{prefix}_request_duration_seconds", "HTTP request latency", ["endpoint", "status"],
             buckets=LATENCY_BUCKETS, registry=registry,
@@ -57,11 +51,9 @@ class RequestMetrics:
                 status = message["status"]
             await send(message)
 
-        self.in_flight.count += 1
         try:
             await self.app(scope, receive, send_with_status)
         finally:
-            self.in_flight.count -= 1
             route: Any = scope.get("route")
             endpoint = getattr(route, "path", "unmatched")
             self.latency.labels(endpoint=endpoint, status=str(status)).observe(

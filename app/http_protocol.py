@@ -7,13 +7,15 @@ as soon as a request's head is parsed.
 - A body larger than `max_body_bytes` is refused (413) by its Content-Length before it is read, or
   as soon as a chunked one passes the limit; the whole body must arrive within
   `body_timeout_seconds` (408).
-- A request reaches the ASGI app (and counts against admission) only once its body is complete:
-  slow senders can never hold the in-flight slots of complete requests.
+- A request reaches the ASGI app only once its body is complete, and is counted against
+  admission (or refused) then, before its task runs (see `app.admission`): slow senders can never
+  hold the in-flight slots of complete requests, and a burst read in one turn of the event loop
+  cannot slip past the limit.
 - An inference request over the in-flight limit gets its 503 written straight to the socket: no
   ASGI scope, cycle or task, its body skipped by the parser (about 5 µs of Python, parsing
-  included; under 3x overload this raised goodput from 82% to 90% of capacity). Anything unusual
-  (a request pipelined behind one in progress, a URL that is not a plain path) takes the ASGI
-  path, where `InFlightLimit` decides the same way.
+  included; under 3x overload this raised goodput from 82% to 90% of capacity). A request
+  pipelined behind one in progress, or with a URL that is not a plain path, is decided when its
+  body is complete, by the same rule.
 - Open connections are capped (`ConnectionCap`): beyond the cap the oldest idle connection is
   closed, or the new one refused.
 """
@@ -25,6 +27,7 @@ import contextlib
 import logging
 import resource
 import time
+from collections import deque
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
@@ -39,6 +42,7 @@ from app.http_metrics import ConnectionMetrics
 log = logging.getLogger(__name__)
 LINGER_SECONDS = 2.0  # after an error answer, unread bytes are discarded this long, then close
 HIGH_WATER_BYTES = 65536  # as uvicorn: pause reading a started request's unread body beyond this
+STARTS_PER_TURN = 4  # admitted requests' tasks started per turn of the event loop (see Starts)
 
 
 @dataclass(frozen=True)
@@ -72,11 +76,12 @@ class Throttled:
         self.count = 0
         self.last = -seconds
 
-    def __call__(self) -> None:
+    def __call__(self, detail: object = "") -> None:
         self.count += 1
         now = time.monotonic()
         if now - self.last >= self.seconds:
-            log.warning("%s (%d since the last such line)", self.message, self.count)
+            suffix = f": {detail}" if detail else ""
+            log.warning("%s%s (%d since the last such line)", self.message, suffix, self.count)
             self.count, self.last = 0, now
 
 
@@ -131,6 +136,33 @@ def connection_limit(configured: int, reserve: int = 128) -> int:
     return max(limit, 1)
 
 
+class Starts:
+    """Admitted requests' ASGI tasks, started at most `per_turn` per turn of the event loop: the
+    loop reads its sockets (answering refusals there) between turns, so a burst of admitted
+    requests cannot hold the refusals of the next ones behind all of its work."""
+
+    def __init__(self, per_turn: int) -> None:
+        self.per_turn = per_turn
+        self.queue: deque[tuple[Any, RequestResponseCycle, Any, bool]] = deque()
+        self.scheduled = False
+
+    def add(self, protocol: Any, cycle: RequestResponseCycle, app: Any, counted: bool) -> None:
+        self.queue.append((protocol, cycle, app, counted))
+        if not self.scheduled:
+            self.scheduled = True
+            protocol.loop.call_soon(self.drain, protocol.loop)
+
+    def drain(self, loop: asyncio.AbstractEventLoop) -> None:
+        queue = self.queue
+        for _ in range(min(self.per_turn, len(queue))):
+            protocol, cycle, app, counted = queue.popleft()
+            protocol.launch(cycle, app, counted)
+        if queue:
+            loop.call_soon(self.drain, loop)
+        else:
+            self.scheduled = False
+
+
 class _Answered:
     """Stands in for uvicorn's response cycle of a request the protocol answered itself: complete,
     so the parser's body callbacks for it do nothing."""
@@ -157,6 +189,12 @@ def guarded_protocol(limit: InFlightLimit, limits: HttpLimits, cap: ConnectionCa
         "body_timeout", "http_version", "no_host", "malformed",
     )}  # fmt: skip
     timed_out = {k: metrics.closed.labels(reason=k) for k in ("header_timeout", "body_timeout")}
+    in_flight = limit.in_flight
+
+    starts = Starts(STARTS_PER_TURN)
+
+    def count_out(_: object) -> None:
+        in_flight.count -= 1
 
     class GuardedHttpToolsProtocol(HttpToolsProtocol):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -331,7 +369,24 @@ def guarded_protocol(limit: InFlightLimit, limits: HttpLimits, cap: ConnectionCa
                     cycle.waiting_for_100_continue = False
                     self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
                 return
-            super()._start_asgi_task(cycle, app)
+            self.start(cycle, app)
+
+        def start(self, cycle: RequestResponseCycle, app: Any) -> None:
+            """Admit the request, its body complete, counting it in at once (not when its task
+            first runs: a burst read in one turn of the loop must see itself), or refuse it."""
+            scope = cycle.scope
+            if limit.refuses_request(scope["method"], scope["path"], scope["headers"]):
+                starts.add(self, cycle, limit.answer, False)
+            else:
+                in_flight.count += 1
+                starts.add(self, cycle, app, True)
+
+        def launch(self, cycle: RequestResponseCycle, app: Any, counted: bool) -> None:
+            task = self.loop.create_task(cycle.run_asgi(app))
+            if counted:
+                task.add_done_callback(count_out)
+            task.add_done_callback(self.tasks.discard)
+            self.tasks.add(task)
 
         def on_body(self, body: bytes) -> None:
             cycle = self.cycle
@@ -354,7 +409,7 @@ def guarded_protocol(limit: InFlightLimit, limits: HttpLimits, cap: ConnectionCa
             waiting = self.waiting
             if waiting is not None and waiting[0] is self.cycle:
                 self.waiting = None
-                super()._start_asgi_task(*waiting)
+                self.start(*waiting)
 
         def on_response_complete(self) -> None:
             super().on_response_complete()

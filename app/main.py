@@ -88,19 +88,16 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
             )
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    app.add_middleware(
-        RequestMetrics, registry=registry, prefix=settings.metrics.prefix, in_flight=in_flight
-    )
+    app.add_middleware(RequestMetrics, registry=registry, prefix=settings.metrics.prefix)
     return app
 
 
-def with_in_flight_limit(app: FastAPI) -> InFlightLimit:
-    """The ASGI app to serve: `app` behind the in-flight limit, outside every other layer (even
-    Starlette's error middleware), so that a refusal under overload costs as little as it can."""
+def in_flight_limit(app: FastAPI) -> InFlightLimit:
+    """The admission rule for `app`'s requests, applied by the HTTP protocol."""
     settings: Settings = app.state.settings
     refused = app.state.scheduler_metrics.refused.labels(reason="in_flight")
     return InFlightLimit(
-        app, in_flight=app.state.in_flight,
+        in_flight=app.state.in_flight,
         max_requests=settings.load_balancing.max_in_flight_requests,
         status=settings.admission.overload_status,
         low_priority_fraction=settings.admission.low_priority_admit_fraction,
@@ -111,7 +108,7 @@ def with_in_flight_limit(app: FastAPI) -> InFlightLimit:
 
 def http_protocol(limited: InFlightLimit, settings: Settings, metrics: ConnectionMetrics,
                   ) -> type[HttpToolsProtocol]:  # fmt: skip
-    """The guarded httptools protocol for `python -m app`, refusing before any ASGI work."""
+    """The guarded httptools protocol for `python -m app`: admission, limits, the connection cap."""
     http = settings.http
     limits = HttpLimits(
         max_request_line_bytes=http.max_request_line_bytes,

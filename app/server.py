@@ -1,23 +1,36 @@
-"""uvicorn's Server with a graceful drain on SIGTERM.
+"""uvicorn's Server with a graceful drain on SIGTERM, accepting new connections in bursts.
 
 SIGTERM: readiness turns false and new inference requests are refused with 503 at once; after
 `drain_delay_seconds` uvicorn's own shutdown begins (the listener closes, requests already accepted
 finish within `graceful_shutdown_seconds`, then the lifespan closes the devices); exit status 0.
 A second signal exits at once.
+
+Bursts: uvloop accepts one connection per turn of its event loop. Under load a turn lasts
+milliseconds, so a burst of new clients waited in the listen queue, unread and unrefused: at 3x
+capacity from a standing start (512 new connections), refusals took up to 1 s in the first half
+second. A second watcher on a duplicate of the listening socket accepts up to `ACCEPT_BURST`
+connections per turn and hands them to the same protocol.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import os
 import signal
 import socket
 from types import FrameType
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
 
+from app.http_protocol import Throttled
+
 log = logging.getLogger(__name__)
+ACCEPT_BURST = 128
+ACCEPT_PAUSE_SECONDS = 0.1
 
 
 class DrainingServer(uvicorn.Server):
@@ -30,7 +43,55 @@ class DrainingServer(uvicorn.Server):
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
+        self._listeners: list[socket.socket] = []
+        self._warn_accept = Throttled("accept failed (descriptor limit?)")
         await super().serve(sockets)
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        loop = asyncio.get_running_loop()
+        for server in getattr(self, "servers", []):
+            for listening in server.sockets:
+                if listening.family not in (socket.AF_INET, socket.AF_INET6):
+                    continue
+                duplicate = socket.socket(fileno=os.dup(listening.fileno()))
+                duplicate.setblocking(False)
+                loop.add_reader(duplicate.fileno(), self._accept_burst, duplicate)
+                self._listeners.append(duplicate)
+
+    def _accept_burst(self, listening: socket.socket) -> None:
+        assert self._loop is not None
+        config = self.config
+        for _ in range(ACCEPT_BURST):
+            try:
+                connection, _ = listening.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # out of descriptors: pause this watcher a moment, say so
+                self._warn_accept(exc)
+                fileno = listening.fileno()
+                self._loop.remove_reader(fileno)
+                self._loop.call_later(ACCEPT_PAUSE_SECONDS, self._resume_accept, listening)
+                return
+            connection.setblocking(False)
+            connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            protocol_class: Any = config.http_protocol_class
+            protocol = functools.partial(protocol_class, config=config,
+                                         server_state=self.server_state,
+                                         app_state=self.lifespan.state)  # fmt: skip
+            self._loop.create_task(self._loop.connect_accepted_socket(protocol, connection))
+
+    def _resume_accept(self, listening: socket.socket) -> None:
+        if self._loop is not None and listening in self._listeners:
+            self._loop.add_reader(listening.fileno(), self._accept_burst, listening)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for listening in self._listeners:  # before uvicorn closes its own: stop accepting
+            if self._loop is not None:
+                self._loop.remove_reader(listening.fileno())
+            listening.close()
+        self._listeners.clear()
+        await super().shutdown(sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if sig != signal.SIGTERM or self._app.state.draining or self._loop is None:
