@@ -102,3 +102,39 @@ def test_requests_beyond_the_in_flight_limit_are_refused_at_once(
         while (answer := client.post("/v1/rank", json=body)).status_code != 200:
             assert time.monotonic() < deadline, f"the device never came back: {answer.text}"
             time.sleep(0.1)
+
+
+def test_a_burst_read_at_once_cannot_slip_past_the_limit(
+    built_repository: Path, tmp_path: Path
+) -> None:
+    """Requests on many connections written at once are read in one turn of the event loop: each
+    one admitted is counted at once, so no more than the limit are held, the rest refused."""
+    limit = 4
+    settings = {
+        "FAULTS__ADMIN_ENABLED": "true", "FAULTS__ADMIN_TOKEN": ADMIN_TOKEN,
+        "FAULTS__BATCH_TIMEOUT_MS": "10000", "ADMISSION__DEFAULT_TIMEOUT_MS": "30000",
+        "LOAD_BALANCING__MAX_IN_FLIGHT_REQUESTS": str(limit),
+    }  # fmt: skip
+    body = json.dumps({"user_id": 1, "candidates": [1, 2, 3], "k": 2}).encode()
+    with (
+        running_server(built_repository, settings, tmp_path / "server.log", DEVICE) as (_, url),
+        httpx.Client(base_url=url, timeout=60, headers=ADMIN_HEADERS) as client,
+    ):
+        assert client.post("/admin/faults/cpu", json={"mode": "stall"}).status_code == 200
+        host, port = url.removeprefix("http://").split(":")
+        request = (f"POST /v1/rank HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                   f"Content-Length: {len(body)}\r\n\r\n").encode() + body  # fmt: skip
+        connections = [socket.create_connection((host, int(port)), timeout=1) for _ in range(20)]
+        for connection in connections:
+            connection.sendall(request)
+        refused = held = 0
+        for connection in connections:
+            try:
+                answer = connection.recv(65536)
+                refused += answer.startswith(b"HTTP/1.1 503 ")
+            except TimeoutError:
+                held += 1  # admitted: waiting on the stalled device
+        assert (held, refused) == (limit, 20 - limit)
+        assert client.post("/admin/faults/cpu", json={"mode": "none"}).status_code == 200
+        for connection in connections:
+            connection.close()
