@@ -19,6 +19,13 @@ from app.dependencies import PRIORITY_HEADER
 PRIORITY_HEADER_BYTES = PRIORITY_HEADER.encode()  # ASGI header names are lower-case bytes
 
 
+def response_bytes(status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> bytes:
+    """A whole HTTP/1.1 response, for the protocol to write to the socket itself."""
+    head = [b"HTTP/1.1 %d %s\r\n" % (status, HTTPStatus(status).phrase.encode())]
+    head += [name + b": " + value + b"\r\n" for name, value in headers]
+    return b"".join(head) + b"\r\n" + body
+
+
 class InFlight:
     """HTTP requests in progress: counted in by the protocol when it starts a request's ASGI task,
     out when the task ends."""
@@ -68,10 +75,8 @@ class InFlightLimit:
 
     def refusal_bytes(self, default_headers: list[tuple[bytes, bytes]]) -> bytes:
         """The whole HTTP/1.1 refusal, for a server that writes it to the socket itself."""
-        head = [b"HTTP/1.1 %d %s\r\n" % (self.status, HTTPStatus(self.status).phrase.encode())]
-        head += [name + b": " + value + b"\r\n" for name, value in default_headers]
-        head += [name + b": " + value + b"\r\n" for name, value in self.refusal_headers]
-        return b"".join(head) + b"\r\n" + self.refusal_body
+        headers = [*default_headers, *self.refusal_headers]
+        return response_bytes(self.status, headers, self.refusal_body)
 
     async def answer(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The refusal as an ASGI app, for a request refused once its body is complete."""

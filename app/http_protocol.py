@@ -28,16 +28,15 @@ import logging
 import resource
 import time
 from collections import deque
-from dataclasses import dataclass
-from http import HTTPStatus
 from typing import Any
 
 import httptools
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
-from app.admission import InFlightLimit
+from app.admission import InFlightLimit, response_bytes
 from app.http_metrics import ConnectionMetrics
+from config import HttpSettings
 
 log = logging.getLogger(__name__)
 LINGER_SECONDS = 2.0  # after an error answer, unread bytes are discarded this long, then close
@@ -45,26 +44,14 @@ HIGH_WATER_BYTES = 65536  # as uvicorn: pause reading a started request's unread
 STARTS_PER_TURN = 4  # admitted requests' tasks started per turn of the event loop (see Starts)
 
 
-@dataclass(frozen=True)
-class HttpLimits:
-    max_request_line_bytes: int
-    max_header_count: int
-    max_header_bytes: int
-    max_body_bytes: int
-    header_timeout_seconds: float
-    body_timeout_seconds: float
-
-
 def error_bytes(
     status: int, message: str, defaults: list[tuple[bytes, bytes]], *extra: tuple[bytes, bytes]
 ) -> bytes:
     """A whole HTTP/1.1 error response in the JSON error format, closing the connection."""
     body = orjson.dumps({"error": message})
-    head = [b"HTTP/1.1 %d %s\r\n" % (status, HTTPStatus(status).phrase.encode())]
     headers = [*defaults, (b"content-type", b"application/json"), *extra,
                (b"content-length", b"%d" % len(body)), (b"connection", b"close")]  # fmt: skip
-    head += [name + b": " + value + b"\r\n" for name, value in headers]
-    return b"".join(head) + b"\r\n" + body
+    return response_bytes(status, headers, body)
 
 
 class Throttled:
@@ -170,7 +157,6 @@ class _Answered:
     response_complete = True
     disconnected = False
     keep_alive = True
-    more_body = False
     message_event = asyncio.Event()
 
 
@@ -181,8 +167,9 @@ class Rejected(Exception):
     """Raised in a parser callback once the protocol has answered and closed: stops the parser."""
 
 
-def guarded_protocol(limit: InFlightLimit, limits: HttpLimits, cap: ConnectionCap,
-                     metrics: ConnectionMetrics) -> type[HttpToolsProtocol]:  # fmt: skip
+def guarded_protocol(limit: InFlightLimit, http: HttpSettings, max_body_bytes: int,
+                     cap: ConnectionCap, metrics: ConnectionMetrics,
+                     ) -> type[HttpToolsProtocol]:  # fmt: skip
     cached: list[object] = [None, b""]  # uvicorn replaces default_headers (Date) every second
     rejected = {reason: metrics.rejected.labels(reason=reason) for reason in (
         "request_line", "header_count", "header_bytes", "header_timeout", "body_bytes",
@@ -219,7 +206,7 @@ def guarded_protocol(limit: InFlightLimit, limits: HttpLimits, cap: ConnectionCa
                 transport.close()
                 return
             cap.idle[self] = None
-            self.set_timer("header_timeout", limits.header_timeout_seconds)
+            self.set_timer("header_timeout", http.header_timeout_seconds)
 
         def connection_lost(self, exc: Exception | None) -> None:
             cap.release(self)
@@ -244,10 +231,10 @@ def guarded_protocol(limit: InFlightLimit, limits: HttpLimits, cap: ConnectionCa
             if kind == "header_timeout" and not self.head_open:
                 self.close_now()  # a connection that never began a request: nothing to answer
             elif kind == "header_timeout":
-                seconds = limits.header_timeout_seconds
+                seconds = http.header_timeout_seconds
                 self.reject(408, "header_timeout", f"request head: not complete in {seconds:g} s")
             else:
-                seconds = limits.body_timeout_seconds
+                seconds = http.body_timeout_seconds
                 self.reject(408, "body_timeout", f"body: not complete in {seconds:g} s")
 
         def close_now(self, linger: bool = False) -> None:
@@ -293,18 +280,18 @@ def guarded_protocol(limit: InFlightLimit, limits: HttpLimits, cap: ConnectionCa
             # until it ends, so bound it here (a read at most past the limit).
             if self.head_open and head_was_open:
                 self.head_read_bytes += len(data)
-                if self.head_read_bytes > limits.max_header_bytes:
+                if self.head_read_bytes > http.max_header_bytes:
                     self.reject(431, "header_bytes", self.head_message())
                     return
             if self.head_open:
-                self.set_timer("header_timeout", limits.header_timeout_seconds)
+                self.set_timer("header_timeout", http.header_timeout_seconds)
             elif self.body_open:
-                self.set_timer("body_timeout", limits.body_timeout_seconds)
+                self.set_timer("body_timeout", http.body_timeout_seconds)
             elif self.timer_kind:
                 self.set_timer("", 0)
 
         def head_message(self) -> str:
-            return f"request head: larger than {limits.max_header_bytes} bytes"
+            return f"request head: larger than {http.max_header_bytes} bytes"
 
         # Parser callbacks
 
@@ -318,12 +305,12 @@ def guarded_protocol(limit: InFlightLimit, limits: HttpLimits, cap: ConnectionCa
             # streaming bound in data_received cut it off); one pass over the header fields.
             self.head_open = False
             headers = self.headers
-            if len(self.url) > limits.max_request_line_bytes:
-                size = limits.max_request_line_bytes
+            if len(self.url) > http.max_request_line_bytes:
+                size = http.max_request_line_bytes
                 self.reject(414, "request_line", f"request target: longer than {size} bytes")
                 raise Rejected
-            if len(headers) > limits.max_header_count:
-                count = limits.max_header_count
+            if len(headers) > http.max_header_count:
+                count = http.max_header_count
                 self.reject(431, "header_count", f"request head: more than {count} header fields")
                 raise Rejected
             length = None
@@ -335,7 +322,7 @@ def guarded_protocol(limit: InFlightLimit, limits: HttpLimits, cap: ConnectionCa
                     length = value
                 elif name == b"host":
                     has_host = True
-            if size > limits.max_header_bytes:
+            if size > http.max_header_bytes:
                 self.reject(431, "header_bytes", self.head_message())
                 raise Rejected
             version = self.parser.get_http_version()
@@ -345,7 +332,7 @@ def guarded_protocol(limit: InFlightLimit, limits: HttpLimits, cap: ConnectionCa
             if not has_host and version == "1.1":
                 self.reject(400, "no_host", "Host: required in an HTTP/1.1 request")
                 raise Rejected
-            if length is not None and length.isdigit() and int(length) > limits.max_body_bytes:
+            if length is not None and length.isdigit() and int(length) > max_body_bytes:
                 self.reject(413, "body_bytes", self.body_message())
                 raise Rejected
             self.body_open = True
@@ -360,7 +347,7 @@ def guarded_protocol(limit: InFlightLimit, limits: HttpLimits, cap: ConnectionCa
             super().on_headers_complete()
 
         def body_message(self) -> str:
-            return f"body: larger than the limit of {limits.max_body_bytes} bytes"
+            return f"body: larger than the limit of {max_body_bytes} bytes"
 
         def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
             if cycle.more_body:  # its body is still coming: start once it is complete
@@ -393,7 +380,7 @@ def guarded_protocol(limit: InFlightLimit, limits: HttpLimits, cap: ConnectionCa
             if cycle.response_complete:
                 return
             self.body_bytes += len(body)
-            if self.body_bytes > limits.max_body_bytes:
+            if self.body_bytes > max_body_bytes:
                 self.reject(413, "body_bytes", self.body_message())
                 raise Rejected
             cycle.body += body

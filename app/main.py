@@ -16,7 +16,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from app import admin, errors, load, v1, v2
 from app.admission import InFlight, InFlightLimit
 from app.http_metrics import ConnectionMetrics, RequestMetrics
-from app.http_protocol import ConnectionCap, HttpLimits, connection_limit, guarded_protocol
+from app.http_protocol import ConnectionCap, connection_limit, guarded_protocol
 from app.serving import Serving, start_serving
 from config import Settings
 from scheduler.metrics import SchedulerMetrics
@@ -109,14 +109,5 @@ def in_flight_limit(app: FastAPI) -> InFlightLimit:
 def http_protocol(limited: InFlightLimit, settings: Settings, metrics: ConnectionMetrics,
                   ) -> type[HttpToolsProtocol]:  # fmt: skip
     """The guarded httptools protocol for `python -m app`: admission, limits, the connection cap."""
-    http = settings.http
-    limits = HttpLimits(
-        max_request_line_bytes=http.max_request_line_bytes,
-        max_header_count=http.max_header_count,
-        max_header_bytes=http.max_header_bytes,
-        max_body_bytes=settings.limits.max_body_bytes,
-        header_timeout_seconds=http.header_timeout_seconds,
-        body_timeout_seconds=http.body_timeout_seconds,
-    )
-    cap = ConnectionCap(connection_limit(http.max_connections), metrics)
-    return guarded_protocol(limited, limits, cap, metrics)
+    cap = ConnectionCap(connection_limit(settings.http.max_connections), metrics)
+    return guarded_protocol(limited, settings.http, settings.limits.max_body_bytes, cap, metrics)

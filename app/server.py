@@ -50,6 +50,10 @@ class DrainingServer(uvicorn.Server):
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
         loop = asyncio.get_running_loop()
+        protocol_class: Any = self.config.http_protocol_class
+        self._protocol = functools.partial(protocol_class, config=self.config,
+                                           server_state=self.server_state,
+                                           app_state=self.lifespan.state)  # fmt: skip
         for server in getattr(self, "servers", []):
             for listening in server.sockets:
                 if listening.family not in (socket.AF_INET, socket.AF_INET6):
@@ -61,7 +65,6 @@ class DrainingServer(uvicorn.Server):
 
     def _accept_burst(self, listening: socket.socket) -> None:
         assert self._loop is not None
-        config = self.config
         for _ in range(ACCEPT_BURST):
             try:
                 connection, _ = listening.accept()
@@ -75,11 +78,7 @@ class DrainingServer(uvicorn.Server):
                 return
             connection.setblocking(False)
             connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            protocol_class: Any = config.http_protocol_class
-            protocol = functools.partial(protocol_class, config=config,
-                                         server_state=self.server_state,
-                                         app_state=self.lifespan.state)  # fmt: skip
-            self._loop.create_task(self._loop.connect_accepted_socket(protocol, connection))
+            self._loop.create_task(self._loop.connect_accepted_socket(self._protocol, connection))
 
     def _resume_accept(self, listening: socket.socket) -> None:
         if self._loop is not None and listening in self._listeners:
