@@ -1,15 +1,15 @@
 # recsys-serve. CPU:  docker build -t recsys-serve .
 #               GPU:  docker build --target runtime-gpu -t recsys-serve:gpu .
-# Settings come from RECSYS_<SECTION>__<KEY> environment variables (see settings.toml), e.g.
+# Settings come from RECSYS_<SECTION>__<KEY> environment variables (README: configuration), e.g.
 #   docker run -p 8000:8000 -e RECSYS_ADMISSION__DEFAULT_TIMEOUT_MS=200 recsys-serve
 # tests/deploy/test_dockerfile.py lints this file and replays the runtime stage's steps.
 
 # Build stage: the training group (CPU torch) builds the default model repository.
 FROM python:3.11-slim AS build
 WORKDIR /src
-COPY pyproject.toml README.md config.py settings.toml ./
+COPY pyproject.toml README.md ./
 COPY app app
-COPY bench bench
+COPY config config
 COPY models models
 COPY scheduler scheduler
 # Versions are pinned in pyproject.toml (DL3013 cannot see them).
@@ -24,9 +24,9 @@ ENV PYTHONUNBUFFERED=1 \
     RECSYS_SERVER__HOST=0.0.0.0 \
     RECSYS_SERVER__PORT=8000
 WORKDIR /srv
-COPY pyproject.toml README.md config.py settings.toml ./
+COPY pyproject.toml README.md ./
 COPY app app
-COPY bench bench
+COPY config config
 COPY models models
 COPY scheduler scheduler
 RUN pip install --no-cache-dir . \
@@ -52,9 +52,9 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/* \
     && python3 -m venv /opt/venv
 WORKDIR /srv
-COPY pyproject.toml README.md config.py settings.toml ./
+COPY pyproject.toml README.md ./
 COPY app app
-COPY bench bench
+COPY config config
 COPY models models
 COPY scheduler scheduler
 RUN pip install --no-cache-dir . \

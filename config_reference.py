@@ -1,74 +1,155 @@
-"""`python -m config_reference`: the README's configuration reference, generated from the comments
-in settings.toml (tests/test_config_reference.py keeps the README in step with it).
+"""`python -m config_reference [--write]`: the configuration reference, generated from the schema.
 
-A comment right above a section header describes the section; a comment above keys describes
-each of them until a blank line or the next comment.
+Every key's `description` (and every section's docstring) renders two documents: the README's
+reference table and `settings.toml`, the defaults with their meanings as comments. `--write`
+rewrites both in place; tests/test_config_reference.py fails when either is out of step. A tool of
+the checkout, not of the installed server.
 """
 
 from __future__ import annotations
 
+import argparse
+import inspect
 import json
-import re
 import sys
-import tomllib
+import textwrap
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from config import DEFAULT_SETTINGS_PATH
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
 
-SECTION = re.compile(r"^\[\[?([a-z_]+)\]\]?\s*$")
-KEY = re.compile(r"^(#\s*)?([a-z_]+)\s*=")
+from config.settings import Settings
+
+ROOT = Path(__file__).resolve().parent
+README, SETTINGS_TOML = ROOT / "README.md", ROOT / "settings.toml"
 START, END = "<!-- settings-reference:start -->", "<!-- settings-reference:end -->"
+WIDTH = 100
 
 
-def render(value: Any) -> str:
-    return json.dumps(value, separators=(", ", ": ")) if value is not None else "unset"
+@dataclass(frozen=True)
+class SectionDoc:
+    name: str  # the TOML table: "batching", or "devices" for the [[devices]] array
+    model: type[BaseModel]
+    defaults: tuple[dict[str, Any], ...]  # one per table ([[devices]] has several)
+    is_array: bool
 
 
-def cell(comment: list[str]) -> str:
-    return " ".join(comment).replace("|", "\\|")
+def sections() -> Iterator[SectionDoc]:
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        if isinstance(default, tuple):  # [[devices]]: the schema's default devices
+            model = type(default[0])
+            dumped = tuple(d.model_dump(mode="json") for d in default)
+            yield SectionDoc(name, model, dumped, is_array=True)
+        else:
+            yield SectionDoc(name, type(default), (default.model_dump(mode="json"),), False)
 
 
-def reference(path: Path = DEFAULT_SETTINGS_PATH) -> str:
-    values = tomllib.loads(path.read_text())
+def docstring(model: type[BaseModel]) -> str:
+    return " ".join((inspect.getdoc(model) or "").split())
+
+
+def description(field: FieldInfo) -> str:
+    return " ".join((field.description or "").split())
+
+
+def nested_fields(field: FieldInfo) -> Iterator[tuple[str, FieldInfo]]:
+    """The fields of a model nested in a key (each entry of [pruning] steps)."""
+    for arg in getattr(field.annotation, "__args__", ()):
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            yield from arg.model_fields.items()
+
+
+def markdown_value(value: Any) -> str:
+    return "unset" if value is None else json.dumps(value, separators=(", ", ": "))
+
+
+def cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def reference() -> str:
+    """The README's reference: one table per section, a row per key."""
     out: list[str] = []
-    comment: list[str] = []
-    section = ""
-    seen: set[str] = set()
-    keys: set[tuple[str, str]] = set()
-    after_key = False
-    for raw in path.read_text().splitlines():
-        line = raw.strip()
-        is_key = bool(KEY.match(line)) and bool(section)
-        if match := SECTION.match(line):
-            section = match.group(1)
-            if section not in seen:  # a second [[devices]] entry shares the first one's rows
-                seen.add(section)
-                out += ["", f"**`{line}`** {cell(comment)}".rstrip(), "",
-                        "| key | default | meaning |", "|---|---|---|"]  # fmt: skip
-            comment = []
-        elif not line:
-            comment = []
-        elif (match := KEY.match(line)) and section:
-            key, commented = match.group(2), bool(match.group(1))
-            if (section, key) in keys:
-                continue
-            keys.add((section, key))
-            table = values.get(section, {})
-            entries = table if isinstance(table, list) else [table]
-            shown = " / ".join(render(e.get(key)) for e in entries if key in e or commented)
-            default = "unset" if commented else shown or "runtime default"
-            out.append(f"| `{key}` | `{default}` | {cell(comment)} |")
-        elif line.startswith("#") and section:
-            comment = [*([] if after_key else comment), line.lstrip("#").strip()]
-        elif line.startswith("#"):
-            comment = []  # the file's header
-        after_key = is_key
+    for section in sections():
+        header = f"[[{section.name}]]" if section.is_array else f"[{section.name}]"
+        out += ["", f"**`{header}`** {cell(docstring(section.model))}".rstrip(), "",
+                "| key | default | meaning |", "|---|---|---|"]  # fmt: skip
+        for key, field in section.model.model_fields.items():
+            default = " / ".join(markdown_value(d[key]) for d in section.defaults)
+            out.append(f"| `{key}` | `{default}` | {cell(description(field))} |")
+            for nested_key, nested in nested_fields(field):
+                out.append(f"| `{key}[].{nested_key}` | | {cell(description(nested))} |")
     return "\n".join(out).strip() + "\n"
 
 
-def main() -> int:
-    sys.stdout.write(reference())
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a TOML basic string for the ASCII values we have
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + " }"
+    raise TypeError(f"no TOML form for {value!r}")
+
+
+def comment(text: str) -> list[str]:
+    return textwrap.wrap(text, WIDTH, initial_indent="# ", subsequent_indent="# ")
+
+
+def settings_toml() -> str:
+    """settings.toml: every default, each key under its description."""
+    out = comment(
+        "The defaults of every setting, generated by `python -m config_reference --write` from "
+        "the schema: edit the schema, not this file. Serve with your own copy: python -m app "
+        "--settings FILE. Environment variables override any key: RECSYS_<SECTION>__<KEY>, e.g. "
+        "RECSYS_TRAINING__MAX_EPOCHS=3."
+    )
+    for section in sections():
+        header = f"[[{section.name}]]" if section.is_array else f"[{section.name}]"
+        out += ["", *comment(docstring(section.model))]
+        for index, values in enumerate(section.defaults):
+            if index:
+                out.append("")
+            out.append(header)
+            for key, field in section.model.model_fields.items():
+                if not index:  # the first of several [[devices]] carries the descriptions
+                    out += comment(description(field))
+                value = values[key]
+                if value is None:
+                    out.append(f"# {key} =  (unset)")
+                elif isinstance(value, list) and value and isinstance(value[0], dict):
+                    out += [f"{key} = ["] + [f"    {toml_value(v)}," for v in value] + ["]"]
+                else:
+                    out.append(f"{key} = {toml_value(value)}")
+    return "\n".join(out) + "\n"
+
+
+def readme_with_reference(readme: str) -> str:
+    if START not in readme or END not in readme:
+        raise ValueError(f"{README.name}: the settings-reference markers are missing")
+    head, rest = readme.split(START, 1)
+    tail = rest.split(END, 1)[1]
+    return f"{head}{START}\n{reference()}{END}{tail}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m config_reference", description=__doc__)
+    parser.add_argument("--write", action="store_true", help="rewrite README.md and settings.toml")
+    parser.add_argument("--toml", action="store_true", help="print settings.toml instead")
+    args = parser.parse_args(argv)
+    if args.write:
+        README.write_text(readme_with_reference(README.read_text()))
+        SETTINGS_TOML.write_text(settings_toml())
+        return 0
+    sys.stdout.write(settings_toml() if args.toml else reference())
     return 0
 
 

@@ -1,28 +1,26 @@
 """Locust users for a running server: rank with candidates, whole-catalog rank, score, V2 infer.
 
+    pip install locust
     locust -f locustfile.py --headless -u 50 -r 10 -t 1m --host http://127.0.0.1:8000 \\
         --csv results/locust
 
-User and item ids come from the model repository the server serves (`--repository`, default
-the settings' one). Task weights and think times are options (`--rank-weight 6`,
-`--think-min 0.5`, ...) or environment variables (`RECSYS_LOCUST_RANK_WEIGHT`, ...); `--tags rank`
-runs one kind only. Every answer is checked: a 200 with the wrong shape is a failure.
+Stand-alone: it needs locust only, and takes user ids, item ids and real feature rows from the
+server itself (GET /v1/examples, once per process), so it runs from any machine that reaches the
+server. Task weights and think times are options (`--rank-weight 6`, `--think-min 0.5`, ...) or
+environment variables (`RECSYS_LOCUST_RANK_WEIGHT`, ...); `--tags rank` runs one kind only. Every
+answer is checked: a 200 with the wrong shape is a failure.
 """
 
 from __future__ import annotations
 
+import json
 import random
-from pathlib import Path
-from typing import Any
+import urllib.request
+from typing import Any, ClassVar
 
-import numpy as np
 from locust import FastHttpUser, between, events, tag, task
 from locust.argument_parser import LocustArgumentParser
 from locust.env import Environment
-
-from config import load_settings
-from models.feature_tables import CATEGORICAL_INPUT, DENSE_INPUT
-from models.repository import ModelVersion, open_version
 
 WEIGHTS = {"rank": 6, "catalog": 1, "score": 2, "v2": 1}  # by tag
 TASKS = {"rank": "rank", "catalog": "rank_catalog", "score": "score", "v2": "v2_infer"}
@@ -38,8 +36,8 @@ def add_options(parser: LocustArgumentParser) -> None:
                             help=f"relative weight of the {name} task")  # fmt: skip
     parser.add_argument("--think-min", type=float, default=0.5, env_var="RECSYS_LOCUST_THINK_MIN")
     parser.add_argument("--think-max", type=float, default=2.0, env_var="RECSYS_LOCUST_THINK_MAX")
-    parser.add_argument("--repository", default="", env_var="RECSYS_MODEL__REPOSITORY",
-                        help="model repository to take ids from (default: settings)")  # fmt: skip
+    parser.add_argument("--example-rows", type=int, default=256, env_var="RECSYS_LOCUST_ROWS",
+                        help="feature rows fetched to build bodies from")  # fmt: skip
 
 
 @events.init.add_listener
@@ -51,20 +49,40 @@ def configure(environment: Environment, **_: Any) -> None:
     RecommendationUser.tasks = [getattr(RecommendationUser, TASKS[n]) for n, w in weights.items()
                                 for _ in range(w)]  # fmt: skip
     RecommendationUser.wait_time = between(options.think_min, options.think_max)
-    settings = load_settings()
-    root = Path(options.repository or settings.model.repository)
-    RecommendationUser.version = open_version(root, settings.model.name, settings.model.version)
+    RecommendationUser.example_rows = options.example_rows
+
+
+def get_json(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(url, timeout=30) as answer:
+        document: dict[str, Any] = json.loads(answer.read())
+    return document
+
+
+def fetch_examples(host: str, rows: int) -> dict[str, Any]:
+    """Ids and feature rows (GET /v1/examples) and the inputs' V2 datatypes (model metadata)."""
+    base = host.rstrip("/")
+    examples = get_json(f"{base}/v1/examples?rows={rows}&ids=100000")
+    metadata = get_json(f"{base}/v2/models/{examples['model_name']}")
+    examples["datatypes"] = {i["name"]: i["datatype"] for i in metadata["inputs"]}
+    return examples
 
 
 class RecommendationUser(FastHttpUser):
     wait_time = between(0.5, 2.0)
-    version: ModelVersion
+    example_rows = 256
+    examples: ClassVar[dict[str, Any] | None] = None  # fetched once, shared by all users
 
     def on_start(self) -> None:
-        tables = self.version.tables
-        self.user_ids = [str(u) for u in tables.user_ids]
-        self.item_ids = [str(i) for i in tables.item_ids]
-        self.rng = np.random.default_rng()
+        cls = type(self)
+        if cls.examples is None:
+            cls.examples = fetch_examples(self.host or "", self.example_rows)
+        examples = cls.examples
+        self.model_name: str = examples["model_name"]
+        self.user_ids: list[str] = examples["user_ids"]
+        self.item_ids: list[str] = examples["item_ids"]
+        self.inputs: dict[str, list[list[float]]] = examples["inputs"]
+        self.datatypes: dict[str, str] = examples["datatypes"]
+        self.rows = len(next(iter(self.inputs.values())))
 
     def check_ranking(self, body: dict[str, Any], candidates: list[str] | None, name: str) -> None:
         with self.client.post("/v1/rank", json=body, name=name, catch_response=True) as answer:
@@ -73,20 +91,21 @@ class RecommendationUser(FastHttpUser):
                 return
             items = answer.json().get("items", [])
             scores = [item.get("score") for item in items]
-            allowed = set(candidates) if candidates is not None else set(self.item_ids)
             if len(items) != K:
                 answer.failure(f"{len(items)} items, expected {K}")
             elif not all(isinstance(s, float) and 0.0 <= s <= 1.0 for s in scores):
                 answer.failure(f"scores not probabilities: {scores}")
             elif scores != sorted(scores, reverse=True):
                 answer.failure("items not in descending score order")
-            elif not all(item.get("item_id") in allowed for item in items):
+            elif candidates is not None and not {i.get("item_id") for i in items} <= set(
+                candidates
+            ):
                 answer.failure("an item that was not a candidate")
 
     @tag("rank")
     @task
     def rank(self) -> None:
-        candidates = random.sample(self.item_ids, CANDIDATES)
+        candidates = random.sample(self.item_ids, min(CANDIDATES, len(self.item_ids)))
         body = {"user_id": random.choice(self.user_ids), "candidates": candidates, "k": K}
         self.check_ranking(body, candidates, "/v1/rank [candidates]")
 
@@ -96,17 +115,16 @@ class RecommendationUser(FastHttpUser):
         body = {"user_id": random.choice(self.user_ids), "k": K}
         self.check_ranking(body, None, "/v1/rank [catalog]")
 
-    def feature_rows(self, rows: int) -> dict[str, np.ndarray]:
-        tables = self.version.tables
-        users = self.rng.integers(1, len(tables.user_ids) + 1, rows)
-        items = self.rng.integers(1, len(tables.item_ids) + 1, rows)
-        return tables.assemble(users, items)
+    def feature_rows(self, rows: int) -> dict[str, list[list[float]]]:
+        """`rows` of the server's example rows, from a random offset."""
+        start = random.randrange(self.rows)
+        picked = [(start + i) % self.rows for i in range(rows)]
+        return {name: [values[i] for i in picked] for name, values in self.inputs.items()}
 
     @tag("score")
     @task
     def score(self) -> None:
-        inputs = self.feature_rows(rows := random.randint(1, 64))
-        body = {key: inputs[key].tolist() for key in (CATEGORICAL_INPUT, DENSE_INPUT)}
+        body = self.feature_rows(rows := random.randint(1, 64))
         with self.client.post("/v1/score", json=body, catch_response=True) as answer:
             if answer.status_code != 200:
                 answer.failure(f"status {answer.status_code}: {answer.text[:200]}")
@@ -119,16 +137,14 @@ class RecommendationUser(FastHttpUser):
     @task
     def v2_infer(self) -> None:
         inputs = self.feature_rows(rows := random.randint(1, 64))
-        manifest = self.version.manifest
         body = {
             "inputs": [
-                {"name": CATEGORICAL_INPUT, "shape": list(inputs[CATEGORICAL_INPUT].shape),
-                 "datatype": "INT64", "data": inputs[CATEGORICAL_INPUT].ravel().tolist()},
-                {"name": DENSE_INPUT, "shape": list(inputs[DENSE_INPUT].shape),
-                 "datatype": "FP32", "data": inputs[DENSE_INPUT].ravel().tolist()},
+                {"name": name, "shape": [rows, len(values[0])], "datatype": self.datatypes[name],
+                 "data": [v for row in values for v in row]}
+                for name, values in inputs.items()
             ]
         }  # fmt: skip
-        path = f"/v2/models/{manifest.model_name}/infer"
+        path = f"/v2/models/{self.model_name}/infer"
         with self.client.post(path, json=body, name="/v2 infer", catch_response=True) as answer:
             if answer.status_code != 200:
                 answer.failure(f"status {answer.status_code}: {answer.text[:200]}")

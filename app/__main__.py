@@ -8,29 +8,25 @@ import sys
 from pathlib import Path
 
 import uvicorn
-from pydantic import ValidationError
 
 from app.main import create_app, http_protocol, in_flight_limit
 from app.server import DrainingServer
-from config import load_settings
+from config.settings import SettingsError, load_settings
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m app", description=__doc__)
-    parser.add_argument("--settings", type=Path, help="settings file (default: settings.toml)")
+    parser.add_argument(
+        "--settings", type=Path, help="settings file (default: the built-in defaults)"
+    )
     parser.add_argument("--host", help="override [server] host")
     parser.add_argument("--port", type=int, help="override [server] port")
     args = parser.parse_args(argv)
     try:
         overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
         settings = load_settings(args.settings, **({"server": overrides} if overrides else {}))
-    except ValidationError as exc:
-        problems = "; ".join(
-            ".".join(str(p) for p in e["loc"]) + ": " * bool(e["loc"])
-            + e["msg"].removeprefix("Value error, ")
-            for e in exc.errors()
-        )  # fmt: skip
-        print(f"error: invalid settings: {problems}", file=sys.stderr)
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(
         level=settings.server.log_level.upper(),

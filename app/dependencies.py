@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from fastapi import Request
 
 from app.serving import Serving
-from config import Settings
+from config.settings import Settings
 from scheduler.errors import InvalidInput, NotReady
 from scheduler.scheduler import HIGH, LOW
 

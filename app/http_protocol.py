@@ -36,7 +36,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResp
 
 from app.admission import InFlightLimit, response_bytes
 from app.http_metrics import ConnectionMetrics
-from config import HttpSettings
+from app.settings import HttpSettings
 
 log = logging.getLogger(__name__)
 LINGER_SECONDS = 2.0  # after an error answer, unread bytes are discarded this long, then close

@@ -37,7 +37,7 @@ async def load(request: Request) -> dict[str, Any]:
 
 def replica_headroom(app: FastAPI, scheduler_headroom: int, in_flight_requests: int) -> int:
     """The scheduler's headroom, capped by how busy the HTTP layer is."""
-    limit: int = app.state.settings.load_balancing.max_in_flight_requests
+    limit: int = app.state.settings.admission.max_in_flight_requests
     http = max(0, round(100 * (1 - in_flight_requests / limit)))
     return min(scheduler_headroom, http)
 

@@ -18,7 +18,7 @@ from app.admission import InFlight, InFlightLimit
 from app.http_metrics import ConnectionMetrics, RequestMetrics
 from app.http_protocol import ConnectionCap, connection_limit, guarded_protocol
 from app.serving import Serving, start_serving
-from config import Settings
+from config.settings import Settings
 from scheduler.metrics import SchedulerMetrics
 
 log = logging.getLogger(__name__)
@@ -98,9 +98,9 @@ def in_flight_limit(app: FastAPI) -> InFlightLimit:
     refused = app.state.scheduler_metrics.refused.labels(reason="in_flight")
     return InFlightLimit(
         in_flight=app.state.in_flight,
-        max_requests=settings.load_balancing.max_in_flight_requests,
+        max_requests=settings.admission.max_in_flight_requests,
         status=settings.admission.overload_status,
-        low_priority_fraction=settings.admission.low_priority_admit_fraction,
+        low_priority_fraction=settings.admission.low_priority_in_flight_fraction,
         default_low=settings.admission.default_priority == "low",
         on_refusal=refused.inc,
     )  # fmt: skip

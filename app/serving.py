@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from config import DeviceSettings, Settings
+from app.ranking import Ranker
+from config.settings import Settings
 from models.repository import ModelVersion, Variant, open_version
 from scheduler.backend import Backend, BackendConfig, create_backend
 from scheduler.device import Device, StallPolicy
@@ -21,6 +22,7 @@ from scheduler.faults import FaultInjector
 from scheduler.metrics import SchedulerMetrics
 from scheduler.router import make_router
 from scheduler.scheduler import BatchingConfig, Scheduler
+from scheduler.settings import DeviceSettings
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,7 @@ class Serving:
     scheduler: Scheduler
     variants: dict[str, Variant]  # device name -> the variant it runs
     seen: tuple[np.ndarray, np.ndarray] | None
+    ranker: Ranker
     ready: bool = False
     stats: dict[str, float] = field(default_factory=dict)
 
@@ -98,7 +101,7 @@ def create_device(
     return device, variant
 
 
-def warm_up_sample(version: ModelVersion, rows: int) -> dict[str, np.ndarray]:
+def example_inputs(version: ModelVersion, rows: int) -> dict[str, np.ndarray]:
     """`rows` real input rows (test pairs, repeated as needed) to time warm-up batches on."""
     split = version.load_test_split()
     repeat = -(-rows // len(split.labels))
@@ -113,7 +116,7 @@ async def start_serving(settings: Settings, metrics: SchedulerMetrics) -> Servin
     devices: list[Device] = []
     variants: dict[str, Variant] = {}
     warmup_rows = settings.routing.warmup_rows
-    sample = warm_up_sample(version, max(warmup_rows))
+    sample = example_inputs(version, max(warmup_rows))
     for config in settings.devices:
         try:
             device, variant = await asyncio.to_thread(create_device, version, config, settings)
@@ -142,7 +145,7 @@ async def start_serving(settings: Settings, metrics: SchedulerMetrics) -> Servin
             batching.max_queue_delay_ms / 1000,
             batching.max_queue_rows,
             batching.elastic,
-            settings.admission.low_priority_admit_fraction,
+            settings.admission.low_priority_deadline_fraction,
             settings.faults.cool_down_seconds,
             settings.faults.probe_interval_seconds,
             settings.load_balancing.saturation_wait_ms / 1000,
@@ -150,4 +153,6 @@ async def start_serving(settings: Settings, metrics: SchedulerMetrics) -> Servin
         metrics,
     )
     scheduler.start()
-    return Serving(version, scheduler, variants, version.load_seen_items(), ready=True)
+    seen = version.load_seen_items()
+    ranker = Ranker(version.manifest, version.tables, seen, settings.limits)
+    return Serving(version, scheduler, variants, seen, ranker, ready=True)

@@ -2,66 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Annotated, TypeVar
 
 import numpy as np
 import orjson
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
+from pydantic import BaseModel, ValidationError
 
 from app import dependencies
 from app.errors import ERROR_RESPONSES, PayloadTooLarge, Unprocessable, json_response
 from app.openapi import json_body
-from app.serving import Serving
-from config import LimitSettings, Settings
-from models.feature_tables import CATEGORICAL_INPUT, DENSE_INPUT, OOV_ROW, FeatureTables
-from models.repository import Manifest
+from app.serving import Serving, example_inputs
+from app.settings import LimitSettings
+from app.v1_schema import RankRequest, RankResponse, ScoreRequest, ScoreResponse
+from config.settings import Settings
+from models.feature_tables import CATEGORICAL_INPUT, DENSE_INPUT
 
 router = APIRouter(prefix="/v1", tags=["recommendations"], responses=ERROR_RESPONSES)
-Ids = Sequence[str] | np.ndarray  # candidate ids: a list, or the catalog's array
-Id = Annotated[
-    StrictStr | StrictInt, Field(description="a raw id as in the data set; unknown ids are scored")
-]
 Body = TypeVar("Body", bound=BaseModel)
-
-
-class RankRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-    user_id: Id
-    candidates: list[Id] | None = Field(
-        None, min_length=1, description="item ids to rank; omitted: the whole catalog"
-    )
-    k: int = Field(10, ge=1)
-    exclude_seen: bool = Field(False, description="drop items the user rated in training")
-
-
-class RankedItem(BaseModel):
-    item_id: str
-    score: float
-
-
-class RankResponse(BaseModel):
-    model_name: str
-    model_version: int
-    variants: dict[str, str] = Field(description="device -> variant, for the devices that scored")
-    user_known: bool
-    unknown_items: list[str] = Field(description="candidates scored through the OOV slot")
-    items: list[RankedItem]
-
-
-class ScoreRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-    categorical: list[list[int]] = Field(min_length=1, description="per-field vocabulary indices")
-    dense: list[list[float]] = Field(min_length=1, description="dense features (genre bag)")
-
-
-class ScoreResponse(BaseModel):
-    model_name: str
-    model_version: int
-    variants: dict[str, str]
-    scores: list[float]
 
 
 def parse_body(raw: bytes, model: type[Body], limits: dict[str, int]) -> Body:
@@ -100,66 +61,17 @@ async def rank(
     settings: Annotated[Settings, Depends(dependencies.settings)],
     options: Annotated[dependencies.RequestOptions, Depends(dependencies.request_options)],
 ) -> Response:
-    tables = serving.version.tables
-    user_row = int(tables.user_rows([str(body.user_id)])[0])
-    ids, item_rows, unknown = candidate_rows(body, tables, settings.limits)
-    if body.exclude_seen and serving.seen is None:
-        raise Unprocessable("exclude_seen: this model version has no table of seen items")
-    if body.exclude_seen and serving.seen is not None and user_row != OOV_ROW:
-        indptr, seen_rows = serving.seen
-        keep = ~np.isin(item_rows, seen_rows[indptr[user_row] : indptr[user_row + 1]])
-        ids, item_rows = np.asarray(ids)[keep], item_rows[keep]
+    ranker = serving.ranker
+    candidates = ranker.candidates(body)
     scores = np.empty(0, dtype=np.float32)
     devices: tuple[str, ...] = ()
-    if len(item_rows):
-        inputs = tables.assemble(np.full(len(item_rows), user_row, dtype=np.int64), item_rows)
-        scored = await serving.scheduler.submit(inputs, options.timeout_seconds, options.priority)
+    if candidates.inputs is not None:
+        scored = await serving.scheduler.submit(
+            candidates.inputs, options.timeout_seconds, options.priority
+        )
         scores, devices = scored.scores, scored.devices
     variants = {d: serving.variants[d].name for d in devices}
-    return ranking(serving.version.manifest, variants, user_row, unknown, ids, scores, body.k)
-
-
-def ranking(manifest: Manifest, variants: dict[str, str], user_row: int, unknown: list[str],
-            ids: Ids, scores: np.ndarray, k: int) -> Response:  # fmt: skip
-    """The RankResponse body, serialized with orjson directly: validating a response the server
-    builds itself would cost more than the inference (the OpenAPI schema still documents it)."""
-    return json_response({
-        "model_name": manifest.model_name,
-        "model_version": manifest.model_version,
-        "variants": variants,
-        "user_known": user_row != OOV_ROW,
-        "unknown_items": unknown,
-        "items": [{"item_id": str(ids[i]), "score": float(scores[i])} for i in top_k(scores, k)],
-    })  # fmt: skip
-
-
-def candidate_rows(
-    body: RankRequest, tables: FeatureTables, limits: LimitSettings
-) -> tuple[Ids, np.ndarray, list[str]]:
-    """The candidates' ids, their item rows in the feature tables, and the ids not in the
-    catalog (scored through the OOV row)."""
-    if body.k > limits.max_k:
-        raise Unprocessable(f"k: at most {limits.max_k}, got {body.k}")
-    if body.candidates is None:
-        catalog = tables.item_ids  # already a unicode array: no per-request copy
-        return catalog, np.arange(1, len(catalog) + 1, dtype=np.int64), []
-    if len(body.candidates) > limits.max_candidates:
-        raise PayloadTooLarge(
-            f"candidates: {len(body.candidates)} items, limit {limits.max_candidates}"
-        )
-    ids = list(map(str, body.candidates))
-    item_rows = tables.item_rows(ids)
-    unknown = [ids[i] for i in np.flatnonzero(item_rows == OOV_ROW)]
-    return ids, item_rows, unknown
-
-
-def top_k(scores: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k highest scores, best first (ties in input order)."""
-    k = min(k, len(scores))
-    if k == 0:
-        return np.empty(0, dtype=np.int64)
-    top = np.argpartition(-scores, k - 1)[:k]
-    return top[np.argsort(-scores[top], kind="stable")]
+    return ranker.response(candidates, scores, variants, body.k)
 
 
 @router.post("/score", openapi_extra=json_body(ScoreRequest))
@@ -218,3 +130,26 @@ def check_inputs(inputs: dict[str, np.ndarray], serving: Serving) -> None:
         )
     if not np.isfinite(inputs[DENSE_INPUT]).all():
         raise Unprocessable(f"{DENSE_INPUT}: values must be finite (no NaN or infinity)")
+
+
+@router.get("/examples", tags=["load testing"])
+async def examples(
+    serving: Annotated[Serving, Depends(dependencies.serving)],
+    settings: Annotated[Settings, Depends(dependencies.settings)],
+    ids: Annotated[int, Query(ge=0, le=100_000, description="user and item ids, each")] = 1000,
+    rows: Annotated[int, Query(ge=1, description="feature rows (held-out test pairs)")] = 64,
+) -> Response:
+    """What a load generator on another machine needs: known user and item ids (the first
+    `ids` of each) for /v1/rank, and real feature rows for /v1/score and V2 infer bodies."""
+    limit = settings.limits.max_rows_per_request
+    if rows > limit:
+        raise Unprocessable(f"rows: at most {limit}, got {rows}")
+    version = serving.version
+    sample = await asyncio.to_thread(example_inputs, version, rows)
+    return json_response({
+        "model_name": version.manifest.model_name,
+        "model_version": version.manifest.model_version,
+        "user_ids": [str(u) for u in version.tables.user_ids[:ids]],
+        "item_ids": [str(i) for i in version.tables.item_ids[:ids]],
+        "inputs": {name: array.tolist() for name, array in sample.items()},
+    })  # fmt: skip

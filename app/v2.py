@@ -23,7 +23,7 @@ from app.v2_codec import (
     parse_request,
 )
 from app.v2_schema import InferenceRequest, RequestParameters
-from config import Settings
+from config.settings import Settings
 from scheduler.errors import NotReady, UnknownModel
 from scheduler.scheduler import LOW
 

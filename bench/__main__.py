@@ -31,7 +31,7 @@ from bench.report import write_report
 from bench.stats import Summary, summarize
 from bench.stepping import Stepping, step_up
 from bench.workload import WHOLE_CATALOG, label, rank_bodies
-from config import load_settings
+from config.settings import load_settings
 from models.repository import ModelVersion, open_version
 
 

@@ -23,8 +23,9 @@ from fastapi import FastAPI, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import errors
-from app.v1 import RankRequest, RankResponse, candidate_rows, ranking
-from config import Settings, load_settings
+from app.ranking import Ranker
+from app.v1_schema import RankRequest, RankResponse
+from config.settings import Settings, load_settings
 from models.repository import ModelVersion, open_version
 
 
@@ -88,6 +89,10 @@ def base_app(name: str, settings: Settings) -> FastAPI:
     return app
 
 
+def ranker_of(settings: Settings, version: ModelVersion) -> Ranker:
+    return Ranker(version.manifest, version.tables, version.load_seen_items(), settings.limits)
+
+
 def baseline_app(settings: Settings, version: ModelVersion) -> FastAPI:
     import torch  # only here: the serving path never imports torch
 
@@ -97,31 +102,31 @@ def baseline_app(settings: Settings, version: ModelVersion) -> FastAPI:
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     model = load_baseline(version)
     app = base_app("baseline", settings)
-    tables = version.tables
+    ranker = ranker_of(settings, version)
 
     @app.post("/v1/rank", response_model=RankResponse)
     def rank(body: RankRequest) -> Response:
-        user_row = int(tables.user_rows([str(body.user_id)])[0])
-        ids, item_rows, unknown = candidate_rows(body, tables, settings.limits)
-        inputs = tables.assemble(np.full(len(item_rows), user_row, dtype=np.int64), item_rows)
-        with torch.inference_mode():
-            scores = model(*(torch.from_numpy(inputs[k]) for k in ("categorical", "dense")))
-        variants = {"cpu": BASELINE_VARIANT}
-        return ranking(version.manifest, variants, user_row, unknown, ids, scores.numpy(), body.k)
+        candidates = ranker.candidates(body)
+        scores = np.empty(0, dtype=np.float32)
+        if candidates.inputs is not None:
+            inputs = candidates.inputs
+            with torch.inference_mode():
+                scores = model(*(torch.from_numpy(inputs[k]) for k in ("categorical", "dense")))
+            scores = scores.numpy()
+        return ranker.response(candidates, scores, {"cpu": BASELINE_VARIANT}, body.k)
 
     return app
 
 
 def frontend_app(settings: Settings, version: ModelVersion) -> FastAPI:
     app = base_app("frontend", settings)
-    tables = version.tables
+    ranker = ranker_of(settings, version)
 
     @app.post("/v1/rank", response_model=RankResponse)
     async def rank(body: RankRequest) -> Response:
-        user_row = int(tables.user_rows([str(body.user_id)])[0])
-        ids, _, unknown = candidate_rows(body, tables, settings.limits)
-        scores = np.linspace(1.0, 0.0, len(ids), dtype=np.float32)  # fixed: no model runs
-        return ranking(version.manifest, {}, user_row, unknown, ids, scores, body.k)
+        candidates = ranker.candidates(body)
+        scores = np.linspace(1.0, 0.0, len(candidates.ids), dtype=np.float32)  # no model runs
+        return ranker.response(candidates, scores, {}, body.k)
 
     return app
 

@@ -34,7 +34,7 @@ from app.serving import backend_config
 from bench import loadgen, processes
 from bench.stats import summarize
 from bench.workload import WHOLE_CATALOG, label, rank_bodies
-from config import load_settings
+from config.settings import load_settings
 from models.metrics import roc_auc
 from models.repository import ModelVersion, open_version
 from scheduler.backend import Backend, create_backend
@@ -42,7 +42,7 @@ from scheduler.errors import DeviceUnavailable
 
 BATCH_ROWS = (1, 64, 256, 1024, 1682, 4096)
 AUC_TOLERANCE = 1e-4
-GPU = "gpu-onnxruntime"  # the default GPU device's name in settings.toml
+GPU = "gpu-onnxruntime"  # the default GPU device's name in the default settings
 
 
 def backend_for(version: ModelVersion, kind: str, variant: str) -> Backend:

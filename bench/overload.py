@@ -30,7 +30,7 @@ from bench import loadgen, processes
 from bench.stats import Summary, summarize
 from bench.stepping import Stepping, step_up
 from bench.workload import rank_bodies
-from config import load_settings
+from config.settings import load_settings
 from models.repository import open_version
 
 

@@ -10,15 +10,19 @@ import logging
 import sys
 from pathlib import Path
 
-from config import load_settings
+from config.settings import SettingsError, load_settings
 from models import repository
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m models", description=__doc__)
-    parser.add_argument("--settings", type=Path, help="settings file (default: settings.toml)")
+    parser.add_argument(
+        "--settings", type=Path, help="settings file (default: the built-in defaults)"
+    )
     parser.add_argument("--repository", type=Path, help="repository root (default: settings)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log every epoch")
+    noise = parser.add_mutually_exclusive_group()
+    noise.add_argument("-v", "--verbose", action="store_true", help="log every epoch, timestamped")
+    noise.add_argument("-q", "--quiet", action="store_true", help="no progress, warnings only")
     commands = parser.add_subparsers(dest="command", required=True)
     build = commands.add_parser("build", help="train, export and write the default repository")
     build.add_argument("--movielens", type=Path, help="folder with the ml-100k.* files")
@@ -30,10 +34,13 @@ def main(argv: list[str] | None = None) -> int:
         command.add_argument("--model", help="model name (default: settings)")
         command.add_argument("--version", type=int, help="version (default: the latest)")
     args = parser.parse_args(argv)
+    # Progress by default: each stage, a bar per training run, each step's and gate's result.
     logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        level=logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s" if args.verbose else "%(message)s",
     )
+    if not args.quiet:
+        logging.getLogger("models").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     overrides: dict[str, dict[str, object]] = {}
     if args.repository:
         overrides["repository"] = {"root": args.repository}
@@ -42,14 +49,21 @@ def main(argv: list[str] | None = None) -> int:
             overrides["training"] = {"max_epochs": args.max_epochs}
         if args.seeds:
             overrides.setdefault("training", {})["seeds"] = args.seeds
-    settings = load_settings(args.settings, **overrides)
+    try:
+        settings = load_settings(args.settings, **overrides)
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     root = settings.repository.root
 
     try:
         if args.command == "build":
+            from tqdm.contrib.logging import logging_redirect_tqdm
+
             from models.build import build as run_build  # imports torch
 
-            path = run_build(settings, movielens_path=args.movielens)
+            with logging_redirect_tqdm():  # log lines above the progress bars, not through them
+                path = run_build(settings, movielens_path=args.movielens)
             print((path / "report.md").read_text(encoding="utf-8"))
             print(f"Model repository written to {path}")
             return 0

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from config import BenchmarkSettings
+from models.settings import BenchmarkSettings
 
 Inputs = dict[str, np.ndarray]
 

@@ -22,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from config import Settings
+from config.settings import Settings
 from models import features, movielens, repository
 from models.architectures import DCNv2, LogisticRegression
 from models.benchmark import Runner, Timing, benchmark
@@ -95,7 +95,7 @@ def score_references(
     torch.manual_seed(seed)
     lr = LogisticRegression(list(data.vocabulary_sizes.values()), len(data.tables.dense_fields))
     lr_settings = settings.training.model_copy(update={"learning_rate": REFERENCE_LR_LEARNING_RATE})
-    fit(lr, splits.train, splits.validation, lr_settings, seed)
+    fit(lr, splits.train, splits.validation, lr_settings, seed, label="logistic regression")
     lr_auc, lr_loss = evaluate(lr, splits.test)
     return [
         {
@@ -118,7 +118,10 @@ def train_baselines(
     baselines = []
     for seed in settings.training.seeds:
         model = new_baseline(settings, data, seed)
-        result = fit(model, splits.train, splits.validation, settings.training, seed)
+        result = fit(
+            model, splits.train, splits.validation, settings.training, seed,
+            label=f"baseline, seed {seed}",
+        )  # fmt: skip
         auc, loss = evaluate(model, splits.test)
         log.info("baseline seed %d: test AUC %.4f, log loss %.4f", seed, auc, loss)
         record = {"seed": seed, **asdict(result), "test_auc": auc, "test_log_loss": loss}
@@ -359,24 +362,34 @@ def build(
     """Build the repository version named by settings and return its folder."""
     started = time.monotonic()
     s_data, s_repo = settings.data, settings.repository
+    log.info("stage 1/6: data (MovieLens-100K)")
     raw = movielens.load(movielens_path or s_data.movielens_path, s_data.cache_dir, allow_download)
     split = random_split(
         len(raw.ratings), s_data.validation_fraction, s_data.test_fraction, s_data.split_seed
     )
     data = features.encode(raw, split)
     splits = Splits(*(examples(data, r) for r in (split.train, split.validation, split.test)))
+    log.info(
+        "split %d / %d / %d interactions (train / validation / test, seed %d)",
+        len(split.train), len(split.validation), len(split.test), s_data.split_seed,
+    )  # fmt: skip
+    log.info("stage 2/6: training (reference, baseline, students, pruning)")
     references = score_references(settings, data, splits)
     trained = train_all(settings, data, splits)
 
     staging = s_repo.root / s_repo.model_name / f".staging-{s_repo.version}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
+    log.info("stage 3/6: ONNX export and runtime parity")
     floats = export_floats(settings, trained, splits, staging)
     best_float = next(c for c in reversed(floats) if c.servable)
+    log.info("stage 4/6: INT8, FP16 and OpenVINO variants of %s", best_float.name)
     candidates = floats + derive_numerics(settings, best_float, splits, staging)
     for c in candidates:
-        if not c.servable:
-            log.warning("%s is not servable: %s", c.name, c.gate)
+        if c.servable:
+            log.info("gate: %s passes: %s", c.name, c.gate)
+        else:
+            log.warning("gate: %s is not servable: %s", c.name, c.gate)
     labels = splits.test.labels
     bootstrap = {
         c.name: paired_bootstrap_auc_difference(
@@ -384,12 +397,14 @@ def build(
         )
         for c in candidates[1:]
     }
+    log.info("stage 5/6: single-thread latency of every variant")
     torch_threads = torch.get_num_threads()
     torch.set_num_threads(1)
     timings = benchmark(
         latency_runners(trained, candidates), as_inputs(splits.test), settings.benchmark
     )
     torch.set_num_threads(torch_threads)
+    log.info("stage 6/6: writing the repository version")
     write_data_files(data, staging)
 
     created_at = datetime.now(UTC).isoformat(timespec="seconds")

@@ -9,7 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from config import Settings
+from config.settings import Settings
 from models import repository
 from models.benchmark import Timing
 from models.export import OUTPUT_NAME

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from config import GateSettings
 from models.metrics import average_ranks, log_loss, roc_auc
+from models.settings import GateSettings
 
 Scores = npt.NDArray[np.floating[Any]]
 

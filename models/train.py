@@ -11,10 +11,11 @@ import numpy as np
 import numpy.typing as npt
 import torch
 from torch import nn
+from tqdm import tqdm
 
-from config import TrainingSettings
 from models.architectures import RankingModel
 from models.metrics import log_loss, roc_auc
+from models.settings import TrainingSettings
 
 log = logging.getLogger(__name__)
 SCORING_BATCH_ROWS = 8192
@@ -68,8 +69,11 @@ def fit(
     max_epochs: int | None = None,
     teacher_probabilities: npt.NDArray[np.float32] | None = None,
     distillation_weight: float = 0.0,
+    label: str = "training",
 ) -> TrainResult:
     """Train in place with Adam; keep the weights of the epoch with the best validation AUC.
+    While this module's logger shows INFO (the build's default; --quiet turns it off), a progress
+    bar named `label` shows the epochs and the validation AUC.
 
     With `teacher_probabilities` (one per training row) the loss blends the labels with the
     teacher's soft targets: (1 - w) * BCE(labels) + w * BCE(teacher), w = distillation_weight.
@@ -88,6 +92,8 @@ def fit(
     history: list[float] = []
     started = time.monotonic()
     epochs = max_epochs or settings.max_epochs
+    bar = tqdm(total=epochs, desc=label, unit="epoch", leave=False, dynamic_ncols=True,
+               disable=not log.isEnabledFor(logging.INFO))  # fmt: skip
     for epoch in range(1, epochs + 1):
         model.train()
         order = torch.randperm(len(train), generator=generator)
@@ -105,11 +111,18 @@ def fit(
             optimizer.step()
         auc, _ = evaluate(model, validation)
         history.append(auc)
-        log.info("seed %d epoch %d: validation AUC %.4f", seed, epoch, auc)
+        log.debug("%s epoch %d: validation AUC %.4f", label, epoch, auc)
+        bar.update()
+        bar.set_postfix_str(f"validation AUC {auc:.4f}")
         if auc > best_auc:
             best_auc, best_epoch, best_state = auc, epoch, copy.deepcopy(model.state_dict())
         elif epoch - best_epoch >= settings.patience_epochs:
             break
+    bar.close()
+    log.info(
+        "%s: best validation AUC %.4f at epoch %d of %d (%.0f s)",
+        label, best_auc, best_epoch, len(history), time.monotonic() - started,
+    )  # fmt: skip
     model.load_state_dict(best_state)
     model.eval()
     return TrainResult(

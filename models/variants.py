@@ -10,7 +10,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from config import Settings
+from config.settings import Settings
 from models.architectures import DCNv2, parameter_count
 from models.prune import PruningStep, shrink
 from models.train import Examples, evaluate, fit
@@ -45,7 +45,9 @@ def train_students(
     students = []
     for seed in settings.training.seeds:
         model = new_student(settings, vocabulary_sizes, train.dense.shape[1], seed)
-        result = fit(model, train, validation, training, seed, None, teacher_probabilities, weight)
+        kind = "student" if teacher_probabilities is not None else "student on labels alone"
+        result = fit(model, train, validation, training, seed, None, teacher_probabilities, weight,
+                     label=f"{kind}, seed {seed}")  # fmt: skip
         auc, loss = evaluate(model, test)
         log.info("student seed %d (distillation %.2f): test AUC %.4f", seed, weight, auc)
         record = {"seed": seed, **asdict(result), "test_auc": auc, "test_log_loss": loss}
@@ -86,7 +88,13 @@ def prune_student(
             p.fine_tune_epochs,
             teacher_probabilities,
             settings.student.distillation_weight,
+            label=f"pruned to {step.embedding_dim} dims, {list(step.mlp_units)}, "
+            f"seed {student.seed}",
         )
+        log.info(
+            "pruning step seed %d: %d parameters, validation AUC %.4f before fine-tuning, %.4f "
+            "after", student.seed, parameter_count(model), before, result.validation_auc,
+        )  # fmt: skip
         steps.append(
             {
                 "embedding_dim": step.embedding_dim,

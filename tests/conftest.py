@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from config import load_settings
+from config.settings import load_settings
 from models import features, movielens
 from models.split import random_split
 

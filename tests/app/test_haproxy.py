@@ -63,7 +63,7 @@ def cluster(
         for index, agent in enumerate(agents):
             settings = {
                 "LOAD_BALANCING__AGENT_CHECK_PORT": str(agent),
-                "LOAD_BALANCING__MAX_IN_FLIGHT_REQUESTS": str(MAX_IN_FLIGHT),
+                "ADMISSION__MAX_IN_FLIGHT_REQUESTS": str(MAX_IN_FLIGHT),
                 "SERVER__DRAIN_DELAY_SECONDS": "1.5",
                 "ADMISSION__DEFAULT_TIMEOUT_MS": "10000",
             }

@@ -35,7 +35,7 @@ def guarded(built_repository: Path, tmp_path_factory: pytest.TempPathFactory) ->
         "HTTP__MAX_HEADER_COUNT": "50", "HTTP__MAX_REQUEST_LINE_BYTES": "2048",
         "HTTP__KEEP_ALIVE_TIMEOUT_SECONDS": "30",
         "LIMITS__MAX_BODY_BYTES": str(MAX_BODY_BYTES),
-        "LOAD_BALANCING__MAX_IN_FLIGHT_REQUESTS": str(IN_FLIGHT),
+        "ADMISSION__MAX_IN_FLIGHT_REQUESTS": str(IN_FLIGHT),
     }  # fmt: skip
     log = tmp_path_factory.mktemp("guarded") / "server.log"
     with running_server(built_repository, settings, log, DEVICE) as (process, url):

@@ -44,7 +44,7 @@ def test_requests_beyond_the_in_flight_limit_are_refused_at_once(
         "FAULTS__ADMIN_ENABLED": "true", "FAULTS__ADMIN_TOKEN": ADMIN_TOKEN,
         "FAULTS__BATCH_TIMEOUT_MS": "30000",
         "FAULTS__COOL_DOWN_SECONDS": "0.2", "FAULTS__PROBE_INTERVAL_SECONDS": "0.1",
-        "ADMISSION__DEFAULT_TIMEOUT_MS": "30000", "LOAD_BALANCING__MAX_IN_FLIGHT_REQUESTS": "2",
+        "ADMISSION__DEFAULT_TIMEOUT_MS": "30000", "ADMISSION__MAX_IN_FLIGHT_REQUESTS": "2",
     }  # fmt: skip
     body = {"user_id": 1, "candidates": [1, 2, 3], "k": 2}
     log = tmp_path / "server.log"
@@ -113,7 +113,7 @@ def test_a_burst_read_at_once_cannot_slip_past_the_limit(
     settings = {
         "FAULTS__ADMIN_ENABLED": "true", "FAULTS__ADMIN_TOKEN": ADMIN_TOKEN,
         "FAULTS__BATCH_TIMEOUT_MS": "10000", "ADMISSION__DEFAULT_TIMEOUT_MS": "30000",
-        "LOAD_BALANCING__MAX_IN_FLIGHT_REQUESTS": str(limit),
+        "ADMISSION__MAX_IN_FLIGHT_REQUESTS": str(limit),
     }  # fmt: skip
     body = json.dumps({"user_id": 1, "candidates": [1, 2, 3], "k": 2}).encode()
     with (

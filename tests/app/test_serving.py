@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from app.serving import choose_variant
-from config import DeviceSettings
 from models import repository
+from scheduler.settings import DeviceSettings
 from tests.conftest import MODEL_NAME
 
 

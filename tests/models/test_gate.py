@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from config import GateSettings
 from models.gate import (
     numerics_gate,
     paired_bootstrap_auc_difference,
@@ -10,6 +9,7 @@ from models.gate import (
     structural_gate,
 )
 from models.metrics import roc_auc
+from models.settings import GateSettings
 
 GATE = GateSettings()
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from config import load_settings
+from config.settings import load_settings
 from models import features
 from models.architectures import DCNv2, parameter_count
 from models.build import examples, new_baseline, popularity_scores

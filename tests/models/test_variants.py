@@ -10,11 +10,11 @@ import numpy as np
 import onnx
 import pytest
 
-from config import GateSettings
 from models import repository
 from models.evaluate import Evaluation, evaluate_version
 from models.export import graph_statistics
 from models.gate import numerics_gate
+from models.settings import GateSettings
 from tests.conftest import MODEL_NAME
 
 EXPECTED = {

@@ -1,0 +1,102 @@
+"""Ranking, once: a rank request's ids become feature rows and model inputs (seen items dropped),
+and scores become the top-k response. The /v1/rank route and the benchmarks' baseline and front
+end call it, so they compare serving, not different request handling."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from fastapi import Response
+
+from app.errors import PayloadTooLarge, Unprocessable, json_response
+from app.settings import LimitSettings
+from app.v1_schema import RankRequest
+from models.feature_tables import OOV_ROW, FeatureTables
+from models.repository import Manifest
+
+Ids = Sequence[str] | np.ndarray  # candidate ids: a list, or the catalog's array
+Inputs = dict[str, np.ndarray]
+SeenItems = tuple[np.ndarray, np.ndarray]  # CSR: indptr by user row, item rows
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """What one rank request scores: the user's row, the candidates left and their inputs."""
+
+    user_row: int
+    ids: Ids
+    unknown: list[str]  # candidate ids not in the catalog, scored through the OOV row
+    inputs: Inputs | None  # None when no candidate is left to score
+
+    @property
+    def user_known(self) -> bool:
+        return self.user_row != OOV_ROW
+
+
+class Ranker:
+    def __init__(self, manifest: Manifest, tables: FeatureTables, seen: SeenItems | None,
+                 limits: LimitSettings) -> None:  # fmt: skip
+        self.manifest = manifest
+        self.tables = tables
+        self.seen = seen
+        self.limits = limits
+
+    def candidates(self, body: RankRequest) -> Candidates:
+        """ids -> feature rows -> (seen items dropped) -> model inputs. Raises a 4xx error."""
+        tables = self.tables
+        user_row = int(tables.user_rows([str(body.user_id)])[0])
+        ids, item_rows, unknown = self.candidate_rows(body)
+        if body.exclude_seen and self.seen is None:
+            raise Unprocessable("exclude_seen: this model version has no table of seen items")
+        if body.exclude_seen and self.seen is not None and user_row != OOV_ROW:
+            indptr, seen_rows = self.seen
+            keep = ~np.isin(item_rows, seen_rows[indptr[user_row] : indptr[user_row + 1]])
+            ids, item_rows = np.asarray(ids)[keep], item_rows[keep]
+        inputs = None
+        if len(item_rows):
+            users = np.full(len(item_rows), user_row, dtype=np.int64)
+            inputs = tables.assemble(users, item_rows)
+        return Candidates(user_row, ids, unknown, inputs)
+
+    def candidate_rows(self, body: RankRequest) -> tuple[Ids, np.ndarray, list[str]]:
+        """The candidates' ids, their item rows, and the ids not in the catalog."""
+        limits = self.limits
+        if body.k > limits.max_k:
+            raise Unprocessable(f"k: at most {limits.max_k}, got {body.k}")
+        if body.candidates is None:
+            catalog = self.tables.item_ids  # already a unicode array: no per-request copy
+            return catalog, np.arange(1, len(catalog) + 1, dtype=np.int64), []
+        if len(body.candidates) > limits.max_candidates:
+            raise PayloadTooLarge(
+                f"candidates: {len(body.candidates)} items, limit {limits.max_candidates}"
+            )
+        ids = list(map(str, body.candidates))
+        item_rows = self.tables.item_rows(ids)
+        unknown = [ids[i] for i in np.flatnonzero(item_rows == OOV_ROW)]
+        return ids, item_rows, unknown
+
+    def response(self, candidates: Candidates, scores: np.ndarray, variants: dict[str, str],
+                 k: int) -> Response:  # fmt: skip
+        """The RankResponse body, serialized with orjson directly: validating a response the
+        server builds itself would cost more than the inference (OpenAPI still documents it)."""
+        ids = candidates.ids
+        return json_response({
+            "model_name": self.manifest.model_name,
+            "model_version": self.manifest.model_version,
+            "variants": variants,
+            "user_known": candidates.user_known,
+            "unknown_items": candidates.unknown,
+            "items": [{"item_id": str(ids[i]), "score": float(scores[i])}
+                      for i in top_k(scores, k)],
+        })  # fmt: skip
+
+
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k highest scores, best first (ties in input order)."""
+    k = min(k, len(scores))
+    if k == 0:
+        return np.empty(0, dtype=np.int64)
+    top = np.argpartition(-scores, k - 1)[:k]
+    return top[np.argsort(-scores[top], kind="stable")]

@@ -1,0 +1,134 @@
+"""The HTTP layer's settings: the server and its protocol bounds, the model it serves, request
+limits, admission and load-balancer integration."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from config import Section
+
+
+class ServerSettings(Section):
+    """Where `python -m app` listens, and how it drains on SIGTERM: readiness turns false and new
+    requests are refused (503) at once; after drain_delay_seconds the listener closes; requests
+    already accepted then have graceful_shutdown_seconds to finish before the process exits 0."""
+
+    host: str = Field(
+        "127.0.0.1",
+        description="listen address (the Docker image sets RECSYS_SERVER__HOST=0.0.0.0)",
+    )
+    port: int = Field(8000, ge=0, le=65535, description="listen port")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
+        "info", description="critical | error | warning | info | debug (no access log)"
+    )
+    drain_delay_seconds: float = Field(
+        0.0, ge=0, description="after SIGTERM, how long the listener stays open refusing with "
+        "503 (time for a load balancer's health check to notice)",
+    )  # fmt: skip
+    graceful_shutdown_seconds: float = Field(
+        30.0, gt=0, description="time accepted requests have to finish once the listener closed"
+    )
+
+
+class HttpSettings(Section):
+    """Bounds on what one client may make the HTTP layer hold: request heads, slow senders,
+    connections (nginx, gunicorn and Envoy anchor the defaults). Each refusal is a JSON error,
+    then the connection closes."""
+
+    max_request_line_bytes: int = Field(
+        8192, ge=256, description="longest request target (URL); longer: 414"
+    )
+    max_header_count: int = Field(
+        100, ge=8, description="most header fields in one request; more: 431"
+    )
+    max_header_bytes: int = Field(
+        32768, ge=1024, description="largest request head in bytes; larger: 431 (an unfinished "
+        "header line is cut off here, never buffered whole)",
+    )  # fmt: skip
+    header_timeout_seconds: float = Field(
+        10.0, gt=0, description="a request's head must arrive within this of the accept or of "
+        "its first byte; else 408 (a connection that sent nothing is just closed)",
+    )  # fmt: skip
+    body_timeout_seconds: float = Field(
+        30.0, gt=0, description="its body must arrive within this after the head; else 408 (a "
+        "request counts against admission only once its body is complete)",
+    )  # fmt: skip
+    keep_alive_timeout_seconds: float = Field(
+        5.0, gt=0, description="an idle keep-alive connection is closed after this"
+    )
+    max_connections: int = Field(
+        4096, ge=16, description="open connections at most, kept 128 below the descriptor limit "
+        "(raised toward the hard limit at start-up); beyond it the connection idle longest is "
+        "closed, or with none idle the new one refused with 503",
+    )  # fmt: skip
+
+
+class ServingModelSettings(Section):
+    """The model the server loads: <repository>/<name>/<version>."""
+
+    repository: Path = Field(Path("model_repository"), description="the model repository's folder")
+    name: str = Field("movielens-dcnv2", description="the model's folder in the repository")
+    version: int | None = Field(None, description="the version folder; unset: the latest")
+
+
+class LimitSettings(Section):
+    """Bounds on one request; beyond them it is refused naming the field."""
+
+    max_body_bytes: int = Field(
+        4 * 1024 * 1024, ge=1024, description="largest request body; larger: 413 before it is read"
+    )
+    max_rows_per_request: int = Field(
+        8192, ge=1, description="most rows one request may score (/v1/score categorical rows, "
+        "a V2 batch); more: 413 on /v1, 422 on V2",
+    )  # fmt: skip
+    max_candidates: int = Field(
+        5000, ge=1, description="most candidates one /v1/rank names; more: 413"
+    )
+    max_k: int = Field(1000, ge=1, description="largest k a /v1/rank may ask for; larger: 422")
+
+
+class AdmissionSettings(Section):
+    """What is refused at once, with Retry-After, rather than served late."""
+
+    default_timeout_ms: float = Field(
+        1000.0, gt=0, description="every request's deadline; a caller may shorten it "
+        "(X-Request-Timeout-Ms on /v1, the V2 timeout parameter in microseconds), never "
+        "lengthen it. Predicted to miss it: refused at once; passed while queued: 504",
+    )  # fmt: skip
+    overload_status: Literal[503, 429] = Field(
+        503, description="the status of an overload refusal: 503 or 429"
+    )
+    default_priority: Literal["high", "low"] = Field(
+        "high", description="high | low (X-Request-Priority on /v1; V2 priority: 1 high, 2 or "
+        "more low)",
+    )  # fmt: skip
+    low_priority_deadline_fraction: float = Field(
+        0.5, gt=0, le=1, description="a low-priority request is admitted only if predicted to "
+        "finish within this fraction of its deadline, so under pressure it is shed first",
+    )  # fmt: skip
+    max_in_flight_requests: int = Field(
+        64, ge=1, description="HTTP requests in progress beyond which an inference request is "
+        "refused at once, before its body is parsed (the HTTP layer saturates a core before the "
+        "scheduler's queue grows); headroom reaches 0 here",
+    )  # fmt: skip
+    low_priority_in_flight_fraction: float = Field(
+        0.5, gt=0, le=1, description="a low-priority inference request is refused already at "
+        "this fraction of max_in_flight_requests",
+    )  # fmt: skip
+
+
+class LoadBalancingSettings(Section):
+    """What a load balancer acts on: readiness, GET /v1/load and the HAProxy agent check."""
+
+    saturation_wait_ms: float = Field(
+        200.0, gt=0, description="readiness turns false while the predicted queueing delay "
+        "exceeds this, and true again below half of it (hysteresis)",
+    )  # fmt: skip
+    agent_check_port: int = Field(
+        0, ge=0, le=65535, description="HAProxy agent-check listener (0: off): \"up N%\" with N "
+        "the headroom (at least 1), \"drain\" while draining, \"down\" with no healthy device",
+    )  # fmt: skip
+    agent_check_host: str = Field("127.0.0.1", description="the agent-check listener's address")

@@ -1,0 +1,158 @@
+"""The one typed settings object, assembled from the sections each part owns.
+
+The defaults are the schema's (`settings.toml` renders them, with every key's description); a
+settings file passed with `--settings` overrides them, and environment variables override both:
+`RECSYS_TRAINING__MAX_EPOCHS=3` sets `[training] max_epochs`. Each part is handed only its own
+section.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from app.settings import (
+    AdmissionSettings,
+    HttpSettings,
+    LimitSettings,
+    LoadBalancingSettings,
+    ServerSettings,
+    ServingModelSettings,
+)
+from models.settings import (
+    BenchmarkSettings,
+    DataSettings,
+    GateSettings,
+    PruningSettings,
+    QuantizationSettings,
+    RepositorySettings,
+    StudentSettings,
+    TrainingSettings,
+)
+from scheduler.settings import (
+    DEFAULT_DEVICES,
+    BatchingSettings,
+    DeviceSettings,
+    FaultSettings,
+    MetricsSettings,
+    RoutingSettings,
+)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="RECSYS_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    data: DataSettings = DataSettings()
+    training: TrainingSettings = TrainingSettings()
+    student: StudentSettings = StudentSettings()
+    pruning: PruningSettings = PruningSettings()
+    quantization: QuantizationSettings = QuantizationSettings()
+    gate: GateSettings = GateSettings()
+    benchmark: BenchmarkSettings = BenchmarkSettings()
+    repository: RepositorySettings = RepositorySettings()
+    server: ServerSettings = ServerSettings()
+    http: HttpSettings = HttpSettings()
+    model: ServingModelSettings = ServingModelSettings()
+    batching: BatchingSettings = BatchingSettings()
+    devices: tuple[DeviceSettings, ...] = Field(
+        DEFAULT_DEVICES, description="the devices batches run on ([[devices]], one table each)"
+    )
+    routing: RoutingSettings = RoutingSettings()
+    limits: LimitSettings = LimitSettings()
+    admission: AdmissionSettings = AdmissionSettings()
+    faults: FaultSettings = FaultSettings()
+    load_balancing: LoadBalancingSettings = LoadBalancingSettings()
+    metrics: MetricsSettings = MetricsSettings()
+
+    @model_validator(mode="after")
+    def _check_admin(self) -> Settings:
+        faults = self.faults
+        if faults.admin_enabled and len(faults.admin_token) < 16:
+            raise ValueError("faults.admin_token: at least 16 characters with admin_enabled")
+        if (
+            faults.admin_enabled
+            and not faults.allow_remote_admin
+            and not is_loopback(self.server.host)
+        ):
+            raise ValueError(
+                f"faults.admin_enabled: server.host {self.server.host!r} is not loopback "
+                "(set faults.allow_remote_admin to expose fault injection)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _check_devices(self) -> Settings:
+        names = [d.name for d in self.devices]
+        if not names:
+            raise ValueError("devices: configure at least one device")
+        if len(set(names)) != len(names):
+            raise ValueError(f"devices: names must be unique, got {names}")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment beats the file, which load_settings passes in as init values.
+        return (env_settings, init_settings)
+
+
+class SettingsError(ValueError):
+    """A settings file or value that cannot be used, said in one line naming the file and key."""
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
+    """The schema's defaults, then the settings file at `path` (if given: it must exist), then
+    RECSYS_* environment variables, then `overrides` ({section: {key: value}}). Raises
+    SettingsError, one line naming the file and the problem."""
+    file_values: dict[str, Any] = {}
+    source = "RECSYS_* variables" if path is None else f"{path} or RECSYS_* variables"
+    if path is not None:
+        try:
+            with path.open("rb") as f:
+                file_values = tomllib.load(f)
+        except OSError as exc:
+            raise SettingsError(f"{path}: cannot read the settings file: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        settings = Settings(**file_values)
+        if overrides:
+            merged = settings.model_dump()
+            for section, values in overrides.items():
+                current = merged[section]
+                merged[section] = {**current, **values} if isinstance(current, dict) else values
+            settings = Settings.model_validate(merged)
+    except ValidationError as exc:
+        raise SettingsError(f"{source}: invalid settings: {problems(exc)}") from None
+    return settings
+
+
+def problems(exc: ValidationError) -> str:
+    """Pydantic's errors as `section.key: message; ...`."""
+    return "; ".join(
+        ".".join(str(p) for p in e["loc"]) + ": " * bool(e["loc"])
+        + e["msg"].removeprefix("Value error, ")
+        for e in exc.errors()
+    )  # fmt: skip
