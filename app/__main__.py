@@ -9,7 +9,7 @@ from pathlib import Path
 
 import uvicorn
 
-from app.main import create_app, http_protocol, in_flight_limit
+from app.main import create_app, http_protocol
 from app.server import DrainingServer
 from config.settings import SettingsError, load_settings
 
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         host=settings.server.host,
         port=settings.server.port,
         loop="uvloop",
-        http=http_protocol(in_flight_limit(app), settings, app.state.connection_metrics),
+        http=http_protocol(app),
         timeout_keep_alive=settings.http.keep_alive_timeout_seconds,  # type: ignore[arg-type]
         log_level=settings.server.log_level,
         access_log=False,

@@ -10,14 +10,12 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
+from app.admission import PRIORITY_HEADER, header_priority
 from app.serving import Serving
 from config.settings import Settings
 from scheduler.errors import InvalidInput, NotReady
-from scheduler.scheduler import HIGH, LOW
 
 TIMEOUT_HEADER = "x-request-timeout-ms"
-PRIORITY_HEADER = "x-request-priority"
-PRIORITIES = {"high": HIGH, "low": LOW}
 
 
 async def serving(request: Request) -> Serving:
@@ -58,7 +56,8 @@ async def request_options(request: Request) -> RequestOptions:
             asked_ms = -1.0
         if not asked_ms > 0:
             raise InvalidInput(f"X-Request-Timeout-Ms: {asked!r} is not a positive number")
-    priority = request.headers.get(PRIORITY_HEADER, config.admission.default_priority).lower()
-    if priority not in PRIORITIES:
-        raise InvalidInput(f"X-Request-Priority: {priority!r} is not 'high' or 'low'")
-    return RequestOptions(effective_timeout(config, asked_ms), PRIORITIES[priority])
+    asked_priority = request.headers.get(PRIORITY_HEADER)
+    priority = header_priority(asked_priority, config.admission.default_priority)
+    if priority is None:
+        raise InvalidInput(f"X-Request-Priority: {asked_priority!r} is not 'high' or 'low'")
+    return RequestOptions(effective_timeout(config, asked_ms), priority)

@@ -34,7 +34,7 @@ import httptools
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
-from app.admission import InFlightLimit, response_bytes
+from app.admission import ADMITTED, Admission, Decision, response_bytes
 from app.http_metrics import ConnectionMetrics
 from app.settings import HttpSettings
 
@@ -167,7 +167,7 @@ class Rejected(Exception):
     """Raised in a parser callback once the protocol has answered and closed: stops the parser."""
 
 
-def guarded_protocol(limit: InFlightLimit, http: HttpSettings, max_body_bytes: int,
+def guarded_protocol(admission: Admission, http: HttpSettings, max_body_bytes: int,
                      cap: ConnectionCap, metrics: ConnectionMetrics,
                      ) -> type[HttpToolsProtocol]:  # fmt: skip
     cached: list[object] = [None, b""]  # uvicorn replaces default_headers (Date) every second
@@ -176,12 +176,7 @@ def guarded_protocol(limit: InFlightLimit, http: HttpSettings, max_body_bytes: i
         "body_timeout", "http_version", "no_host", "malformed",
     )}  # fmt: skip
     timed_out = {k: metrics.closed.labels(reason=k) for k in ("header_timeout", "body_timeout")}
-    in_flight = limit.in_flight
-
     starts = Starts(STARTS_PER_TURN)
-
-    def count_out(_: object) -> None:
-        in_flight.count -= 1
 
     class GuardedHttpToolsProtocol(HttpToolsProtocol):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -337,11 +332,11 @@ def guarded_protocol(limit: InFlightLimit, http: HttpSettings, max_body_bytes: i
                 raise Rejected
             self.body_open = True
             in_progress = self.cycle is not None and not self.cycle.response_complete
-            if not in_progress and self.url.startswith(b"/") and limit.refuses_request(
+            if not in_progress and self.url.startswith(b"/") and admission.decide(
                 self.parser.get_method().decode("ascii"),
                 self.url.partition(b"?")[0].decode("latin-1"),
                 headers,
-            ):  # fmt: skip
+            ) is Decision.REFUSE:  # fmt: skip
                 self.refuse()
                 return
             super().on_headers_complete()
@@ -362,16 +357,18 @@ def guarded_protocol(limit: InFlightLimit, http: HttpSettings, max_body_bytes: i
             """Admit the request, its body complete, counting it in at once (not when its task
             first runs: a burst read in one turn of the loop must see itself), or refuse it."""
             scope = cycle.scope
-            if limit.refuses_request(scope["method"], scope["path"], scope["headers"]):
-                starts.add(self, cycle, limit.answer, False)
+            decision = admission.decide(scope["method"], scope["path"], scope["headers"])
+            if decision is Decision.REFUSE:
+                starts.add(self, cycle, admission.answer, False)
             else:
-                in_flight.count += 1
+                admission.enter()
+                scope.setdefault("extensions", {})[ADMITTED] = {}
                 starts.add(self, cycle, app, True)
 
         def launch(self, cycle: RequestResponseCycle, app: Any, counted: bool) -> None:
             task = self.loop.create_task(cycle.run_asgi(app))
             if counted:
-                task.add_done_callback(count_out)
+                task.add_done_callback(admission.leave)
             task.add_done_callback(self.tasks.discard)
             self.tasks.add(task)
 
@@ -405,11 +402,11 @@ def guarded_protocol(limit: InFlightLimit, http: HttpSettings, max_body_bytes: i
                 cap.idle[self] = None
 
         def refuse(self) -> None:
-            if limit.on_refusal:
-                limit.on_refusal()
+            if admission.on_refusal:
+                admission.on_refusal()
             defaults = self.server_state.default_headers
             if cached[0] is not defaults:
-                cached[:] = [defaults, limit.refusal_bytes(defaults)]
+                cached[:] = [defaults, admission.refusal_bytes(defaults)]
             self.cycle = ANSWERED  # type: ignore[assignment]
             self.transport.write(cached[1])  # type: ignore[arg-type]
             # A client waiting for "100 Continue" may never send the body the parser would then

@@ -10,6 +10,7 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 
+from app.admission import Admission
 from app.serving import Serving
 from scheduler.errors import NotReady
 
@@ -26,7 +27,7 @@ async def load(request: Request) -> dict[str, Any]:
     report = asdict(serving.scheduler.load())
     if math.isinf(report["predicted_wait_seconds"]):
         report["predicted_wait_seconds"] = None
-    in_flight = request.app.state.in_flight.count - 1  # not this request
+    in_flight = request.app.state.admission.in_flight - 1  # not this request
     return {
         **report,
         "headroom": replica_headroom(request.app, report["headroom"], in_flight),
@@ -37,9 +38,8 @@ async def load(request: Request) -> dict[str, Any]:
 
 def replica_headroom(app: FastAPI, scheduler_headroom: int, in_flight_requests: int) -> int:
     """The scheduler's headroom, capped by how busy the HTTP layer is."""
-    limit: int = app.state.settings.admission.max_in_flight_requests
-    http = max(0, round(100 * (1 - in_flight_requests / limit)))
-    return min(scheduler_headroom, http)
+    admission: Admission = app.state.admission
+    return min(scheduler_headroom, admission.headroom(in_flight_requests))
 
 
 def agent_reply(app: FastAPI) -> str:
@@ -52,7 +52,7 @@ def agent_reply(app: FastAPI) -> str:
     report = serving.scheduler.load()
     if not report.healthy_devices:
         return "down\n"
-    headroom = replica_headroom(app, report.headroom, app.state.in_flight.count)
+    headroom = replica_headroom(app, report.headroom, app.state.admission.in_flight)
     return f"up {max(1, headroom)}%\n"
 
 

@@ -14,7 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from app import admin, errors, load, v1, v2
-from app.admission import InFlight, InFlightLimit
+from app.admission import Admission, AdmissionMiddleware
 from app.http_metrics import ConnectionMetrics, RequestMetrics
 from app.http_protocol import ConnectionCap, connection_limit, guarded_protocol
 from app.serving import Serving, start_serving
@@ -61,8 +61,9 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     app.state.connection_metrics = ConnectionMetrics(registry, settings.metrics.prefix)
     app.state.serving = None
     app.state.draining = False  # set by the server on SIGTERM
-    in_flight = InFlight()
-    app.state.in_flight = in_flight
+    refused = scheduler_metrics.refused.labels(reason="in_flight")
+    admission = Admission(settings.admission, on_refusal=refused.inc)
+    app.state.admission = admission
     errors.install(app)
     app.include_router(v1.router)
     app.include_router(v2.router)
@@ -83,31 +84,21 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
             scheduler_metrics.refresh_load(
                 dataclasses.replace(
                     report,
-                    headroom=load.replica_headroom(app, report.headroom, in_flight.count - 1),
+                    headroom=load.replica_headroom(app, report.headroom, admission.in_flight - 1),
                 )
             )
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
+    app.add_middleware(AdmissionMiddleware, admission=admission)
     app.add_middleware(RequestMetrics, registry=registry, prefix=settings.metrics.prefix)
     return app
 
 
-def in_flight_limit(app: FastAPI) -> InFlightLimit:
-    """The admission rule for `app`'s requests, applied by the HTTP protocol."""
-    settings: Settings = app.state.settings
-    refused = app.state.scheduler_metrics.refused.labels(reason="in_flight")
-    return InFlightLimit(
-        in_flight=app.state.in_flight,
-        max_requests=settings.admission.max_in_flight_requests,
-        status=settings.admission.overload_status,
-        low_priority_fraction=settings.admission.low_priority_in_flight_fraction,
-        default_low=settings.admission.default_priority == "low",
-        on_refusal=refused.inc,
-    )  # fmt: skip
-
-
-def http_protocol(limited: InFlightLimit, settings: Settings, metrics: ConnectionMetrics,
-                  ) -> type[HttpToolsProtocol]:  # fmt: skip
+def http_protocol(app: FastAPI) -> type[HttpToolsProtocol]:
     """The guarded httptools protocol for `python -m app`: admission, limits, the connection cap."""
+    settings: Settings = app.state.settings
+    metrics: ConnectionMetrics = app.state.connection_metrics
     cap = ConnectionCap(connection_limit(settings.http.max_connections), metrics)
-    return guarded_protocol(limited, settings.http, settings.limits.max_body_bytes, cap, metrics)
+    return guarded_protocol(
+        app.state.admission, settings.http, settings.limits.max_body_bytes, cap, metrics
+    )

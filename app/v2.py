@@ -9,7 +9,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request, Response
 
 from app import dependencies
-from app.dependencies import PRIORITIES, effective_timeout
+from app.admission import v2_priority
+from app.dependencies import effective_timeout
 from app.errors import ERROR_RESPONSES, json_response
 from app.openapi import inline_schema
 from app.serving import Serving
@@ -25,7 +26,6 @@ from app.v2_codec import (
 from app.v2_schema import InferenceRequest, RequestParameters
 from config.settings import Settings
 from scheduler.errors import NotReady, UnknownModel
-from scheduler.scheduler import LOW
 
 router = APIRouter(prefix="/v2", tags=["KServe V2"], responses=ERROR_RESPONSES)
 # The version is read from the path by model_of; documented here for the versioned routes.
@@ -175,10 +175,7 @@ async def model_stats(request: Request, name: str) -> dict[str, Any]:
 def v2_options(request: InferenceRequest, settings: Settings) -> tuple[float, int]:
     """Triton's request parameters: `timeout` in microseconds, `priority` 1 highest (0: default)."""
     parameters = request.parameters or RequestParameters()
-    priority = parameters.priority or 0
-    level = (
-        PRIORITIES[settings.admission.default_priority] if priority == 0 else min(priority - 1, LOW)
-    )
+    level = v2_priority(parameters.priority, settings.admission.default_priority)
     asked_ms = None if parameters.timeout is None else parameters.timeout / 1000
     return effective_timeout(settings, asked_ms), level
 

@@ -1,10 +1,37 @@
-"""Load figures a load balancer or autoscaler acts on: recent throughput, predicted wait, the
-queue-time/compute-time ratio, a 0-100 headroom, and saturation with hysteresis."""
+"""The load model: capacity and predicted completion from device snapshots (pure), and the figures
+a load balancer or autoscaler acts on: recent throughput, predicted wait, the queue-time/compute-
+time ratio, a 0-100 headroom, and saturation with hysteresis. A tripped device counts for nothing."""
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+from scheduler.router import DeviceSnapshot
+
+
+def capacity_rows_per_second(devices: Sequence[DeviceSnapshot], batch_rows: int) -> float:
+    """Rows per second the healthy devices score at full batches, all slots busy."""
+    return sum(
+        d.parallel_slots * batch_rows / max(d.fit.predict(batch_rows), 1e-9)
+        for d in devices
+        if d.healthy
+    )
+
+
+def predicted_completion(devices: Sequence[DeviceSnapshot], rows_ahead: int, rows: int,
+                         batch_rows: int) -> float:  # fmt: skip
+    """Seconds until `rows` submitted now, behind `rows_ahead` queued rows, would be scored: the
+    earliest free slot of a healthy device, its fixed cost, then every row at the healthy
+    devices' combined rate. Infinite with no healthy device."""
+    healthy = [d for d in devices if d.healthy]
+    if not healthy:
+        return float("inf")
+    rate = capacity_rows_per_second(healthy, batch_rows)
+    start = min(d.predicted_start() for d in healthy)
+    fixed = min(d.fit.predict(0) for d in healthy)
+    return start + fixed + (rows_ahead + rows) / max(rate, 1e-9)
 
 
 @dataclass(frozen=True)

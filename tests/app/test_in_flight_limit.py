@@ -4,6 +4,7 @@ still answer; the held requests finish once the device is released."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import socket
@@ -14,7 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from app.main import create_app
 from bench.processes import ADMIN_HEADERS, ADMIN_TOKEN
+from config.settings import load_settings
 from tests.app.servers import running_server
 
 pytestmark = pytest.mark.timeout(120)
@@ -138,3 +141,39 @@ def test_a_burst_read_at_once_cannot_slip_past_the_limit(
         assert client.post("/admin/faults/cpu", json={"mode": "none"}).status_code == 200
         for connection in connections:
             connection.close()
+
+
+async def test_under_any_asgi_server_the_app_applies_the_same_limit(built_repository: Path) -> None:
+    """Without the guarded protocol (here httpx's ASGITransport, the app served in-process) the
+    admission middleware counts and refuses by the same rule."""
+    settings = load_settings(
+        model={"repository": built_repository},
+        devices=DEVICE,
+        faults={"admin_enabled": True, "admin_token": ADMIN_TOKEN, "batch_timeout_ms": 30000},
+        admission={"max_in_flight_requests": 1, "default_timeout_ms": 30000},
+    )
+    app = create_app(settings)
+    body = {"user_id": 1, "candidates": [1, 2, 3], "k": 2}
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app),
+            base_url="http://app",
+            headers=ADMIN_HEADERS,
+            timeout=60,
+        ) as client,  # fmt: skip
+    ):
+        assert (await client.post("/v1/rank", json=body)).status_code == 200
+        stalled = await client.post("/admin/faults/cpu", json={"mode": "stall"})
+        assert stalled.status_code == 200
+        held = asyncio.create_task(client.post("/v1/rank", json=body))
+        while app.state.admission.in_flight < 1:
+            await asyncio.sleep(0.01)
+        refused = await client.post("/v1/rank", json=body)
+        assert refused.status_code == 503, refused.text
+        assert refused.headers["retry-after"] == "1"
+        assert (await client.get("/v2/health/live")).status_code == 200
+        await client.post("/admin/faults/cpu", json={"mode": "none"})
+        answer = await held  # answered, not hung: the stalled batch itself fails
+        assert answer.status_code == 500 and "injected stall" in answer.json()["error"]
+        assert app.state.admission.in_flight == 0

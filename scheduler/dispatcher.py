@@ -1,0 +1,110 @@
+"""The dispatcher: route a batch to a device, run it, and if the device fails or stalls trip its
+breaker and retry the batch once on another, so callers see no error when another one can serve.
+Every part of a batch is resolved exactly once: scores, or an error naming the cause."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+
+from scheduler.batch import Batch
+from scheduler.device import Device
+from scheduler.errors import BatchFailed
+from scheduler.load import RecentWork
+from scheduler.metrics import SchedulerMetrics
+from scheduler.router import Router
+
+log = logging.getLogger(__name__)
+
+
+class Dispatcher:
+    def __init__(self, devices: Sequence[Device], router: Router, max_batch_rows: int,
+                 clock: Callable[[], float], recent: RecentWork,
+                 metrics: SchedulerMetrics | None = None,
+                 on_freed: Callable[[], None] = lambda: None) -> None:  # fmt: skip
+        self.devices = list(devices)
+        self._router = router
+        self._max_batch_rows = max_batch_rows
+        self._clock = clock
+        self._recent = recent
+        self._metrics = metrics
+        self._on_freed = on_freed  # a device finished a batch (or came back)
+        self._slot_freed = asyncio.Event()
+        self._running: set[asyncio.Task[None]] = set()
+
+    def idle_within(self, rows: int, seconds: float) -> bool:
+        """An idle healthy device would score `rows` within `seconds`: waiting longer for a
+        fuller batch would only add latency."""
+        return any(
+            d.healthy and d.in_flight_batches == 0 and d.latency.predict(rows) <= seconds
+            for d in self.devices
+        )
+
+    async def device_free(self) -> None:
+        """Return once some device accepts work (back-pressure keeps rows in the queue, where
+        they grow the next batch)."""
+        while not any(d.snapshot().accepting for d in self.devices):
+            self._slot_freed.clear()
+            await self._slot_freed.wait()
+
+    def freed(self) -> None:
+        self._slot_freed.set()
+        self._on_freed()
+
+    def choose(self, batch: Batch, excluded: Device | None = None) -> Device | None:
+        candidates = [d for d in self.devices if d.healthy and d is not excluded]
+        if not candidates:
+            return None
+        return candidates[self._router([d.snapshot() for d in candidates], batch.rows)]
+
+    def dispatch(self, batch: Batch) -> None:
+        device = self.choose(batch) or self.devices[0]  # none healthy: the batch fails there
+        task = asyncio.create_task(self._run(device, batch))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+    async def stop(self) -> None:
+        """Wait for the batches running now."""
+        await asyncio.gather(*self._running, return_exceptions=True)
+
+    async def _run(self, device: Device, batch: Batch) -> None:
+        started = self._clock()
+        metrics = self._metrics
+        if metrics:
+            metrics.observe_dispatch(batch, started, self._max_batch_rows)
+        try:
+            try:
+                fallback = any(d.healthy and d is not device for d in self.devices)
+                scores, seconds = await device.run(batch.inputs, batch.rows, fallback)
+            except BatchFailed as error:
+                device.breaker.trip(self._clock(), str(error))
+                if metrics:
+                    metrics.device_failures.labels(device=device.name).inc()
+                retry_on = self.choose(batch, excluded=device)
+                if retry_on is None:
+                    raise
+                log.info(
+                    "retrying a %d-row batch from %s on %s", batch.rows, device.name, retry_on.name
+                )
+                if metrics:
+                    metrics.batch_retries.inc()
+                device = retry_on
+                scores, seconds = await device.run(batch.inputs, batch.rows)
+            if metrics:
+                metrics.observe_batch(device, batch.rows, seconds)
+            waited = started - batch.oldest_enqueued_at
+            self._recent.record(self._clock(), batch.rows, waited, seconds)
+            for part in batch.parts:
+                part_scores = scores[part.batch_offset : part.batch_offset + part.rows]
+                part.request.deliver(part.offset, part_scores, device.name, started, seconds)
+        except BatchFailed as error:
+            log.warning("%s", error)
+            for part in batch.parts:
+                part.request.fail(error)
+        except BaseException as exc:  # cancelled or a bug: still resolve every future
+            for part in batch.parts:
+                part.request.fail(BatchFailed(f"batch on {device.name} did not finish: {exc!r}"))
+            raise
+        finally:
+            self.freed()
