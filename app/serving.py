@@ -97,6 +97,7 @@ def create_device(
         settings.routing.latency_window_batches,
         settings.faults.batch_timeout_ms / 1000,
         StallPolicy(settings.faults.stall_multiple, settings.faults.stall_floor_ms / 1000),
+        settings.faults.cool_down_seconds,
     )
     return device, variant
 
@@ -141,14 +142,13 @@ async def start_serving(settings: Settings, metrics: SchedulerMetrics) -> Servin
         devices,
         make_router(settings.routing.policy),
         BatchingConfig(
-            batching.max_batch_rows,
-            batching.max_queue_delay_ms / 1000,
-            batching.max_queue_rows,
-            batching.elastic,
-            settings.admission.low_priority_deadline_fraction,
-            settings.faults.cool_down_seconds,
-            settings.faults.probe_interval_seconds,
-            settings.load_balancing.saturation_wait_ms / 1000,
+            max_batch_rows=batching.max_batch_rows,
+            max_queue_delay_seconds=batching.max_queue_delay_ms / 1000,
+            max_queue_rows=batching.max_queue_rows,
+            elastic=batching.elastic,
+            low_priority_deadline_fraction=settings.admission.low_priority_deadline_fraction,
+            probe_interval_seconds=settings.faults.probe_interval_seconds,
+            saturation_wait_seconds=settings.load_balancing.saturation_wait_ms / 1000,
         ),
         metrics,
     )

@@ -61,8 +61,10 @@ async def probe_tripped(devices: Sequence[Probed], clock: Callable[[], float],
             breaker.probe_failed(clock())
 
 
-async def probe_loop(devices: Sequence[Probed], interval_seconds: float,
-                     clock: Callable[[], float], on_recovered: Callable[[], None]) -> None:  # fmt: skip
+async def probe_loop(
+    devices: Sequence[Probed], interval_seconds: float, clock: Callable[[], float],
+    on_recovered: Callable[[], None],
+) -> None:  # fmt: skip
     while True:
         await asyncio.sleep(interval_seconds)
         await probe_tripped(devices, clock, on_recovered)

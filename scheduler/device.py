@@ -1,16 +1,19 @@
-"""A device: one backend, its executor thread(s), a bound on batches in flight, a latency model."""
+"""A device: one backend, its executor thread(s), a bound on batches in flight, a latency model
+and a circuit breaker."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
 from scheduler.backend import Backend, Inputs
+from scheduler.breaker import CircuitBreaker
 from scheduler.errors import BatchFailed
 from scheduler.latency import LatencyModel
 from scheduler.router import DeviceSnapshot
@@ -38,6 +41,8 @@ class Device:
         latency_window: int = 256,
         batch_timeout_seconds: float | None = None,
         stall: StallPolicy | None = None,
+        cool_down_seconds: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.backend = backend
         self.name = backend.name
@@ -49,14 +54,17 @@ class Device:
         self._waiting: dict[int, float] = {}  # batch -> predicted seconds, in arrival order
         self._running: dict[int, tuple[float, float]] = {}  # batch -> (started, predicted)
         self._next_token = 0
-        # Circuit breaker: a device that fails or stalls is taken out of routing until a probe
-        # batch succeeds after the cool-down.
+        # The scheduler's clock (not the event loop's: under uvloop its resolution is a
+        # millisecond, coarser than the predictions it would be compared with).
+        self._clock = clock
         self.batch_timeout_seconds = batch_timeout_seconds
         self.stall = stall
-        self.healthy = True
-        self.open_until = 0.0
-        self.failures = 0
+        self.breaker = CircuitBreaker(self.name, cool_down_seconds)
         self.probe_inputs: Inputs | None = None
+
+    @property
+    def healthy(self) -> bool:
+        return self.breaker.closed
 
     def warm_up(self, sample: Inputs, sizes: tuple[int, ...], repeats: int = 3) -> None:
         """Run each size a few times (the first run of a shape is slow) and seed the model."""
@@ -70,7 +78,7 @@ class Device:
                 self.latency.observe(rows, time.perf_counter() - started)
 
     def snapshot(self) -> DeviceSnapshot:
-        now = asyncio.get_running_loop().time()
+        now = self._clock()
         return DeviceSnapshot(
             name=self.name,
             fit=self.latency.fit,
@@ -84,18 +92,8 @@ class Device:
             healthy=self.healthy,
         )
 
-    def trip(self, now: float, cool_down_seconds: float, reason: str) -> None:
-        """Open the circuit: no batches are routed here until a probe succeeds."""
-        self.failures += 1
-        if self.healthy:
-            log.warning(
-                "device %s out of routing for %.1f s: %s", self.name, cool_down_seconds, reason
-            )
-        self.healthy = False
-        self.open_until = now + cool_down_seconds
-
     async def probe(self) -> bool:
-        """One row through the backend, within the batch timeout; True closes the circuit."""
+        """One row through the backend, within the batch timeout: True if it answered."""
         if self.probe_inputs is None:
             return False
         try:
@@ -104,8 +102,6 @@ class Device:
         except Exception as exc:  # any failure keeps the circuit open
             log.info("device %s probe failed: %r", self.name, exc)
             return False
-        log.warning("device %s is back in routing", self.name)
-        self.healthy = True
         return True
 
     def timeout(self, predicted: float, fallback: bool) -> float | None:
@@ -123,14 +119,13 @@ class Device:
         """Scores and the seconds the backend took. Raises BatchFailed naming this device."""
         predicted = self.latency.predict(rows)
         timeout = self.timeout(predicted, fallback)
-        loop = asyncio.get_running_loop()
         token, self._next_token = self._next_token, self._next_token + 1
         self.in_flight_batches += 1
         self._waiting[token] = predicted
         try:
             async with self._slots:
                 del self._waiting[token]
-                self._running[token] = (loop.time(), predicted)
+                self._running[token] = (self._clock(), predicted)
                 deadline = asyncio.timeout(timeout)  # not wait_for (see the batcher)
                 try:
                     async with deadline:

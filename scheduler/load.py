@@ -1,6 +1,7 @@
 """The load model: capacity and predicted completion from device snapshots (pure), and the figures
 a load balancer or autoscaler acts on: recent throughput, predicted wait, the queue-time/compute-
-time ratio, a 0-100 headroom, and saturation with hysteresis. A tripped device counts for nothing."""
+time ratio, a 0-100 headroom, and saturation with hysteresis. A tripped device counts for
+nothing."""
 
 from __future__ import annotations
 

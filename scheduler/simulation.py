@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import selectors
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,8 +65,8 @@ class DeviceCurve:
 class SimulatedDevice(Device):
     """A Device whose batches take `curve` seconds of virtual time (the real bookkeeping)."""
 
-    def __init__(self, curve: DeviceCurve) -> None:
-        super().__init__(FakeBackend(curve.name), curve.parallel_batches)
+    def __init__(self, curve: DeviceCurve, clock: Callable[[], float]) -> None:
+        super().__init__(FakeBackend(curve.name), curve.parallel_batches, clock=clock)
         self.curve = curve
 
     async def execute(self, inputs: dict[str, np.ndarray], rows: int) -> tuple[np.ndarray, float]:
@@ -103,7 +104,7 @@ async def _drive(
     elastic: bool,
 ) -> Outcome:
     loop = asyncio.get_running_loop()
-    sim_devices = [SimulatedDevice(c) for c in devices]
+    sim_devices = [SimulatedDevice(c, loop.time) for c in devices]
     for device in sim_devices:  # seed the latency models as warm-up would
         for size in (1, 64, 256, 1024):
             device.latency.observe(

@@ -107,9 +107,10 @@ async def test_cancelled_requests_cost_no_compute(
 async def test_a_failing_backend_fails_its_batch_with_the_cause(backend: FakeBackend) -> None:
     config = BatchingConfig(
         max_batch_rows=4, max_queue_delay_seconds=0.0, max_queue_rows=10,
-        cool_down_seconds=0.05, probe_interval_seconds=0.01,
+        probe_interval_seconds=0.01,
     )  # fmt: skip
-    async for s in started(Scheduler([Device(backend, 1)], earliest_completion, config)):
+    device = Device(backend, 1, cool_down_seconds=0.05)
+    async for s in started(Scheduler([device], earliest_completion, config)):
         s.devices[0].probe_inputs = rows([0])
         backend.fail_with = RuntimeError("device lost")
         with pytest.raises(BatchFailed, match="fake-cpu failed a batch: device lost"):
@@ -132,7 +133,9 @@ async def test_a_failed_batch_is_retried_on_another_device() -> None:
         results = await asyncio.gather(*(s.submit(rows([float(i)])) for i in range(10)))
         assert [r.scores.tolist() for r in results] == [[float(i)] for i in range(10)]
         assert all(r.devices == ("spare",) for r in results)
-        assert not devices[0].healthy and devices[0].failures >= 1  # batches already sent there
+        assert (
+            not devices[0].healthy and devices[0].breaker.failures >= 1
+        )  # batches already sent there
 
 
 async def test_a_stalled_batch_times_out_and_is_retried() -> None:
@@ -221,7 +224,11 @@ async def test_the_window_is_skipped_while_a_device_is_idle(backend: FakeBackend
     config = BatchingConfig(max_batch_rows=64, max_queue_delay_seconds=10.0, max_queue_rows=64)
     async for s in started(Scheduler([Device(backend, 1)], earliest_completion, config)):
         # The device is idle and would finish within the window: no reason to wait 10 s.
-        await asyncio.wait_for(s.submit(rows([1])), timeout=5)
+        loop = asyncio.get_running_loop()
+        started_at = loop.time()
+        assert (await asyncio.wait_for(s.submit(rows([1])), timeout=5)).scores.tolist() == [1]
+        assert loop.time() - started_at < 1.0  # far from the window
+        assert backend.batches == [1]
 
 
 async def test_a_fixed_window_waits_even_with_a_device_idle(backend: FakeBackend) -> None:
@@ -245,3 +252,45 @@ async def test_batches_spread_over_devices_by_predicted_finish() -> None:
         results = await asyncio.gather(*(s.submit(rows([float(i)])) for i in range(20)))
         assert [r.scores.tolist() for r in results] == [[float(i)] for i in range(20)]
     assert len(fast.batches) > len(slow.batches)
+
+
+async def test_saturation_follows_the_devices_without_anyone_polling(
+    backend: FakeBackend,
+) -> None:
+    config = BatchingConfig(
+        max_batch_rows=4, max_queue_delay_seconds=0.0, max_queue_rows=10,
+        probe_interval_seconds=0.01, saturation_wait_seconds=0.2,
+    )  # fmt: skip
+    device = Device(backend, 1, cool_down_seconds=0.05)
+    device.probe_inputs = rows([0])
+    async for s in started(Scheduler([device], earliest_completion, config)):
+        assert not s.saturated
+        backend.fail_with = RuntimeError("device lost")
+        with pytest.raises(BatchFailed):
+            await s.submit(rows([1]))
+        # No healthy device: the predicted wait is infinite, and the state says so at once,
+        # though nothing called load().
+        assert s.saturated
+        backend.fail_with = None
+        async with asyncio.timeout(5):
+            while s.saturated:  # the probe brings the device back, and the state with it
+                await asyncio.sleep(0.01)
+        assert device.healthy
+
+
+async def test_admission_counts_no_capacity_on_a_tripped_device() -> None:
+    tripped, slow = FakeBackend("tripped"), FakeBackend("slow")
+    devices = [Device(tripped, 1), Device(slow, 1)]
+    devices[0].latency.observe(4, 0.0001)  # fast, but out of routing
+    devices[1].latency.observe(4, 0.4)  # 0.1 s per row
+    config = BatchingConfig(max_batch_rows=4, max_queue_delay_seconds=0.0, max_queue_rows=100)
+    async for s in started(Scheduler(devices, earliest_completion, config)):
+        fast_and_slow = s.predicted_completion(4, 0)
+        devices[0].breaker.trip(0.0, "test")
+        slow_only = s.predicted_completion(4, 0)
+        assert fast_and_slow < 0.01  # the fast device's rate dominates while it serves
+        # The slow device's fastest batch (0.4 s), then four rows at its rate (10 rows/s).
+        assert slow_only == pytest.approx(0.8, rel=0.01)
+        with pytest.raises(Overloaded, match="cannot finish within 100 ms"):
+            s.submit_nowait(rows([1, 2, 3, 4]), timeout_seconds=0.1)
+        assert s.load().capacity_rows_per_second == pytest.approx(10.0, rel=0.01)
