@@ -43,8 +43,9 @@ class Ranker:
         self.seen = seen
         self.limits = limits
 
-    def candidates(self, body: RankRequest) -> Candidates:
-        """ids -> feature rows -> (seen items dropped) -> model inputs. Raises a 4xx error."""
+    def candidates(self, body: RankRequest, with_inputs: bool = True) -> Candidates:
+        """ids -> feature rows -> (seen items dropped) -> model inputs (unless `with_inputs` is
+        false: the benchmarks' front end, which scores nothing). Raises a 4xx error."""
         tables = self.tables
         user_row = int(tables.user_rows([str(body.user_id)])[0])
         ids, item_rows, unknown = self.candidate_rows(body)
@@ -55,7 +56,7 @@ class Ranker:
             keep = ~np.isin(item_rows, seen_rows[indptr[user_row] : indptr[user_row + 1]])
             ids, item_rows = np.asarray(ids)[keep], item_rows[keep]
         inputs = None
-        if len(item_rows):
+        if with_inputs and len(item_rows):
             users = np.full(len(item_rows), user_row, dtype=np.int64)
             inputs = tables.assemble(users, item_rows)
         return Candidates(user_row, ids, unknown, inputs)

@@ -124,7 +124,7 @@ def frontend_app(settings: Settings, version: ModelVersion) -> FastAPI:
 
     @app.post("/v1/rank", response_model=RankResponse)
     async def rank(body: RankRequest) -> Response:
-        candidates = ranker.candidates(body)
+        candidates = ranker.candidates(body, with_inputs=False)
         scores = np.linspace(1.0, 0.0, len(candidates.ids), dtype=np.float32)  # no model runs
         return ranker.response(candidates, scores, {}, body.k)
 
