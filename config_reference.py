@@ -56,11 +56,16 @@ def description(field: FieldInfo) -> str:
     return " ".join((field.description or "").split())
 
 
-def nested_fields(field: FieldInfo) -> Iterator[tuple[str, FieldInfo]]:
-    """The fields of a model nested in a key (each entry of [pruning] steps)."""
-    for arg in getattr(field.annotation, "__args__", ()):
+def nested_models(field: FieldInfo) -> Iterator[type[BaseModel]]:
+    """The models nested in a key (each entry of [pruning] steps is one)."""
+    for arg in getattr(field.annotation, "__args__", ()) or (field.annotation,):
         if isinstance(arg, type) and issubclass(arg, BaseModel):
-            yield from arg.model_fields.items()
+            yield arg
+
+
+def nested_fields(field: FieldInfo) -> Iterator[tuple[str, FieldInfo]]:
+    for model in nested_models(field):
+        yield from model.model_fields.items()
 
 
 def markdown_value(value: Any) -> str:

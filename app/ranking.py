@@ -14,7 +14,7 @@ from app.errors import PayloadTooLarge, Unprocessable, json_response
 from app.settings import LimitSettings
 from app.v1_schema import RankRequest
 from models.feature_tables import OOV_ROW, FeatureTables
-from models.repository import Manifest
+from models.repository import Manifest, ModelVersion
 
 Ids = Sequence[str] | np.ndarray  # candidate ids: a list, or the catalog's array
 Inputs = dict[str, np.ndarray]
@@ -42,6 +42,10 @@ class Ranker:
         self.tables = tables
         self.seen = seen
         self.limits = limits
+
+    @classmethod
+    def for_version(cls, version: ModelVersion, limits: LimitSettings) -> Ranker:
+        return cls(version.manifest, version.tables, version.load_seen_items(), limits)
 
     def candidates(self, body: RankRequest, with_inputs: bool = True) -> Candidates:
         """ids -> feature rows -> (seen items dropped) -> model inputs (unless `with_inputs` is

@@ -39,7 +39,6 @@ class Serving:
     version: ModelVersion
     scheduler: Scheduler
     variants: dict[str, Variant]  # device name -> the variant it runs
-    seen: tuple[np.ndarray, np.ndarray] | None
     ranker: Ranker
     ready: bool = False
     stats: dict[str, float] = field(default_factory=dict)
@@ -103,7 +102,8 @@ def create_device(
 
 
 def example_inputs(version: ModelVersion, rows: int) -> dict[str, np.ndarray]:
-    """`rows` real input rows (test pairs, repeated as needed) to time warm-up batches on."""
+    """`rows` real input rows (test pairs, repeated as needed): warm-up batches are timed on
+    them, and GET /v1/examples hands them to load generators."""
     split = version.load_test_split()
     repeat = -(-rows // len(split.labels))
     users = np.tile(split.user_rows, repeat)[:rows]
@@ -153,6 +153,5 @@ async def start_serving(settings: Settings, metrics: SchedulerMetrics) -> Servin
         metrics,
     )
     scheduler.start()
-    seen = version.load_seen_items()
-    ranker = Ranker(version.manifest, version.tables, seen, settings.limits)
-    return Serving(version, scheduler, variants, seen, ranker, ready=True)
+    ranker = Ranker.for_version(version, settings.limits)
+    return Serving(version, scheduler, variants, ranker, ready=True)

@@ -89,10 +89,6 @@ def base_app(name: str, settings: Settings) -> FastAPI:
     return app
 
 
-def ranker_of(settings: Settings, version: ModelVersion) -> Ranker:
-    return Ranker(version.manifest, version.tables, version.load_seen_items(), settings.limits)
-
-
 def baseline_app(settings: Settings, version: ModelVersion) -> FastAPI:
     import torch  # only here: the serving path never imports torch
 
@@ -102,7 +98,7 @@ def baseline_app(settings: Settings, version: ModelVersion) -> FastAPI:
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     model = load_baseline(version)
     app = base_app("baseline", settings)
-    ranker = ranker_of(settings, version)
+    ranker = Ranker.for_version(version, settings.limits)
 
     @app.post("/v1/rank", response_model=RankResponse)
     def rank(body: RankRequest) -> Response:
@@ -120,7 +116,7 @@ def baseline_app(settings: Settings, version: ModelVersion) -> FastAPI:
 
 def frontend_app(settings: Settings, version: ModelVersion) -> FastAPI:
     app = base_app("frontend", settings)
-    ranker = ranker_of(settings, version)
+    ranker = Ranker.for_version(version, settings.limits)
 
     @app.post("/v1/rank", response_model=RankResponse)
     async def rank(body: RankRequest) -> Response:

@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from app.settings import (
@@ -61,9 +61,7 @@ class Settings(BaseSettings):
     http: HttpSettings = HttpSettings()
     model: ServingModelSettings = ServingModelSettings()
     batching: BatchingSettings = BatchingSettings()
-    devices: tuple[DeviceSettings, ...] = Field(
-        DEFAULT_DEVICES, description="the devices batches run on ([[devices]], one table each)"
-    )
+    devices: tuple[DeviceSettings, ...] = DEFAULT_DEVICES
     routing: RoutingSettings = RoutingSettings()
     limits: LimitSettings = LimitSettings()
     admission: AdmissionSettings = AdmissionSettings()

@@ -25,7 +25,7 @@ from scheduler.dispatcher import Dispatcher
 from scheduler.errors import BatchFailed, DeadlineExceeded, NotReady, Overloaded
 from scheduler.load import LoadReport, RecentWork, Saturation, headroom
 from scheduler.metrics import SchedulerMetrics
-from scheduler.router import Router
+from scheduler.router import DeviceSnapshot, Router
 
 log = logging.getLogger(__name__)
 
@@ -151,16 +151,18 @@ class Scheduler:
     def predicted_completion(self, rows: int, priority: int) -> float:
         """Seconds until `rows` submitted now would be scored, behind the rows queued ahead of
         them (of the same or higher priority); infinite with no healthy device."""
+        return self._predicted(rows, priority, [d.snapshot() for d in self.devices])
+
+    def _predicted(self, rows: int, priority: int, snapshots: list[DeviceSnapshot]) -> float:
         queued = self._batcher.queued_rows
         ahead = queued[HIGH] + (queued[LOW] if priority == LOW else 0)
-        snapshots = [d.snapshot() for d in self.devices]
         return load.predicted_completion(snapshots, ahead, rows, self._config.max_batch_rows)
 
     def load(self) -> LoadReport:
         now = self._clock()
         snapshots = [d.snapshot() for d in self.devices]
         capacity = load.capacity_rows_per_second(snapshots, self._config.max_batch_rows)
-        wait = self._update_saturation()
+        wait = self._update_saturation(snapshots)
         recent = self._recent.rows_per_second(now)
         utilisation = recent / capacity if capacity else 1.0
         healthy = [s.name for s in snapshots if s.healthy]
@@ -185,8 +187,9 @@ class Scheduler:
         """The saturation state as the last batch, probe or poll left it."""
         return self._saturation.saturated
 
-    def _update_saturation(self) -> float:
-        wait = self.predicted_completion(0, LOW)
+    def _update_saturation(self, snapshots: list[DeviceSnapshot] | None = None) -> float:
+        """The predicted wait now; saturation follows it (with its hysteresis)."""
+        wait = self._predicted(0, LOW, snapshots or [d.snapshot() for d in self.devices])
         self._saturation.update(wait)
         return wait
 

@@ -21,9 +21,7 @@ def documented_models() -> Iterator[tuple[str, type[BaseModel]]]:
         name, model = pending.pop()
         yield name, model
         for key, field in model.model_fields.items():
-            for nested in getattr(field.annotation, "__args__", ()) or (field.annotation,):
-                if isinstance(nested, type) and issubclass(nested, BaseModel):
-                    pending.append((f"{name}.{key}", nested))
+            pending += [(f"{name}.{key}", m) for m in config_reference.nested_models(field)]
 
 
 def test_every_key_of_every_section_has_its_own_description() -> None:
