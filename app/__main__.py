@@ -10,8 +10,10 @@ from pathlib import Path
 import uvicorn
 
 from app.main import create_app, http_protocol
+from app.registry import check_repository
 from app.server import DrainingServer
 from config.settings import SettingsError, load_settings
+from models.repository import RepositoryError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,6 +34,11 @@ def main(argv: list[str] | None = None) -> int:
         level=settings.server.log_level.upper(),
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
+    try:
+        check_repository(settings)
+    except (RepositoryError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     app = create_app(settings)
     config = uvicorn.Config(
         app,

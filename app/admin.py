@@ -10,7 +10,7 @@ from pydantic import BaseModel
 
 from app import dependencies
 from app.errors import Unauthorized
-from app.serving import Serving
+from app.registry import ModelRegistry
 from scheduler.errors import UnknownModel
 from scheduler.faults import FaultInjector, FaultMode
 
@@ -34,10 +34,18 @@ class FaultRequest(BaseModel):
 
 @router.post("/faults/{device}")
 async def set_fault(
-    device: str, body: FaultRequest, serving: Annotated[Serving, Depends(dependencies.serving)]
-) -> dict[str, str]:
-    for candidate in serving.scheduler.devices:
-        if candidate.name == device and isinstance(candidate.backend, FaultInjector):
-            candidate.backend.set_mode(body.mode)
-            return {"device": device, "mode": body.mode}
-    raise UnknownModel(f"device {device!r} is not served here")
+    device: str, body: FaultRequest,
+    models: Annotated[ModelRegistry, Depends(dependencies.accepting)],
+) -> dict[str, str]:  # fmt: skip
+    """Every served model's session on that device fails or stalls (they share the device)."""
+    found = [
+        candidate.backend
+        for serving in models.serving()
+        for candidate in serving.scheduler.devices
+        if candidate.name == device and isinstance(candidate.backend, FaultInjector)
+    ]
+    if not found:
+        raise UnknownModel(f"device {device!r} is not served here")
+    for backend in found:
+        backend.set_mode(body.mode)
+    return {"device": device, "mode": body.mode}

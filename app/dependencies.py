@@ -11,20 +11,50 @@ from dataclasses import dataclass
 from fastapi import Request
 
 from app.admission import PRIORITY_HEADER, header_priority
+from app.ranking import Ranker
+from app.registry import ModelRegistry
 from app.serving import Serving
 from config.settings import Settings
-from scheduler.errors import InvalidInput, NotReady
+from models.repository import ModelVersion
+from scheduler.errors import InvalidInput, NotReady, UnknownModel
 
 TIMEOUT_HEADER = "x-request-timeout-ms"
 
 
-async def serving(request: Request) -> Serving:
-    state: Serving | None = request.app.state.serving
+@dataclass(frozen=True)
+class Ranking:
+    """The /v1 model: a version served with its feature tables."""
+
+    serving: Serving
+    ranker: Ranker
+    built: ModelVersion
+
+
+def check_accepting(request: Request) -> ModelRegistry:
+    """The registry, once the start-up models are loaded and while not draining."""
     if request.app.state.draining:
         raise NotReady("draining: this replica is shutting down")
-    if state is None or not state.ready:
-        raise NotReady("the model is not ready")
-    return state
+    if not request.app.state.started:
+        raise NotReady("the models are not loaded yet")
+    models: ModelRegistry = request.app.state.models
+    return models
+
+
+async def accepting(request: Request) -> ModelRegistry:
+    return check_accepting(request)
+
+
+async def ranking(request: Request) -> Ranking:
+    name = request.app.state.settings.model.name
+    serving = check_accepting(request).get(name)
+    if serving.ranker is None or serving.built is None:
+        raise UnknownModel(
+            f"model {name!r} has no feature tables: /v1 serves a model built by `python -m "
+            "models build`; call it through V2 (/v2/models/{name}/infer)"
+        )
+    if not serving.ready:
+        raise NotReady(f"model {name!r} is not ready")
+    return Ranking(serving, serving.ranker, serving.built)
 
 
 async def settings(request: Request) -> Settings:

@@ -31,6 +31,10 @@ class Unprocessable(ServingError):
     status = HTTPStatus.UNPROCESSABLE_ENTITY
 
 
+class Forbidden(ServingError):
+    status = HTTPStatus.FORBIDDEN
+
+
 class ErrorBody(BaseModel):
     error: str = Field(description="what was wrong, naming the field or header")
 
@@ -42,6 +46,9 @@ def _described(description: str) -> dict[str, Any]:
 # Every error the server answers, in the one JSON format (for the OpenAPI schema).
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: _described("invalid input: a wrong type, shape, datatype or header, naming it"),
+    403: _described(
+        "the repository API's load or unload while [model_control] mode is not explicit"
+    ),
     404: _described("unknown model, version or route"),
     405: _described("method not allowed"),
     408: _described("the request's head or body did not arrive in time"),

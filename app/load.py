@@ -11,8 +11,9 @@ from typing import Any
 from fastapi import APIRouter, FastAPI, Request
 
 from app.admission import Admission
-from app.serving import Serving
+from app.registry import ModelRegistry
 from scheduler.errors import NotReady
+from scheduler.load import LoadReport, combine
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["operations"])
@@ -21,10 +22,10 @@ router = APIRouter(prefix="/v1", tags=["operations"])
 @router.get("/load")
 async def load(request: Request) -> dict[str, Any]:
     """Queue depth, predicted wait, batches in flight per device, recent throughput, headroom."""
-    serving: Serving | None = request.app.state.serving
-    if serving is None:
-        raise NotReady("the model is not loaded yet")
-    report = asdict(serving.scheduler.load())
+    combined = server_load(request.app)
+    if combined is None:
+        raise NotReady("no model is loaded")
+    report = asdict(combined)
     if math.isinf(report["predicted_wait_seconds"]):
         report["predicted_wait_seconds"] = None
     in_flight = request.app.state.admission.in_flight - 1  # not this request
@@ -36,6 +37,13 @@ async def load(request: Request) -> dict[str, Any]:
     }
 
 
+def server_load(app: FastAPI) -> LoadReport | None:
+    """Every served version's load, combined; None before start-up or with no model loaded."""
+    models: ModelRegistry = app.state.models
+    served = models.serving() if app.state.started else []
+    return combine([s.scheduler.load() for s in served]) if served else None
+
+
 def replica_headroom(app: FastAPI, scheduler_headroom: int, in_flight_requests: int) -> int:
     """The scheduler's headroom, capped by how busy the HTTP layer is."""
     admission: Admission = app.state.admission
@@ -44,13 +52,10 @@ def replica_headroom(app: FastAPI, scheduler_headroom: int, in_flight_requests: 
 
 def agent_reply(app: FastAPI) -> str:
     """HAProxy agent-check answer: the replica's weight as a percentage of its configured one."""
-    serving: Serving | None = app.state.serving
     if app.state.draining:
         return "drain\n"
-    if serving is None:
-        return "down\n"
-    report = serving.scheduler.load()
-    if not report.healthy_devices:
+    report = server_load(app)
+    if report is None or not report.healthy_devices:
         return "down\n"
     headroom = replica_headroom(app, report.headroom, app.state.admission.in_flight)
     return f"up {max(1, headroom)}%\n"

@@ -1,5 +1,5 @@
-"""The app factory: `create_app(settings)` builds the FastAPI app; the lifespan loads the model,
-starts and warms up the devices (readiness stays false until then) and closes them at shutdown."""
+"""The app factory: `create_app(settings)` builds the FastAPI app; the lifespan loads the models,
+starts and warms up their devices (readiness stays false until then) and closes them at shutdown."""
 
 from __future__ import annotations
 
@@ -10,15 +10,16 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from app import admin, errors, load, v1, v2
+from app import admin, errors, load, repository_api, v1, v2
 from app.admission import Admission, AdmissionMiddleware
 from app.http_metrics import ConnectionMetrics, RequestMetrics
 from app.http_protocol import ConnectionCap, connection_limit, guarded_protocol
-from app.serving import Serving, start_serving
+from app.registry import ModelRegistry
 from config.settings import Settings
+from scheduler.load import combine
 from scheduler.metrics import SchedulerMetrics
 
 log = logging.getLogger(__name__)
@@ -27,11 +28,23 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings, registry: CollectorRegistry | None = None) -> FastAPI:
     registry = registry or CollectorRegistry()
     scheduler_metrics = SchedulerMetrics(registry, settings.metrics.prefix)
+    load_failures = Counter(
+        f"{settings.metrics.prefix}_model_load_failures",
+        "Model loads and reloads that failed (what served before kept serving)",
+        ["model"], registry=registry,
+    )  # fmt: skip
+    models = ModelRegistry(
+        settings, scheduler_metrics, lambda name: load_failures.labels(model=name).inc()
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        serving = await start_serving(settings, scheduler_metrics)
-        app.state.serving = serving
+        try:
+            await models.start()
+        except BaseException:
+            await models.close()
+            raise
+        app.state.started = True
         lb = settings.load_balancing
         agent = None
         if lb.agent_check_port:
@@ -40,15 +53,15 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         # full collections stay short (they were tens of milliseconds under load).
         gc.collect()
         gc.freeze()
-        log.info(
-            "ready: %s version %s", settings.model.name, serving.version.manifest.model_version
-        )
+        served = [f"{s.version.model} version {s.version.number}" for s in models.serving()]
+        log.info("ready: %s", ", ".join(served) or "no model loaded")
         try:
             yield
         finally:
             if agent is not None:
                 agent.close()
-            await serving.close()
+            app.state.started = False
+            await models.close()
 
     app = FastAPI(
         title="recsys-serve",
@@ -59,7 +72,8 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     app.state.settings = settings
     app.state.scheduler_metrics = scheduler_metrics
     app.state.connection_metrics = ConnectionMetrics(registry, settings.metrics.prefix)
-    app.state.serving = None
+    app.state.models = models
+    app.state.started = False  # the lifespan has loaded the start-up models
     app.state.draining = False  # set by the server on SIGTERM
     refused = scheduler_metrics.refused.labels(reason="in_flight")
     admission = Admission(settings.admission, on_refusal=refused.inc)
@@ -67,6 +81,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     errors.install(app)
     app.include_router(v1.router)
     app.include_router(v2.router)
+    app.include_router(repository_api.router)
     app.include_router(load.router)
     if settings.faults.admin_enabled:
         app.include_router(admin.router)
@@ -74,13 +89,11 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
-        serving: Serving | None = app.state.serving
-        if serving is not None:
-            stats = serving.scheduler.statistics()
-            scheduler_metrics.refresh_gauges(
-                serving.scheduler.devices, stats.queued_requests, stats.queued_rows
-            )
-            report = serving.scheduler.load()
+        served = models.serving()
+        if served:
+            devices = [d for s in served for d in s.scheduler.devices]
+            report = combine([s.scheduler.load() for s in served])
+            scheduler_metrics.refresh_gauges(devices, report.queued_requests, report.queued_rows)
             scheduler_metrics.refresh_load(
                 dataclasses.replace(
                     report,

@@ -1,7 +1,6 @@
-"""What the app serves: one validated model version and the scheduler over its devices.
-
-Built at start-up (sessions created and warmed up before readiness turns true), closed at
-shutdown. Knows the model; the scheduler below it knows only arrays.
+"""What the app serves of one model version: its devices (sessions created and warmed up before
+it turns ready) and the scheduler over them. Knows the model; the scheduler below it knows only
+arrays. `app.registry` holds one per version served.
 """
 
 from __future__ import annotations
@@ -13,8 +12,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from app.ranking import Ranker
+from app.v2_codec import DTYPES
 from config.settings import Settings
-from models.repository import ModelVersion, Variant, open_version
+from models.model_config import CONFIG_FILE
+from models.repository import ModelVersion
+from models.servable import AS_EXPORTED, ServableVersion, VariantFile
 from scheduler.backend import Backend, BackendConfig, create_backend
 from scheduler.device import Device, StallPolicy
 from scheduler.errors import DeviceUnavailable
@@ -36,12 +38,16 @@ DEVICE_KIND_OF_BACKEND = {"openvino-cpu": "cpu", "onnxruntime-cpu": "cpu", "onnx
 
 @dataclass
 class Serving:
-    version: ModelVersion
+    version: ServableVersion
     scheduler: Scheduler
-    variants: dict[str, Variant]  # device name -> the variant it runs
-    ranker: Ranker
+    variants: dict[str, VariantFile]  # device name -> the variant it runs
+    ranker: Ranker | None  # /v1/rank and /v1/score: only for a version built with feature tables
     ready: bool = False
     stats: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def built(self) -> ModelVersion | None:
+        return self.version.built
 
     async def close(self) -> None:
         self.ready = False
@@ -50,42 +56,52 @@ class Serving:
             await asyncio.to_thread(device.close)
 
 
-def choose_variant(version: ModelVersion, device: DeviceSettings) -> Variant:
-    manifest = version.manifest
+class NotServedHere(ValueError):
+    """This device cannot run this model (a runtime that does not read its format)."""
+
+
+def choose_variant(version: ServableVersion, device: DeviceSettings) -> VariantFile:
+    """The variant a device runs: the model's config.toml, else the device's setting, else the
+    version's default for the device's kind."""
     kind = DEVICE_KIND_OF_BACKEND[device.backend]
-    name = manifest.default_variants[kind] if device.variant == "default" else device.variant  # type: ignore[index]
-    try:
-        variant = manifest.variant(name)
-    except KeyError:
+    named = version.config.variants.get(device.name) or (
+        None if device.variant == "default" else device.variant
+    )
+    name = named or version.default_variants.get(kind)
+    variant = version.variants.get(name or "")
+    where = f"{version.model} version {version.number}"
+    if variant is None:
         raise ValueError(
-            f"devices.{device.name}.variant: no variant {name!r} in the manifest"
-        ) from None
+            f"devices.{device.name}.variant: {where} has no servable variant {name!r} "
+            f"(it has {', '.join(sorted(version.variants))})"
+        )
     runtime = RUNTIME_OF_BACKEND[device.backend]
     if runtime not in variant.runtimes:
-        raise ValueError(
-            f"devices.{device.name}.variant: {name!r} is not served by {runtime} "
-            f"(it runs on {', '.join(variant.runtimes)})"
+        message = (
+            f"{where}: {variant.name!r} is not run by {runtime} ({', '.join(variant.runtimes)})"
         )
-    if not variant.servable:
-        raise ValueError(f"devices.{device.name}.variant: {name!r} failed the gate: {variant.gate}")
+        if named is None:
+            raise NotServedHere(message)
+        raise ValueError(f"devices.{device.name}.variant: {message}")
     return variant
 
 
-def backend_config(version: ModelVersion, variant: Variant, threads: int = 0, streams: int = 1,
+def backend_config(variant: VariantFile, batched: bool, threads: int = 0, streams: int = 1,
                    ) -> BackendConfig:  # fmt: skip
-    # An FP32 ONNX file runs at FP32 in OpenVINO too (its CPU plugin would pick BF16 on its own).
-    hint = "f32" if variant.precision == "fp32" and variant.format == "onnx" else None
-    return BackendConfig(version.file(variant.file), threads, streams, hint)
+    # An FP32 ONNX file, and a user's plain file whatever its format, runs at FP32 in OpenVINO
+    # too: its CPU plugin would pick BF16 on its own, a precision no gate has scored.
+    exact = variant.precision == "fp32" and variant.format == "onnx"
+    hint = "f32" if exact or variant.precision == AS_EXPORTED else None
+    return BackendConfig(variant.path, threads, streams, hint, batched)
 
 
 def create_device(
-    version: ModelVersion, config: DeviceSettings, settings: Settings
-) -> tuple[Device, Variant]:
-    variant = choose_variant(version, config)
+    version: ServableVersion, config: DeviceSettings, variant: VariantFile, settings: Settings
+) -> Device:
     backend: Backend = create_backend(
         config.backend,
         config.name,
-        backend_config(version, variant, config.threads, config.streams),
+        backend_config(variant, version.batched, config.threads, config.streams),
     )
     if settings.faults.admin_enabled:
         backend = FaultInjector(backend)
@@ -98,12 +114,12 @@ def create_device(
         StallPolicy(settings.faults.stall_multiple, settings.faults.stall_floor_ms / 1000),
         settings.faults.cool_down_seconds,
     )
-    return device, variant
+    return device
 
 
 def example_inputs(version: ModelVersion, rows: int) -> dict[str, np.ndarray]:
-    """`rows` real input rows (test pairs, repeated as needed): warm-up batches are timed on
-    them, and GET /v1/examples hands them to load generators."""
+    """`rows` real input rows (test pairs, repeated as needed) of a built version: warm-up batches
+    are timed on them, and GET /v1/examples hands them to load generators."""
     split = version.load_test_split()
     repeat = -(-rows // len(split.labels))
     users = np.tile(split.user_rows, repeat)[:rows]
@@ -111,39 +127,90 @@ def example_inputs(version: ModelVersion, rows: int) -> dict[str, np.ndarray]:
     return version.tables.assemble(users, items)
 
 
-async def start_serving(settings: Settings, metrics: SchedulerMetrics) -> Serving:
-    model = settings.model
-    version = await asyncio.to_thread(open_version, model.repository, model.name, model.version)
-    devices: list[Device] = []
-    variants: dict[str, Variant] = {}
-    warmup_rows = settings.routing.warmup_rows
-    sample = example_inputs(version, max(warmup_rows))
+def warmup_inputs(version: ServableVersion, rows: int) -> dict[str, np.ndarray]:
+    """Real rows for a built version; for a plain model, zeros of each input's shape (a plain
+    model ships no data; zeros exercise every batch shape the batcher will form). An unbatched
+    model's request carries a leading axis of one, which its backend takes off."""
+    if version.built is not None:
+        return example_inputs(version.built, rows)
+    inputs = {}
+    for spec in version.signature.inputs:
+        inner = spec.shape[1:] if version.batched else spec.shape
+        shape = (rows if version.batched else 1, *(max(d, 1) for d in inner))
+        inputs[spec.name] = np.zeros(shape, dtype=DTYPES[spec.datatype])
+    return inputs
+
+
+def plan_devices(version: ServableVersion, settings: Settings,
+                 ) -> list[tuple[DeviceSettings, VariantFile]]:  # fmt: skip
+    """The devices that serve the version and the variant each runs (pure: start-up checks a
+    repository with it before any session exists). Raises ValueError naming the setting."""
+    wanted = version.config.devices
+    unknown = set(wanted or ()) - {d.name for d in settings.devices}
+    if unknown:
+        raise ValueError(
+            f"{version.path.parent / CONFIG_FILE}: devices: no device {sorted(unknown)[0]!r} in "
+            f"the server's settings (it has {', '.join(d.name for d in settings.devices)})"
+        )
+    plan = []
     for config in settings.devices:
-        try:
-            device, variant = await asyncio.to_thread(create_device, version, config, settings)
-        except DeviceUnavailable as exc:
-            log.warning(
-                "device %s (%s) is not available here: %s", config.name, config.backend, exc
-            )
+        if wanted is not None and config.name not in wanted:
             continue
-        await asyncio.to_thread(device.warm_up, sample, warmup_rows)
-        fit = device.latency.fit
-        log.info(
-            "device %s ready: %s (%s, executes %s); latency %.3f ms + %.2f us/row",
-            device.name, variant.name, config.backend, device.backend.execution_precision,
-            fit.fixed_seconds * 1e3, fit.seconds_per_row * 1e6,
-        )  # fmt: skip
-        devices.append(device)
-        variants[device.name] = variant
+        try:
+            plan.append((config, choose_variant(version, config)))
+        except NotServedHere as exc:
+            log.info("device %s does not serve it: %s", config.name, exc)
+    if not plan:
+        raise ValueError(
+            f"{version.model} version {version.number}: no configured device runs "
+            f"{', '.join(sorted(version.variants))}"
+        )
+    return plan
+
+
+async def start_serving(version: ServableVersion, settings: Settings,
+                        metrics: SchedulerMetrics | None) -> Serving:  # fmt: skip
+    """Sessions on every device that may run the version, warmed up; raises ValueError when none
+    can (or a device's settings name a variant it cannot run)."""
+    devices: list[Device] = []
+    variants: dict[str, VariantFile] = {}
+    warmup_rows = settings.routing.warmup_rows if version.batched else (1,)
+    sample = warmup_inputs(version, max(warmup_rows))
+    try:
+        for config, variant in plan_devices(version, settings):
+            try:
+                device = await asyncio.to_thread(create_device, version, config, variant, settings)
+            except DeviceUnavailable as exc:
+                log.warning(
+                    "device %s (%s) is not available here: %s", config.name, config.backend, exc
+                )
+                continue
+            devices.append(device)
+            variants[device.name] = variant
+            await asyncio.to_thread(device.warm_up, sample, warmup_rows)
+            fit = device.latency.fit
+            log.info(
+                "%s version %d on device %s: %s (%s, executes %s); latency %.3f ms + %.2f us/row",
+                version.model, version.number, device.name, variant.name, config.backend,
+                device.backend.execution_precision, fit.fixed_seconds * 1e3,
+                fit.seconds_per_row * 1e6,
+            )  # fmt: skip
+    except BaseException:
+        for device in devices:
+            await asyncio.to_thread(device.close)
+        raise
     if not devices:
-        raise RuntimeError("no configured device could be started")
-    batching = settings.batching
+        raise ValueError(f"{version.model} version {version.number}: no device can serve it")
+    batching, own = settings.batching, version.config
+    max_rows = own.max_batch_rows or batching.max_batch_rows
+    delay_ms = own.max_queue_delay_ms
+    delay_ms = batching.max_queue_delay_ms if delay_ms is None else delay_ms
     scheduler = Scheduler(
         devices,
         make_router(settings.routing.policy),
         BatchingConfig(
-            max_batch_rows=batching.max_batch_rows,
-            max_queue_delay_seconds=batching.max_queue_delay_ms / 1000,
+            max_batch_rows=max_rows if version.batched else 1,
+            max_queue_delay_seconds=delay_ms / 1000,
             max_queue_rows=batching.max_queue_rows,
             elastic=batching.elastic,
             low_priority_deadline_fraction=settings.admission.low_priority_deadline_fraction,
@@ -153,5 +220,8 @@ async def start_serving(settings: Settings, metrics: SchedulerMetrics) -> Servin
         metrics,
     )
     scheduler.start()
-    ranker = Ranker.for_version(version, settings.limits)
+    built = version.built
+    ranker = None
+    if built is not None:
+        ranker = await asyncio.to_thread(Ranker.for_version, built, settings.limits)
     return Serving(version, scheduler, variants, ranker, ready=True)

@@ -67,11 +67,35 @@ class HttpSettings(Section):
 
 
 class ServingModelSettings(Section):
-    """The model the server loads: <repository>/<name>/<version>."""
+    """The model repository the server serves (`<repository>/<model>/<version>/`, each model with
+    an optional config.toml), and the model the /v1 ranking API serves."""
 
     repository: Path = Field(Path("model_repository"), description="the model repository's folder")
-    name: str = Field("movielens-dcnv2", description="the model's folder in the repository")
-    version: int | None = Field(None, description="the version folder; unset: the latest")
+    name: str = Field(
+        "movielens-dcnv2", description="the model /v1/rank, /v1/score and /v1/examples serve (one "
+        "built with feature tables); V2 serves every model loaded",
+    )  # fmt: skip
+    version: int | None = Field(
+        None, description="serve only this version of that model; unset: its version_policy"
+    )
+
+
+class ModelControlSettings(Section):
+    """Which models are loaded, and how they are reloaded without a restart (Triton's model
+    control modes)."""
+
+    mode: Literal["none", "explicit", "poll"] = Field(
+        "none", description="none: the repository is read at start-up only; explicit: also "
+        "POST /v2/repository/models/{name}/load and /unload; poll: a model is reloaded when its "
+        "folder changes (a new version, a changed file or config.toml)",
+    )  # fmt: skip
+    poll_seconds: float = Field(
+        5.0, gt=0, description="poll mode: how often the repository is checked for changes"
+    )
+    startup_models: tuple[str, ...] = Field(
+        ("*",), description="the models loaded at start-up (\"*\": every model in the "
+        "repository); a model that fails to load stops the start-up",
+    )  # fmt: skip
 
 
 class LimitSettings(Section):

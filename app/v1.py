@@ -15,11 +15,12 @@ from pydantic import BaseModel, ValidationError
 from app import dependencies
 from app.errors import ERROR_RESPONSES, PayloadTooLarge, Unprocessable, json_response
 from app.openapi import json_body
-from app.serving import Serving, example_inputs
+from app.serving import example_inputs
 from app.settings import LimitSettings
 from app.v1_schema import RankRequest, RankResponse, ScoreRequest, ScoreResponse
 from config.settings import Settings
 from models.feature_tables import CATEGORICAL_INPUT, DENSE_INPUT
+from models.repository import Manifest
 
 router = APIRouter(prefix="/v1", tags=["recommendations"], responses=ERROR_RESPONSES)
 Body = TypeVar("Body", bound=BaseModel)
@@ -57,11 +58,10 @@ async def score_body(request: Request) -> ScoreRequest:
 @router.post("/rank", response_model=RankResponse, openapi_extra=json_body(RankRequest))
 async def rank(
     body: Annotated[RankRequest, Depends(rank_body)],
-    serving: Annotated[Serving, Depends(dependencies.serving)],
-    settings: Annotated[Settings, Depends(dependencies.settings)],
+    ranking: Annotated[dependencies.Ranking, Depends(dependencies.ranking)],
     options: Annotated[dependencies.RequestOptions, Depends(dependencies.request_options)],
 ) -> Response:
-    ranker = serving.ranker
+    ranker, serving = ranking.ranker, ranking.serving
     candidates = ranker.candidates(body)
     scores = np.empty(0, dtype=np.float32)
     devices: tuple[str, ...] = ()
@@ -77,7 +77,7 @@ async def rank(
 @router.post("/score", openapi_extra=json_body(ScoreRequest))
 async def score(
     body: Annotated[ScoreRequest, Depends(score_body)],
-    serving: Annotated[Serving, Depends(dependencies.serving)],
+    ranking: Annotated[dependencies.Ranking, Depends(dependencies.ranking)],
     settings: Annotated[Settings, Depends(dependencies.settings)],
     options: Annotated[dependencies.RequestOptions, Depends(dependencies.request_options)],
 ) -> ScoreResponse:
@@ -88,14 +88,14 @@ async def score(
         )
     if len(body.dense) != rows:
         raise Unprocessable(f"dense: {len(body.dense)} rows, categorical has {rows}")
-    manifest = serving.version.manifest
+    manifest, serving = ranking.built.manifest, ranking.serving
     inputs = {
         CATEGORICAL_INPUT: to_array(
             body.categorical, np.int64, len(manifest.categorical_fields), CATEGORICAL_INPUT
         ),
         DENSE_INPUT: to_array(body.dense, np.float32, len(manifest.dense_fields), DENSE_INPUT),
     }
-    check_inputs(inputs, serving)
+    check_inputs(inputs, manifest)
     scored = await serving.scheduler.submit(inputs, options.timeout_seconds, options.priority)
     return ScoreResponse(
         model_name=manifest.model_name,
@@ -115,9 +115,8 @@ def to_array(rows: Sequence[Sequence[float]], dtype: type, width: int, name: str
         raise Unprocessable(f"{name}: a value outside the range of {np.dtype(dtype)}") from None
 
 
-def check_inputs(inputs: dict[str, np.ndarray], serving: Serving) -> None:
+def check_inputs(inputs: dict[str, np.ndarray], manifest: Manifest) -> None:
     """Indices within each field's vocabulary, dense values finite (no NaN or infinity)."""
-    manifest = serving.version.manifest
     categorical = inputs[CATEGORICAL_INPUT]
     sizes = np.array([manifest.vocabulary_sizes[f] for f in manifest.categorical_fields])
     bad = (categorical < 0) | (categorical >= sizes)
@@ -134,7 +133,7 @@ def check_inputs(inputs: dict[str, np.ndarray], serving: Serving) -> None:
 
 @router.get("/examples", tags=["load testing"])
 async def examples(
-    serving: Annotated[Serving, Depends(dependencies.serving)],
+    ranking: Annotated[dependencies.Ranking, Depends(dependencies.ranking)],
     settings: Annotated[Settings, Depends(dependencies.settings)],
     ids: Annotated[int, Query(ge=0, le=100_000, description="user and item ids, each")] = 1000,
     rows: Annotated[int, Query(ge=1, description="feature rows (held-out test pairs)")] = 64,
@@ -144,7 +143,7 @@ async def examples(
     limit = settings.limits.max_rows_per_request
     if rows > limit:
         raise Unprocessable(f"rows: at most {limit}, got {rows}")
-    version = serving.version
+    version = ranking.built
     sample = await asyncio.to_thread(example_inputs, version, rows)
     return json_response({
         "model_name": version.manifest.model_name,

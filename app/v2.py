@@ -6,14 +6,15 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any
 
+import numpy as np
 from fastapi import APIRouter, Depends, Request, Response
 
 from app import dependencies
 from app.admission import v2_priority
-from app.dependencies import effective_timeout
 from app.errors import ERROR_RESPONSES, json_response
 from app.openapi import inline_schema
-from app.serving import Serving
+from app.registry import ModelRegistry
+from app.serving import DEVICE_KIND_OF_BACKEND, Serving
 from app.v1 import check_inputs
 from app.v2_codec import (
     HEADER_LENGTH,
@@ -25,7 +26,7 @@ from app.v2_codec import (
 )
 from app.v2_schema import InferenceRequest, RequestParameters
 from config.settings import Settings
-from scheduler.errors import NotReady, UnknownModel
+from scheduler.errors import InvalidInput, NotReady
 
 router = APIRouter(prefix="/v2", tags=["KServe V2"], responses=ERROR_RESPONSES)
 # The version is read from the path by model_of; documented here for the versioned routes.
@@ -50,21 +51,19 @@ INFER: dict[str, Any] = {
 VERSIONED_INFER = {**VERSIONED, **INFER}
 SERVER_NAME = "recsys-serve"
 SERVER_VERSION = "0.1.0"
-TRITON_TYPES = {"INT64": "TYPE_INT64", "FP32": "TYPE_FP32"}
+PLATFORMS = {"onnx": "onnxruntime_onnx", "openvino-ir": "openvino"}
+
+
+def registry(request: Request) -> ModelRegistry:
+    if not request.app.state.started:
+        raise NotReady("the models are not loaded yet")
+    models: ModelRegistry = request.app.state.models
+    return models
 
 
 def model_of(request: Request, name: str) -> Serving:
-    """The model a route names, at the version its path names (none: the one served)."""
-    version: str | None = request.path_params.get("version")
-    state: Serving | None = request.app.state.serving
-    if state is None:
-        raise NotReady("the model is not loaded yet")
-    manifest = state.version.manifest
-    if name != manifest.model_name:
-        raise UnknownModel(f"model {name!r} is not served here (serving {manifest.model_name!r})")
-    if version is not None and version != str(manifest.model_version):
-        raise UnknownModel(f"model {name!r} has no version {version!r}")
-    return state
+    """The model a route names, at the version its path names (none: the latest ready one)."""
+    return registry(request).get(name, request.path_params.get("version"))
 
 
 @router.get("")
@@ -72,7 +71,7 @@ async def server_metadata() -> dict[str, Any]:
     return {
         "name": SERVER_NAME,
         "version": SERVER_VERSION,
-        "extensions": ["binary_tensor_data", "statistics"],
+        "extensions": ["binary_tensor_data", "statistics", "model_repository"],
     }
 
 
@@ -83,33 +82,30 @@ async def live() -> dict[str, bool]:
 
 @router.get("/health/ready")
 async def ready(request: Request) -> Response:
-    state: Serving | None = request.app.state.serving
-    is_ready = (
-        state is not None
-        and state.ready
-        and state.scheduler.running
-        and any(d.healthy for d in state.scheduler.devices)
-        and not request.app.state.draining
-        and not state.scheduler.load().saturated
-    )
+    """Ready: the start-up models loaded, every loaded model with a ready version on a healthy
+    device, none saturated, not draining."""
+    app = request.app
+    is_ready = app.state.started and not app.state.draining and app.state.models.ready()
     return json_response({"ready": is_ready}, status=200 if is_ready else 503)
 
 
 @router.get("/models/{name}")
 @router.get("/models/{name}/versions/{version}", openapi_extra=VERSIONED)
 async def model_metadata(request: Request, name: str) -> dict[str, Any]:
-    manifest = model_of(request, name).version.manifest
+    serving = model_of(request, name)
+    version = serving.version
+    served = registry(request).models[name].versions
     return {
-        "name": manifest.model_name,
-        "versions": [str(manifest.model_version)],
-        "platform": "onnxruntime_onnx",
+        "name": name,
+        "versions": [str(n) for n in sorted(served)],
+        "platform": PLATFORMS[next(iter(serving.variants.values())).format],
         "inputs": [
             {"name": i.name, "datatype": i.datatype, "shape": list(i.shape)}
-            for i in manifest.inputs
+            for i in version.signature.inputs
         ],
         "outputs": [
             {"name": o.name, "datatype": o.datatype, "shape": list(o.shape)}
-            for o in manifest.outputs
+            for o in version.signature.outputs
         ],
     }
 
@@ -122,25 +118,45 @@ async def model_ready(request: Request, name: str) -> Response:
 
 
 @router.get("/models/{name}/config")
+@router.get("/models/{name}/versions/{version}/config", openapi_extra=VERSIONED)
 async def model_config(
     request: Request, name: str, settings: Annotated[Settings, Depends(dependencies.settings)]
 ) -> dict[str, Any]:
-    manifest = model_of(request, name).version.manifest
-    return {
-        "name": manifest.model_name,
-        "max_batch_size": settings.limits.max_rows_per_request,
+    """Triton's model configuration, as completed from the graph and the model's config.toml;
+    `max_batch_size` 0 says the model is served without batching."""
+    serving = model_of(request, name)
+    version = serving.version
+    batching = serving.scheduler.batching
+    inner = slice(1, None) if version.batched else slice(None)
+    config: dict[str, Any] = {
+        "name": name,
+        "platform": PLATFORMS[next(iter(serving.variants.values())).format],
+        "max_batch_size": batching.max_batch_rows if version.batched else 0,
         "input": [
-            {"name": i.name, "data_type": TRITON_TYPES[i.datatype], "dims": list(i.shape[1:])}
-            for i in manifest.inputs
+            {"name": i.name, "data_type": f"TYPE_{i.datatype}", "dims": list(i.shape[inner])}
+            for i in version.signature.inputs
         ],
         "output": [
-            {"name": o.name, "data_type": TRITON_TYPES[o.datatype], "dims": list(o.shape[1:])}
-            for o in manifest.outputs
+            {"name": o.name, "data_type": f"TYPE_{o.datatype}", "dims": list(o.shape[inner])}
+            for o in version.signature.outputs
         ],
-        "dynamic_batching": {
-            "max_queue_delay_microseconds": int(settings.batching.max_queue_delay_ms * 1000)
-        },
+        "instance_group": [
+            {
+                "name": device.name,
+                "kind": f"KIND_{DEVICE_KIND_OF_BACKEND[config.backend].upper()}",
+                "count": device.parallel_batches,
+                "variant": serving.variants[device.name].name,
+                "backend": config.backend,
+            }
+            for device in serving.scheduler.devices
+            for config in settings.devices
+            if config.name == device.name
+        ],
     }
+    if version.batched:
+        delay = int(batching.max_queue_delay_seconds * 1e6)
+        config["dynamic_batching"] = {"max_queue_delay_microseconds": delay}
+    return config
 
 
 @router.get("/models/{name}/stats")
@@ -152,7 +168,7 @@ async def model_stats(request: Request, name: str) -> dict[str, Any]:
         "model_stats": [
             {
                 "name": name,
-                "version": str(state.version.manifest.model_version),
+                "version": str(state.version.number),
                 "inference_count": int(s.get("rows", 0)),
                 "execution_count": int(s.get("requests", 0)),
                 "inference_stats": {
@@ -172,48 +188,71 @@ async def model_stats(request: Request, name: str) -> dict[str, Any]:
     }
 
 
-def v2_options(request: InferenceRequest, settings: Settings) -> tuple[float, int]:
-    """Triton's request parameters: `timeout` in microseconds, `priority` 1 highest (0: default)."""
+def v2_options(request: InferenceRequest, settings: Settings, serving: Serving,
+               ) -> tuple[float, int]:  # fmt: skip
+    """Triton's request parameters: `timeout` in microseconds, `priority` 1 highest (0: the
+    default); the model's config.toml may set its own defaults."""
     parameters = request.parameters or RequestParameters()
-    level = v2_priority(parameters.priority, settings.admission.default_priority)
+    config = serving.version.config
+    level = v2_priority(
+        parameters.priority, config.default_priority or settings.admission.default_priority
+    )
+    default_ms = config.default_timeout_ms or settings.admission.default_timeout_ms
     asked_ms = None if parameters.timeout is None else parameters.timeout / 1000
-    return effective_timeout(settings, asked_ms), level
+    return (default_ms if asked_ms is None else min(default_ms, asked_ms)) / 1000, level
+
+
+def requested_outputs(request: InferenceRequest, output_names: list[str]) -> list[str]:
+    """The outputs a request asks for, in its order; all of them when it names none."""
+    if not request.outputs:
+        return output_names
+    names = [spec.name for spec in request.outputs]
+    if len(set(names)) != len(names):
+        raise InvalidInput("outputs: an output is named twice")
+    return names  # unknown names are refused by binary_outputs
 
 
 @router.post("/models/{name}/infer", openapi_extra=INFER)
 @router.post("/models/{name}/versions/{version}/infer", openapi_extra=VERSIONED_INFER)
 async def infer(
-    request: Request,
-    name: str,
-    serving: Annotated[Serving, Depends(dependencies.serving)],
-    settings: Annotated[Settings, Depends(dependencies.settings)],
+    request: Request, name: str, settings: Annotated[Settings, Depends(dependencies.settings)]
 ) -> Response:
     started = time.perf_counter()
-    model_of(request, name)
-    manifest = serving.version.manifest
+    model_of(request, name)  # an unknown model is a 404 whatever the body
     parsed, tail = parse_request(await request.body(), request.headers.get(HEADER_LENGTH))
-    specs = {i.name: (i.datatype, i.shape) for i in manifest.inputs}
-    inputs = check_against(decode_inputs(parsed, tail), specs, settings.limits.max_rows_per_request)
-    check_inputs(inputs, serving)
-    binary = binary_outputs(parsed, [o.name for o in manifest.outputs])
-    timeout_seconds, priority = v2_options(parsed, settings)
+    # Looked up again with no await from here to the submit: a version swapped out meanwhile
+    # is never submitted to.
+    serving = model_of(request, name)
+    dependencies.check_accepting(request)
+    if not serving.ready:
+        raise NotReady(f"model {name!r} is not ready")
+    version = serving.version
+    specs = {i.name: (i.datatype, i.shape) for i in version.signature.inputs}
+    batched = version.batched
+    inputs = check_against(
+        decode_inputs(parsed, tail), specs, settings.limits.max_rows_per_request, batched
+    )
+    if serving.built is not None:
+        check_inputs(inputs, serving.built.manifest)
+    output_names = [o.name for o in version.signature.outputs]
+    binary = binary_outputs(parsed, output_names)
+    wanted = requested_outputs(parsed, output_names)
+    timeout_seconds, priority = v2_options(parsed, settings, serving)
+    if not batched:  # the scheduler's batch axis, of one row; the backend takes it off
+        inputs = {key: array[np.newaxis] for key, array in inputs.items()}
     try:
         scored = await serving.scheduler.submit(inputs, timeout_seconds, priority)
     except Exception:
         serving.stats["failures"] = serving.stats.get("failures", 0) + 1
         raise
-    response_header: dict[str, Any] = {
-        "model_name": manifest.model_name,
-        "model_version": str(manifest.model_version),
-    }
+    outputs = {key: scored.outputs[key] if batched else scored.outputs[key][0] for key in wanted}
+    response_header: dict[str, Any] = {"model_name": name, "model_version": str(version.number)}
     if parsed.id is not None:
         response_header["id"] = parsed.id
-    body, json_length = encode_response(
-        response_header, {manifest.outputs[0].name: scored.scores}, binary
-    )
+    body, json_length = encode_response(response_header, outputs, binary)
     s = serving.stats
     s["requests"] = s.get("requests", 0) + 1
-    s["rows"] = s.get("rows", 0) + len(scored.scores)
+    s["rows"] = s.get("rows", 0) + (len(next(iter(inputs.values()))) if batched else 1)
     s["queue_ns"] = s.get("queue_ns", 0) + scored.queue_seconds * 1e9
     s["compute_ns"] = s.get("compute_ns", 0) + scored.compute_seconds * 1e9
     s["total_ns"] = s.get("total_ns", 0) + (time.perf_counter() - started) * 1e9

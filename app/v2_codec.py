@@ -90,9 +90,11 @@ def json_values(data: list[Any], dtype: np.dtype[Any], where: str, datatype: str
 
 
 def check_against(
-    tensors: dict[str, np.ndarray], specs: Mapping[str, tuple[str, tuple[int, ...]]], max_rows: int
-) -> dict[str, np.ndarray]:
-    """Names, datatypes and shapes against the model's inputs; returns C-contiguous arrays."""
+    tensors: dict[str, np.ndarray], specs: Mapping[str, tuple[str, tuple[int, ...]]], max_rows: int,
+    batched: bool = True,
+) -> dict[str, np.ndarray]:  # fmt: skip
+    """Names, datatypes and shapes against the model's inputs (-1: any size), and for a batched
+    model the same number of rows in each; returns C-contiguous arrays."""
     if set(tensors) != set(specs):
         given = sorted(tensors)[:8]
         raise InvalidInput(f"inputs: expected {sorted(specs)[:8]}, got {given}")
@@ -107,6 +109,8 @@ def check_against(
             raise InvalidInput(
                 f"inputs.{name}.shape: expected {list(shape)}, got {list(tensor.shape)}"
             )
+    if not batched:
+        return {name: np.ascontiguousarray(t) for name, t in tensors.items()}
     if len(rows) != 1 or 0 in rows:
         raise InvalidInput("inputs: every input needs the same, non-zero number of rows")
     if rows.pop() > max_rows:

@@ -37,6 +37,7 @@ from bench.workload import WHOLE_CATALOG, label, rank_bodies
 from config.settings import load_settings
 from models.metrics import roc_auc
 from models.repository import ModelVersion, open_version
+from models.servable import VariantFile
 from scheduler.backend import Backend, create_backend
 from scheduler.errors import DeviceUnavailable
 
@@ -46,10 +47,20 @@ GPU = "gpu-onnxruntime"  # the default GPU device's name in the default settings
 
 
 def backend_for(version: ModelVersion, kind: str, variant: str) -> Backend:
-    config = backend_config(version, version.manifest.variant(variant))
+    config = backend_config(servable_variant(version, variant), batched=True)
     backend = create_backend(kind, kind, config)
     backend.load()
     return backend
+
+
+def servable_variant(version: ModelVersion, name: str) -> VariantFile:
+    variant = version.manifest.variant(name)
+    return VariantFile(name, version.file(variant.file), variant.format, variant.precision,
+                       variant.runtimes)  # fmt: skip
+
+
+def first_output(outputs: dict[str, np.ndarray]) -> np.ndarray:
+    return next(iter(outputs.values()))
 
 
 def median_ms(backend: Backend, inputs: dict[str, np.ndarray], runs: int = 50) -> float:
@@ -68,14 +79,14 @@ def check_sessions(version: ModelVersion) -> dict[str, Any]:
     split = version.load_test_split()
     inputs = version.tables.assemble(split.user_rows, split.item_rows)
     cpu = backend_for(version, "openvino-cpu", defaults["cpu"])
-    cpu_scores = cpu.run(inputs).ravel()
+    cpu_scores = first_output(cpu.run(inputs)).ravel()
     gpu_variants = [v.name for v in version.manifest.variants if v.name in {
         defaults["gpu"], defaults["cpu"]}]  # fmt: skip
     accuracy = []
     gpus = {}
     for name in gpu_variants:
         gpu = gpus[name] = backend_for(version, "onnxruntime-gpu", name)
-        scores = gpu.run(inputs).ravel().astype(np.float32)
+        scores = first_output(gpu.run(inputs)).ravel().astype(np.float32)
         auc = roc_auc(split.labels, scores)
         manifest_auc = version.manifest.variant(name).test_auc
         row = {

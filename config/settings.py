@@ -21,6 +21,7 @@ from app.settings import (
     HttpSettings,
     LimitSettings,
     LoadBalancingSettings,
+    ModelControlSettings,
     ServerSettings,
     ServingModelSettings,
 )
@@ -60,6 +61,7 @@ class Settings(BaseSettings):
     server: ServerSettings = ServerSettings()
     http: HttpSettings = HttpSettings()
     model: ServingModelSettings = ServingModelSettings()
+    model_control: ModelControlSettings = ModelControlSettings()
     batching: BatchingSettings = BatchingSettings()
     devices: tuple[DeviceSettings, ...] = DEFAULT_DEVICES
     routing: RoutingSettings = RoutingSettings()

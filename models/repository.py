@@ -28,6 +28,10 @@ VOCABULARIES = "vocabularies.json"
 SEEN_ITEMS = "seen_items.npz"
 
 
+# KServe V2 datatype names, the ones served here (every one both runtimes accept; not BYTES).
+Datatype = Literal["BOOL", "UINT8", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64"]
+
+
 class RepositoryError(RuntimeError):
     """A model version that cannot be used; the message names the file and the problem."""
 
@@ -38,7 +42,7 @@ class Strict(BaseModel):
 
 class TensorSpec(Strict):
     name: str
-    datatype: Literal["INT64", "FP32"]  # KServe V2 datatype names
+    datatype: Datatype
     shape: tuple[int, ...]  # -1 is the dynamic batch axis
 
 

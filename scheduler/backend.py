@@ -11,6 +11,7 @@ from typing import Literal, Protocol
 import numpy as np
 
 Inputs = dict[str, np.ndarray]
+Outputs = dict[str, np.ndarray]  # by output name, every output with the batch's rows first
 DeviceKind = Literal["cpu", "gpu"]
 
 
@@ -20,6 +21,9 @@ class BackendConfig:
     threads: int = 0  # 0: the runtime's default
     streams: int = 1  # OpenVINO infer requests / parallel batches
     precision_hint: str | None = None  # OpenVINO: "f32" for FP32 files; None = its default
+    # False for a graph without a batch axis: the scheduler's leading axis of one row is taken
+    # off before the run and put back on every output.
+    batched: bool = True
 
 
 class Backend(Protocol):
@@ -29,7 +33,7 @@ class Backend(Protocol):
 
     def load(self) -> None: ...
 
-    def run(self, inputs: Inputs) -> np.ndarray: ...
+    def run(self, inputs: Inputs) -> Outputs: ...
 
     def close(self) -> None: ...
 
@@ -48,3 +52,12 @@ def create_backend(kind: str, name: str, config: BackendConfig) -> Backend:
     backend_class = getattr(importlib.import_module(module_name), class_name)
     backend: Backend = backend_class(name, config)
     return backend
+
+
+def unbatch(inputs: Inputs) -> Inputs:
+    """A one-row batch of a model without a batch axis, as the graph takes it."""
+    return {name: array[0] for name, array in inputs.items()}
+
+
+def rebatch(outputs: Outputs) -> Outputs:
+    return {name: array[np.newaxis] for name, array in outputs.items()}

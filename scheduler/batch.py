@@ -11,12 +11,20 @@ import numpy as np
 Inputs = dict[str, np.ndarray]
 
 
+Outputs = dict[str, np.ndarray]
+
+
 @dataclass(frozen=True)
 class Scored:
-    scores: np.ndarray  # one per row, in the request's order
+    outputs: Outputs  # every output of the model, its rows in the request's order
     devices: tuple[str, ...]  # the devices that scored its rows
     queue_seconds: float  # from enqueue until its last part was dispatched
     compute_seconds: float  # backend time of the batches its rows ran in
+
+    @property
+    def scores(self) -> np.ndarray:
+        """The first output: the score of a single-output ranker."""
+        return next(iter(self.outputs.values()))
 
 
 @dataclass(eq=False)
@@ -29,7 +37,7 @@ class Request:
     enqueued_at: float
     priority: int = 0  # 0 high, 1 low
     taken: int = 0  # rows already placed in batches (or given up: expired, cancelled)
-    results: dict[int, np.ndarray] = field(default_factory=dict)  # offset -> scores
+    results: dict[int, Outputs] = field(default_factory=dict)  # offset -> outputs
     done_rows: int = 0
     devices: set[str] = field(default_factory=set)
     queue_seconds: float = 0.0
@@ -41,19 +49,24 @@ class Request:
         return self.rows - self.taken
 
     def deliver(
-        self, offset: int, scores: np.ndarray, device: str, dispatched_at: float, seconds: float
-    ) -> None:
-        """Record the scores of one part; resolve the future when every row is back."""
+        self, offset: int, outputs: Outputs, rows: int, device: str, dispatched_at: float,
+        seconds: float,
+    ) -> None:  # fmt: skip
+        """Record the outputs of one part; resolve the future when every row is back."""
         if self.future.done():
             return
-        self.results[offset] = scores
+        self.results[offset] = outputs
         self.devices.add(device)
         self.queue_seconds = max(self.queue_seconds, dispatched_at - self.enqueued_at)
         self.compute_seconds += seconds
-        self.done_rows += len(scores)
+        self.done_rows += rows
         if self.done_rows == self.rows:
             parts = [self.results[k] for k in sorted(self.results)]
-            merged = np.concatenate(parts) if len(parts) > 1 else parts[0]
+            merged = (
+                {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+                if len(parts) > 1
+                else parts[0]
+            )
             devices = tuple(sorted(self.devices))
             self.future.set_result(
                 Scored(merged, devices, self.queue_seconds, self.compute_seconds)

@@ -10,9 +10,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import numpy as np
-
-from scheduler.backend import Backend, Inputs
+from scheduler.backend import Backend, Inputs, Outputs
 from scheduler.breaker import CircuitBreaker
 from scheduler.errors import BatchFailed
 from scheduler.latency import LatencyModel
@@ -115,8 +113,8 @@ class Device:
         return early if limit is None else min(early, limit)
 
     async def run(self, inputs: Inputs, rows: int, fallback: bool = False,
-                  ) -> tuple[np.ndarray, float]:  # fmt: skip
-        """Scores and the seconds the backend took. Raises BatchFailed naming this device."""
+                  ) -> tuple[Outputs, float]:  # fmt: skip
+        """Outputs and the seconds the backend took. Raises BatchFailed naming this device."""
         predicted = self.latency.predict(rows)
         timeout = self.timeout(predicted, fallback)
         token, self._next_token = self._next_token, self._next_token + 1
@@ -129,7 +127,7 @@ class Device:
                 deadline = asyncio.timeout(timeout)  # not wait_for (see the batcher)
                 try:
                     async with deadline:
-                        scores, seconds = await self.execute(inputs, rows)
+                        outputs, seconds = await self.execute(inputs, rows)
                 except Exception as exc:
                     if deadline.expired():
                         raise BatchFailed(
@@ -141,18 +139,22 @@ class Device:
             self.in_flight_batches -= 1
             self._running.pop(token, None)
             self._waiting.pop(token, None)  # cancelled before it got a slot
-        if scores.shape[0] != rows:
-            raise BatchFailed(f"device {self.name} returned {scores.shape[0]} rows for {rows}")
+        for name, output in outputs.items():
+            if output.ndim == 0 or output.shape[0] != rows:
+                raise BatchFailed(
+                    f"device {self.name} returned output {name!r} of shape {output.shape} "
+                    f"for {rows} rows"
+                )
         self.latency.observe(rows, seconds)
-        return scores, seconds
+        return outputs, seconds
 
-    async def execute(self, inputs: Inputs, rows: int) -> tuple[np.ndarray, float]:
+    async def execute(self, inputs: Inputs, rows: int) -> tuple[Outputs, float]:
         """Run one batch on the executor thread; the backend releases the GIL while computing."""
         del rows
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
-        scores = await loop.run_in_executor(self._executor, self.backend.run, inputs)
-        return scores, time.perf_counter() - started
+        outputs = await loop.run_in_executor(self._executor, self.backend.run, inputs)
+        return outputs, time.perf_counter() - started
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)

@@ -64,6 +64,10 @@ class Dispatcher:
         self._running.add(task)
         task.add_done_callback(self._running.discard)
 
+    @property
+    def busy(self) -> bool:
+        return bool(self._running)
+
     async def stop(self) -> None:
         """Wait for the batches running now."""
         await asyncio.gather(*self._running, return_exceptions=True)
@@ -76,7 +80,7 @@ class Dispatcher:
         try:
             try:
                 fallback = any(d.healthy and d is not device for d in self.devices)
-                scores, seconds = await device.run(batch.inputs, batch.rows, fallback)
+                outputs, seconds = await device.run(batch.inputs, batch.rows, fallback)
             except BatchFailed as error:
                 device.breaker.trip(self._clock(), str(error))
                 if metrics:
@@ -90,14 +94,15 @@ class Dispatcher:
                 if metrics:
                     metrics.batch_retries.inc()
                 device = retry_on
-                scores, seconds = await device.run(batch.inputs, batch.rows)
+                outputs, seconds = await device.run(batch.inputs, batch.rows)
             if metrics:
                 metrics.observe_batch(device, batch.rows, seconds)
             waited = started - batch.oldest_enqueued_at
             self._recent.record(self._clock(), batch.rows, waited, seconds)
             for part in batch.parts:
-                part_scores = scores[part.batch_offset : part.batch_offset + part.rows]
-                part.request.deliver(part.offset, part_scores, device.name, started, seconds)
+                rows = slice(part.batch_offset, part.batch_offset + part.rows)
+                mine = {name: output[rows] for name, output in outputs.items()}
+                part.request.deliver(part.offset, mine, part.rows, device.name, started, seconds)
         except BatchFailed as error:
             log.warning("%s", error)
             for part in batch.parts:

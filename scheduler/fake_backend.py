@@ -7,7 +7,7 @@ import threading
 
 import numpy as np
 
-from scheduler.backend import DeviceKind, Inputs
+from scheduler.backend import DeviceKind, Inputs, Outputs
 
 
 class FakeBackend:
@@ -27,7 +27,7 @@ class FakeBackend:
     def load(self) -> None:
         pass
 
-    def run(self, inputs: Inputs) -> np.ndarray:
+    def run(self, inputs: Inputs) -> Outputs:
         x = inputs["x"]
         self.started.release()
         if not self.release.wait(timeout=30):
@@ -38,8 +38,7 @@ class FakeBackend:
         self.batch_inputs.append(x)
         if self.seconds_per_row:
             threading.Event().wait(self.seconds_per_row * len(x))
-        scores: np.ndarray = x.sum(axis=1).astype(np.float32)
-        return scores
+        return {"score": x.sum(axis=1).astype(np.float32)}
 
     def close(self) -> None:
         pass

@@ -6,9 +6,7 @@ from __future__ import annotations
 import threading
 from typing import Literal
 
-import numpy as np
-
-from scheduler.backend import Backend, Inputs
+from scheduler.backend import Backend, Inputs, Outputs
 
 FaultMode = Literal["none", "fail", "stall"]
 STALL_LIMIT_SECONDS = 60.0  # a stalled call gives up eventually, so no thread hangs forever
@@ -34,7 +32,7 @@ class FaultInjector:
         self.inner.load()
         self.execution_precision = self.inner.execution_precision
 
-    def run(self, inputs: Inputs) -> np.ndarray:
+    def run(self, inputs: Inputs) -> Outputs:
         if self.mode == "fail":
             raise RuntimeError("injected failure")
         if self.mode == "stall":

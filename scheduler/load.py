@@ -49,6 +49,28 @@ class LoadReport:
     saturated: bool
 
 
+def combine(reports: list[LoadReport]) -> LoadReport:
+    """The server's load from each served model version's: queues and recent throughput add up;
+    the wait, the ratio and the headroom are the worst of them. Capacity adds up too, which
+    overstates it where models share a device (each one's is its own alone on the devices)."""
+    in_flight: dict[str, int] = {}
+    for report in reports:
+        for device, batches in report.in_flight_batches.items():
+            in_flight[device] = in_flight.get(device, 0) + batches
+    return LoadReport(
+        queued_requests=sum(r.queued_requests for r in reports),
+        queued_rows=sum(r.queued_rows for r in reports),
+        predicted_wait_seconds=max((r.predicted_wait_seconds for r in reports), default=0.0),
+        in_flight_batches=in_flight,
+        healthy_devices=list(dict.fromkeys(d for r in reports for d in r.healthy_devices)),
+        recent_rows_per_second=sum(r.recent_rows_per_second for r in reports),
+        capacity_rows_per_second=sum(r.capacity_rows_per_second for r in reports),
+        queue_to_compute_ratio=max((r.queue_to_compute_ratio for r in reports), default=0.0),
+        headroom=min((r.headroom for r in reports), default=0),
+        saturated=any(r.saturated for r in reports),
+    )
+
+
 class RecentWork:
     """Batches completed in the last `window_seconds`: rows, queue wait and compute time."""
 

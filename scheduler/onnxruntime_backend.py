@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from scheduler.backend import BackendConfig, DeviceKind, Inputs
+from scheduler.backend import BackendConfig, DeviceKind, Inputs, Outputs, rebatch, unbatch
 from scheduler.errors import DeviceUnavailable
 
 log = logging.getLogger(__name__)
@@ -34,10 +34,14 @@ class OnnxRuntimeCpuBackend:
         self._session = ort.InferenceSession(
             str(self._config.model_path), options, providers=self.providers()
         )
+        self._output_names = [o.name for o in self._session.get_outputs()]
 
-    def run(self, inputs: Inputs) -> np.ndarray:
+    def run(self, inputs: Inputs) -> Outputs:
         # InferenceSession.run is thread-safe and releases the GIL while it computes.
-        return np.asarray(self._session.run(None, inputs)[0])
+        batched = self._config.batched
+        values = self._session.run(None, inputs if batched else unbatch(inputs))
+        outputs = {n: np.asarray(v) for n, v in zip(self._output_names, values, strict=True)}
+        return outputs if batched else rebatch(outputs)
 
     def close(self) -> None:
         self._session = None

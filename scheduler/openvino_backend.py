@@ -6,7 +6,7 @@ import queue
 
 import numpy as np
 
-from scheduler.backend import BackendConfig, DeviceKind, Inputs
+from scheduler.backend import BackendConfig, DeviceKind, Inputs, Outputs, rebatch, unbatch
 
 
 class OpenVinoBackend:
@@ -36,16 +36,22 @@ class OpenVinoBackend:
         self.execution_precision = self._compiled.get_property(
             "INFERENCE_PRECISION_HINT"
         ).to_string()
+        self._output_names = [output.get_any_name() for output in self._compiled.outputs]
         for _ in range(max(1, self._config.streams)):
             self._requests.put(self._compiled.create_infer_request())
 
-    def run(self, inputs: Inputs) -> np.ndarray:
+    def run(self, inputs: Inputs) -> Outputs:
+        batched = self._config.batched
         request = self._requests.get()  # one per concurrent caller; sized by streams
         try:
-            request.infer(inputs)  # type: ignore[attr-defined]
-            return np.array(request.get_output_tensor(0).data)  # type: ignore[attr-defined]
+            request.infer(inputs if batched else unbatch(inputs))  # type: ignore[attr-defined]
+            outputs = {
+                name: np.array(request.get_output_tensor(index).data)  # type: ignore[attr-defined]
+                for index, name in enumerate(self._output_names)
+            }
         finally:
             self._requests.put(request)
+        return outputs if batched else rebatch(outputs)
 
     def close(self) -> None:
         while not self._requests.empty():

@@ -95,6 +95,10 @@ class Scheduler:
         )  # fmt: skip
 
     @property
+    def batching(self) -> BatchingConfig:
+        return self._config
+
+    @property
     def running(self) -> bool:
         return self._task is not None and not self._task.done()
 
@@ -207,6 +211,15 @@ class Scheduler:
         if not request.future.done():
             self._count_refusal("deadline_expired")
             request.fail(DeadlineExceeded(f"deadline of {timeout_seconds * 1000:.0f} ms passed"))
+
+    async def drain(self, limit_seconds: float) -> None:
+        """Wait, at most `limit_seconds`, until no request is queued and no batch runs: a version
+        being replaced finishes what it accepted before it stops."""
+        deadline = self._clock() + limit_seconds
+        while self._batcher.queued_requests or self._dispatcher.busy:
+            if self._clock() >= deadline:
+                break
+            await asyncio.sleep(0.005)
 
     async def stop(self) -> None:
         for task in (self._task, self._prober):

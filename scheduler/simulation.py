@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from scheduler.backend import Inputs, Outputs
 from scheduler.device import Device
 from scheduler.fake_backend import FakeBackend
 from scheduler.router import Policy, make_router
@@ -69,10 +70,10 @@ class SimulatedDevice(Device):
         super().__init__(FakeBackend(curve.name), curve.parallel_batches, clock=clock)
         self.curve = curve
 
-    async def execute(self, inputs: dict[str, np.ndarray], rows: int) -> tuple[np.ndarray, float]:
+    async def execute(self, inputs: Inputs, rows: int) -> tuple[Outputs, float]:
         seconds = self.curve.fixed_seconds + self.curve.seconds_per_row * rows
         await asyncio.sleep(seconds)
-        return np.zeros(rows, dtype=np.float32), seconds
+        return {"score": np.zeros(rows, dtype=np.float32)}, seconds
 
 
 # A GPU with a high fixed cost and a low per-row cost next to a CPU (figures of the kind the

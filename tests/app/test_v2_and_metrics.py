@@ -77,7 +77,11 @@ def test_v2_errors(client: httpx.Client) -> None:
         ]},
     )  # fmt: skip
     assert shape.status_code == 400 and "inputs[0].data" in shape.json()["error"]
-    assert client.get("/v2").json()["extensions"] == ["binary_tensor_data", "statistics"]
+    assert client.get("/v2").json()["extensions"] == [
+        "binary_tensor_data",
+        "statistics",
+        "model_repository",
+    ]
 
 
 def test_metrics_are_prometheus_histograms_gauges_and_counters(client: httpx.Client) -> None:

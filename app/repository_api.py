@@ -1,0 +1,93 @@
+"""The model repository extension of the V2 protocol, as Triton and tritonclient implement it:
+the index, and load and unload of a model (explicit model-control mode only, as Triton's)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Depends, Request, Response
+
+from app import dependencies
+from app.errors import ERROR_RESPONSES, Forbidden, json_response
+from app.registry import ModelRegistry
+from models.repository import RepositoryError
+from scheduler.errors import InvalidInput
+
+router = APIRouter(prefix="/v2/repository", tags=["KServe V2 model repository"],
+                   responses=ERROR_RESPONSES)  # fmt: skip
+MAX_BODY = 64 * 1024
+
+
+async def options(request: Request) -> dict[str, Any]:
+    """The optional JSON body: `{"ready": bool}` for the index, `{"parameters": {...}}` for a
+    load or unload; the parameters that would replace the model's config or files are refused."""
+    raw = await request.body()
+    if not raw.strip():
+        return {}
+    if len(raw) > MAX_BODY:
+        raise InvalidInput(f"body: {len(raw)} bytes, at most {MAX_BODY} here")
+    try:
+        document = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"body: not valid JSON ({exc})") from None
+    if not isinstance(document, dict):
+        raise InvalidInput("body: a JSON object is required")
+    parameters = document.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise InvalidInput("parameters: a JSON object is required")
+    for key in parameters:
+        if key == "config" or str(key).startswith("file:"):
+            raise InvalidInput(
+                f"parameters.{str(key)[:64]}: not supported here; edit the model's folder "
+                "(config.toml, version folders) and load it again"
+            )
+    return document
+
+
+def controllable(models: ModelRegistry) -> None:
+    mode = models.settings.model_control.mode
+    if mode != "explicit":
+        raise Forbidden(f'load and unload need [model_control] mode = "explicit" (it is {mode!r})')
+
+
+@router.post("/index")
+async def index(
+    models: Annotated[ModelRegistry, Depends(dependencies.accepting)],
+    body: Annotated[dict[str, Any], Depends(options)],
+) -> Response:
+    """Every model in the repository or loaded, by version, with its state and reason."""
+    rows = models.index()
+    if body.get("ready") is True:
+        rows = [row for row in rows if row["state"] == "READY"]
+    return json_response(rows)
+
+
+@router.post("/models/{name}/load")
+async def load(
+    name: str,
+    models: Annotated[ModelRegistry, Depends(dependencies.accepting)],
+    body: Annotated[dict[str, Any], Depends(options)],
+) -> Response:
+    """(Re)load the model from its folder; answers once its versions serve (200), or with the
+    reason it could not (400), what served before still serving."""
+    del body
+    controllable(models)
+    try:
+        await models.load(name)
+    except (RepositoryError, ValueError) as exc:
+        raise InvalidInput(f"failed to load {name!r}: {exc}") from None
+    return json_response({})
+
+
+@router.post("/models/{name}/unload")
+async def unload(
+    name: str,
+    models: Annotated[ModelRegistry, Depends(dependencies.accepting)],
+    body: Annotated[dict[str, Any], Depends(options)],
+) -> Response:
+    """Stop serving the model; requests already queued on it finish first."""
+    del body
+    controllable(models)
+    await models.unload(name)
+    return json_response({})

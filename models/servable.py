@@ -1,0 +1,168 @@
+"""What the server can serve from a model repository folder, with or without the build's manifest.
+
+`<root>/<model>/<version>/` holds either a plain model file (`model.onnx`, or OpenVINO IR
+`model.xml` + `model.bin`), described by its own graph, or what `python -m models build` wrote: a
+manifest with accuracy-gated variants, feature tables and provenance (then the manifest describes
+the tensors and every file is checked against its SHA-256). A plain file may have a checksum beside
+it (`model.onnx.sha256`, as `sha256sum` writes it), which is then verified too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from models.checksum import sha256_file
+from models.model_config import CONFIG_FILE, ModelConfig, TensorOverride, read_model_config
+from models.repository import MANIFEST, ModelVersion, RepositoryError, TensorSpec, open_version
+from models.signature import Signature, read_signature
+
+PLAIN_FILES = ("model.onnx", "model.xml")
+PLAIN_VARIANT = "model"
+AS_EXPORTED = "as exported"  # a plain file's precision: whatever its graph holds
+Runtime = Literal["onnxruntime", "openvino"]
+
+
+@dataclass(frozen=True)
+class VariantFile:
+    """One model file a device may run."""
+
+    name: str
+    path: Path
+    format: Literal["onnx", "openvino-ir"]
+    precision: str  # fp32, fp16, bf16, int8; AS_EXPORTED for a plain file
+    runtimes: tuple[Runtime, ...]
+
+
+@dataclass(frozen=True)
+class ServableVersion:
+    model: str
+    number: int
+    path: Path
+    config: ModelConfig
+    signature: Signature  # the graph's tensors, with the config's overrides applied
+    variants: Mapping[str, VariantFile]  # the servable ones only
+    default_variants: Mapping[str, str]  # device kind ("cpu", "gpu") -> variant
+    built: ModelVersion | None  # the build's manifest and tables, when it has them
+
+    @property
+    def batched(self) -> bool:
+        return self.signature.batched and self.config.max_batch_rows != 0
+
+
+def model_names(root: Path) -> list[str]:
+    """The models of a repository: its folders holding a version folder or a config.toml."""
+    if not root.is_dir():
+        raise RepositoryError(f"{root}: the model repository is not a folder")
+    return sorted(
+        p.name
+        for p in root.iterdir()
+        if p.is_dir() and not p.name.startswith(".")
+        and ((p / CONFIG_FILE).is_file() or versions_on_disk(p))
+    )  # fmt: skip
+
+
+def versions_on_disk(model_path: Path) -> list[int]:
+    return sorted(int(p.name) for p in model_path.iterdir() if p.is_dir() and p.name.isdigit()
+                  and int(p.name) > 0)  # fmt: skip
+
+
+def open_servable(root: Path, model: str, number: int, config: ModelConfig | None = None,
+                  ) -> ServableVersion:  # fmt: skip
+    """Open and check `<root>/<model>/<number>`; a RepositoryError names the file and problem."""
+    config = read_model_config(root / model) if config is None else config
+    path = root / model / str(number)
+    if (path / MANIFEST).exists():
+        built = open_version(root, model, number)
+        manifest = built.manifest
+        signature = Signature(manifest.inputs, manifest.outputs)
+        variants = {
+            v.name: VariantFile(v.name, built.file(v.file), v.format, v.precision, v.runtimes)
+            for v in manifest.variants
+            if v.servable
+        }
+        defaults: dict[str, str] = {str(k): v for k, v in manifest.default_variants.items()}
+    else:
+        built = None
+        file = _plain_file(path)
+        signature = read_signature(file)
+        onnx = file.suffix == ".onnx"
+        runtimes: tuple[Runtime, ...] = ("onnxruntime", "openvino") if onnx else ("openvino",)
+        variant = VariantFile(
+            PLAIN_VARIANT, file, "onnx" if onnx else "openvino-ir", AS_EXPORTED, runtimes
+        )
+        variants = {PLAIN_VARIANT: variant}
+        defaults = {"cpu": PLAIN_VARIANT, "gpu": PLAIN_VARIANT}
+    signature = _apply_overrides(signature, config, root / model / CONFIG_FILE)
+    for device, name in config.variants.items():
+        if name not in variants:
+            raise RepositoryError(
+                f"{root / model / CONFIG_FILE}: variants.{device}: {model} version {number} has "
+                f"no servable variant {name!r} (it has {', '.join(sorted(variants))})"
+            )
+    return ServableVersion(model, number, path, config, signature, variants, defaults, built)
+
+
+def _plain_file(path: Path) -> Path:
+    if not path.is_dir():
+        raise RepositoryError(f"{path}: no such version folder")
+    present = [path / name for name in PLAIN_FILES if (path / name).is_file()]
+    if not present:
+        raise RepositoryError(f"{path}: holds no {' or '.join(PLAIN_FILES)} (nor a {MANIFEST})")
+    if len(present) > 1:
+        raise RepositoryError(f"{path}: holds both {' and '.join(PLAIN_FILES)}; keep one")
+    file = present[0]
+    checked = [file] + ([file.with_suffix(".bin")] if file.suffix == ".xml" else [])
+    for target in checked:
+        _verify_sidecar(target)
+    return file
+
+
+def _verify_sidecar(target: Path) -> None:
+    sidecar = target.with_name(target.name + ".sha256")
+    if not sidecar.is_file() or not target.is_file():
+        return
+    words = sidecar.read_text(encoding="utf-8", errors="replace").split()
+    expected = words[0].lower() if words else ""
+    actual = sha256_file(target)
+    if actual != expected:
+        raise RepositoryError(
+            f"{target} has SHA-256 {actual}, {sidecar.name} says {expected[:64]!r}"
+        )
+
+
+def _apply_overrides(signature: Signature, config: ModelConfig, where: Path) -> Signature:
+    def apply(specs: tuple[TensorSpec, ...], overrides: Mapping[str, TensorOverride], kind: str,
+              ) -> tuple[TensorSpec, ...]:  # fmt: skip
+        names = {spec.name for spec in specs}
+        for name in overrides:
+            if name not in names:
+                raise RepositoryError(
+                    f"{where}: {kind}.{name}: the graph has no {kind[:-1]} {name!r} "
+                    f"(it has {', '.join(sorted(names))})"
+                )
+        result = []
+        for spec in specs:
+            override = overrides.get(spec.name)
+            if override is None:
+                result.append(spec)
+            else:
+                batch_axis = bool(spec.shape) and spec.shape[0] == -1
+                graph_dims = spec.shape[1:] if batch_axis else spec.shape
+                if len(override.dims) != len(graph_dims) or any(
+                    g not in (-1, d) for g, d in zip(graph_dims, override.dims, strict=True)
+                ):
+                    raise RepositoryError(
+                        f"{where}: {kind}.{spec.name}.dims: {list(override.dims)} does not fit "
+                        f"the graph's {list(graph_dims)}"
+                    )
+                shape = ((-1,) if batch_axis else ()) + override.dims
+                result.append(TensorSpec(name=spec.name, datatype=spec.datatype, shape=shape))
+        return tuple(result)
+
+    return Signature(
+        apply(signature.inputs, config.inputs, "inputs"),
+        apply(signature.outputs, config.outputs, "outputs"),
+    )

@@ -1,0 +1,283 @@
+"""Serving any model: a repository of plain ONNX and OpenVINO models beside the built MovieLens
+one, driven through tritonclient (values checked against the runtimes run directly), the
+repository API, a version swapped in under load, broken versions refused, poll mode, and
+start-up mistakes as one line."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+import pytest
+import tritonclient.http as triton
+from tritonclient.utils import InferenceServerException
+
+from bench.plain_models import fixed_shape_model, to_openvino_ir, two_headed_ranker
+from models.checksum import sha256_file
+from tests.app.servers import running_server
+from tests.conftest import MODEL_NAME, ROOT
+
+RNG = np.random.default_rng(7)
+IDS = RNG.integers(0, 50, (5, 4)).astype(np.int32)
+FEATURES = RNG.normal(0, 1, (5, 3)).astype(np.float16)
+
+
+def expected(path: Path, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The model run directly by ONNX Runtime, or by OpenVINO at FP32 for IR."""
+    if path.suffix == ".xml":
+        import openvino as ov
+
+        compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        result = compiled(inputs)
+        return {port.get_any_name(): np.asarray(result[port]) for port in compiled.outputs}
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    values = session.run(None, inputs)
+    return {o.name: np.asarray(v) for o, v in zip(session.get_outputs(), values, strict=True)}
+
+
+@pytest.fixture(scope="module")
+def repository(built_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("plain-repository")
+    (root / MODEL_NAME).symlink_to(built_repository / MODEL_NAME, target_is_directory=True)
+    two_headed_ranker(root / "ranker" / "1" / "model.onnx")
+    two_headed_ranker(root / "spare" / "1" / "model.onnx")
+    to_openvino_ir(root / "ranker" / "1" / "model.onnx", root / "ranker-ir" / "1" / "model.xml")
+    fixed_shape_model(root / "fixed" / "1" / "model.onnx")
+    return root
+
+
+@pytest.fixture(scope="module")
+def explicit_server(repository: Path) -> Iterator[str]:
+    log = repository.parent / "explicit-server.log"
+    settings = {"MODEL_CONTROL__MODE": "explicit", "ADMISSION__DEFAULT_TIMEOUT_MS": "10000"}
+    with running_server(repository, settings, log) as (_, url):
+        yield url
+
+
+def client_for(url: str) -> triton.InferenceServerClient:
+    return triton.InferenceServerClient(url.removeprefix("http://"), network_timeout=60)
+
+
+def ranker_inputs(binary: bool) -> list[triton.InferInput]:
+    ids = triton.InferInput("ids", list(IDS.shape), "INT32")
+    ids.set_data_from_numpy(IDS, binary_data=binary)
+    features = triton.InferInput("features", list(FEATURES.shape), "FP16")
+    features.set_data_from_numpy(FEATURES, binary_data=binary)
+    return [ids, features]
+
+
+@pytest.mark.parametrize("model", ["ranker", "ranker-ir"])
+@pytest.mark.parametrize("binary", [True, False])
+def test_a_plain_model_answers_what_its_runtime_computes(
+    explicit_server: str, repository: Path, model: str, binary: bool
+) -> None:
+    client = client_for(explicit_server)
+    file = next(p for p in (repository / model / "1").iterdir() if p.suffix in (".onnx", ".xml"))
+    want = expected(file, {"ids": IDS, "features": FEATURES})
+    outputs = [triton.InferRequestedOutput(n, binary_data=binary) for n in ("ctr", "cvr")]
+    result = client.infer(model, ranker_inputs(binary), outputs=outputs)
+    ctr, cvr = result.as_numpy("ctr"), result.as_numpy("cvr")
+    assert ctr is not None and cvr is not None
+    assert ctr.dtype == np.float32 and ctr.shape == (5,)
+    assert cvr.dtype == np.float16 and cvr.shape == (5, 2)
+    np.testing.assert_allclose(ctr, want["ctr"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(cvr.astype(np.float32), want["cvr"].astype(np.float32), atol=2e-3)
+    only_cvr = client.infer(model, ranker_inputs(binary), outputs=outputs[1:])
+    assert only_cvr.as_numpy("ctr") is None and only_cvr.as_numpy("cvr") is not None
+
+
+def test_the_graph_is_the_config(explicit_server: str) -> None:
+    client = client_for(explicit_server)
+    metadata = client.get_model_metadata("ranker")
+    assert metadata["inputs"] == [
+        {"name": "ids", "datatype": "INT32", "shape": [-1, 4]},
+        {"name": "features", "datatype": "FP16", "shape": [-1, 3]},
+    ]
+    assert [o["name"] for o in metadata["outputs"]] == ["ctr", "cvr"]
+    config = client.get_model_config("ranker")
+    assert config["max_batch_size"] > 0 and "dynamic_batching" in config
+    assert config["input"][1] == {"name": "features", "data_type": "TYPE_FP16", "dims": [3]}
+    ir = client.get_model_config("ranker-ir")
+    assert ir["platform"] == "openvino"
+    assert [g["backend"] for g in ir["instance_group"]] == ["openvino-cpu"]  # ORT cannot run IR
+    fixed = client.get_model_config("fixed")
+    assert fixed["max_batch_size"] == 0 and "dynamic_batching" not in fixed
+    assert fixed["input"] == [{"name": "x", "data_type": "TYPE_FP32", "dims": [2, 3]}]
+
+
+def test_a_model_without_a_batch_axis_is_served_whole(explicit_server: str) -> None:
+    x = np.array([[1, -2, 3], [-4, 5, 6]], dtype=np.float32)
+    with httpx.Client(base_url=explicit_server, timeout=30) as http:
+        body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 3],
+                            "data": x.ravel().tolist()}]}  # fmt: skip
+        answer = http.post("/v2/models/fixed/infer", json=body)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["outputs"][0] == {
+            "name": "y", "datatype": "FP32", "shape": [2], "data": [4.0, 11.0]
+        }  # fmt: skip
+        body["inputs"][0]["shape"] = [1, 2, 3]
+        wrong = http.post("/v2/models/fixed/infer", json=body)
+        assert wrong.status_code == 400 and "inputs.x.shape" in wrong.json()["error"]
+        bytes_input = {"inputs": [{"name": "x", "datatype": "BYTES", "shape": [1], "data": ["a"]}]}
+        refused = http.post("/v2/models/fixed/infer", json=bytes_input)
+        assert refused.status_code == 400 and "inputs[0].datatype: BYTES" in refused.json()["error"]
+
+
+def test_the_built_model_still_serves_v1_and_v2(explicit_server: str) -> None:
+    with httpx.Client(base_url=explicit_server, timeout=30) as http:
+        ranked = http.post("/v1/rank", json={"user_id": 1, "k": 3})
+        assert ranked.status_code == 200 and len(ranked.json()["items"]) == 3
+        metadata = http.get(f"/v2/models/{MODEL_NAME}").json()
+        assert [i["name"] for i in metadata["inputs"]] == ["categorical", "dense"]
+        unknown = http.get("/v2/models/nope")
+        assert unknown.status_code == 404 and "ranker" in unknown.json()["error"]
+
+
+def test_index_unload_and_load_through_tritonclient(explicit_server: str) -> None:
+    client = client_for(explicit_server)
+    index = {row["name"]: row for row in client.get_model_repository_index()}
+    assert set(index) == {MODEL_NAME, "ranker", "ranker-ir", "fixed", "spare"}
+    assert index["spare"]["state"] == "READY" and index["spare"]["version"] == "1"
+    client.unload_model("spare")
+    assert not client.is_model_ready("spare")
+    with pytest.raises(InferenceServerException, match="not served"):
+        client.infer("spare", ranker_inputs(True))
+    index = {row["name"]: row for row in client.get_model_repository_index()}
+    assert index["spare"]["state"] == "UNAVAILABLE" and index["spare"]["reason"] == "unloaded"
+    client.load_model("spare")
+    assert client.is_model_ready("spare")
+    assert client.infer("spare", ranker_inputs(True)).as_numpy("ctr") is not None
+
+
+async def hammer(url: str, body: dict[str, object], seconds: float, workers: int = 8,
+                 ) -> list[httpx.Response]:  # fmt: skip
+    """`workers` clients on loopback sending the body back to back for `seconds` (bounded)."""
+    answers: list[httpx.Response] = []
+    stop_at = time.monotonic() + seconds
+
+    async def worker() -> None:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+            while time.monotonic() < stop_at and len(answers) < 50_000:
+                answers.append(await http.post("/v2/models/spare/infer", json=body))
+
+    await asyncio.gather(*(worker() for _ in range(workers)))
+    return answers
+
+
+def test_a_new_version_swaps_in_under_load_and_broken_ones_are_refused(
+    explicit_server: str, repository: Path
+) -> None:
+    model = repository / "spare"
+    two_headed_ranker(model / "2" / "model.onnx", scale=3.0)
+    inputs: dict[str, np.ndarray] = {"ids": IDS, "features": FEATURES}
+    want = {v: expected(model / v / "model.onnx", inputs)["ctr"] for v in ("1", "2")}
+    assert not np.allclose(want["1"], want["2"], atol=1e-3)
+    body = {"inputs": [
+        {"name": "ids", "datatype": "INT32", "shape": [5, 4], "data": IDS.ravel().tolist()},
+        {"name": "features", "datatype": "FP16", "shape": [5, 3],
+         "data": FEATURES.astype(float).ravel().tolist()},
+    ], "outputs": [{"name": "ctr"}]}  # fmt: skip
+    client = client_for(explicit_server)
+
+    # The load runs on its own thread and event loop: tritonclient's gevent stays on this one.
+    answers: list[httpx.Response] = []
+    load = threading.Thread(
+        target=lambda: answers.extend(asyncio.run(hammer(explicit_server, body, seconds=4.0)))
+    )
+    load.start()
+    time.sleep(1.0)
+    client.load_model("spare")
+    load.join(timeout=60)
+    assert answers and all(a.status_code == 200 for a in answers), {a.status_code for a in answers}
+    seen = {"1": 0, "2": 0}
+    for answer in answers:
+        document = answer.json()
+        version = document["model_version"]
+        np.testing.assert_allclose(document["outputs"][0]["data"], want[version], rtol=1e-5)
+        seen[version] += 1
+    assert seen["1"] > 0 and seen["2"] > 0, seen
+    assert client.get_model_metadata("spare")["versions"] == ["2"]
+
+    broken = model / "3" / "model.onnx"
+    broken.parent.mkdir()
+    good = (model / "2" / "model.onnx").read_bytes()
+    broken.write_bytes(good[: len(good) // 2])
+    with pytest.raises(InferenceServerException, match=r"spare.*3/model\.onnx"):
+        client.load_model("spare")
+    still = client.infer("spare", ranker_inputs(True))
+    assert still.get_response()["model_version"] == "2"
+    index = {row["name"]: row for row in client.get_model_repository_index()}
+    assert index["spare"]["state"] == "READY" and "model.onnx" in index["spare"]["reason"]
+
+    broken.write_bytes(good)
+    (broken.parent / "model.onnx.sha256").write_text("0" * 64 + "  model.onnx\n")
+    with pytest.raises(InferenceServerException, match="SHA-256"):
+        client.load_model("spare")
+    assert client.infer("spare", ranker_inputs(True)).get_response()["model_version"] == "2"
+    (broken.parent / "model.onnx.sha256").write_text(f"{sha256_file(broken)}  model.onnx\n")
+    client.load_model("spare")
+    assert client.get_model_metadata("spare")["versions"] == ["3"]
+    metrics = httpx.get(f"{explicit_server}/metrics").text
+    assert 'recsys_model_load_failures_total{model="spare"} 2.0' in metrics
+
+
+def test_poll_mode_picks_up_a_new_version(repository: Path, tmp_path: Path) -> None:
+    root = tmp_path / "repository"
+    two_headed_ranker(root / "polled" / "1" / "model.onnx")
+    settings = {"MODEL_CONTROL__MODE": "poll", "MODEL_CONTROL__POLL_SECONDS": "0.3"}
+    with running_server(root, settings, tmp_path / "server.log") as (_, url):
+        client = client_for(url)
+        with pytest.raises(InferenceServerException, match="explicit"):
+            client.unload_model("polled")
+        staging = tmp_path / "staging"
+        two_headed_ranker(staging / "model.onnx", scale=2.0)
+        staging.rename(root / "polled" / "2")  # whole, at once, as a deployment would
+        deadline = time.monotonic() + 20
+        while client.get_model_metadata("polled")["versions"] != ["2"]:
+            assert time.monotonic() < deadline, "poll mode never served version 2"
+            time.sleep(0.2)
+        answer = client.infer("polled", ranker_inputs(True))
+        assert answer.get_response()["model_version"] == "2"
+
+
+def start_up(root: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECSYS_")}
+    env |= {"PYTHONPATH": str(ROOT), "RECSYS_MODEL__REPOSITORY": str(root)}
+    return subprocess.run(
+        [sys.executable, "-m", "app", "--port", "0"],
+        capture_output=True, text=True, timeout=120, env=env, check=False,
+    )  # fmt: skip
+
+
+def test_start_up_mistakes_are_one_line_naming_the_file(tmp_path: Path) -> None:
+    root = tmp_path / "repository"
+    model = two_headed_ranker(root / "mine" / "1" / "model.onnx")
+    (root / "mine" / "config.toml").write_text("max_batch_rows = 64\nmax_batch_size = 8\n")
+    result = start_up(root)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "mine/config.toml: max_batch_size: unknown key" in result.stderr
+
+    (root / "mine" / "config.toml").write_text("[inputs.ids]\ndims = [5]\n")
+    result = start_up(root)
+    assert result.returncode == 2 and "inputs.ids.dims: [5] does not fit" in result.stderr
+
+    (root / "mine" / "config.toml").unlink()
+    model.write_bytes(model.read_bytes()[:100])
+    result = start_up(root)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "mine/1/model.onnx: not a model ONNX Runtime can load" in result.stderr
+
+    shutil.rmtree(root / "mine" / "1")
+    (root / "mine" / "1").mkdir()
+    result = start_up(root)
+    assert result.returncode == 2 and "holds no model.onnx or model.xml" in result.stderr
