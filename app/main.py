@@ -90,10 +90,11 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
         served = models.serving()
+        for serving in served:
+            if serving.scheduler.metrics is not None:
+                serving.scheduler.metrics.refresh_devices(serving.scheduler.devices)
         if served:
-            devices = [d for s in served for d in s.scheduler.devices]
             report = combine([s.scheduler.load() for s in served])
-            scheduler_metrics.refresh_gauges(devices, report.queued_requests, report.queued_rows)
             scheduler_metrics.refresh_load(
                 dataclasses.replace(
                     report,

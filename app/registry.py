@@ -196,15 +196,19 @@ class ModelRegistry:
             model.versions = {}
             model.state, model.reason = UNAVAILABLE, "unloaded"
         for serving in replaced:
-            self._retire(serving)
+            self._retire(serving, forget=True)
         log.info("%s: unloaded", name)
 
-    def _retire(self, serving: Serving) -> None:
-        """Close a version no request can reach any more, once its queued requests finished."""
+    def _retire(self, serving: Serving, forget: bool = False) -> None:
+        """Close a version no request can reach any more, once its queued requests finished
+        (and with `forget`, the model being unloaded, remove its metric series)."""
 
         async def retire() -> None:
             await serving.scheduler.drain(DRAIN_LIMIT_SECONDS)
             await serving.close()
+            metrics = serving.scheduler.metrics
+            if forget and metrics is not None and not self.models[metrics.model].versions:
+                metrics.forget([d.name for d in serving.scheduler.devices])
 
         task = asyncio.create_task(retire(), name=f"retire {serving.version.model}")
         self._retiring.add(task)

@@ -217,7 +217,7 @@ async def start_serving(version: ServableVersion, settings: Settings,
             probe_interval_seconds=settings.faults.probe_interval_seconds,
             saturation_wait_seconds=settings.load_balancing.saturation_wait_ms / 1000,
         ),
-        metrics,
+        metrics.for_model(version.model) if metrics else None,
     )
     scheduler.start()
     built = version.built

@@ -12,7 +12,7 @@ from scheduler.batch import Batch
 from scheduler.device import Device
 from scheduler.errors import BatchFailed
 from scheduler.load import RecentWork
-from scheduler.metrics import SchedulerMetrics
+from scheduler.metrics import ModelMetrics
 from scheduler.router import Router
 
 log = logging.getLogger(__name__)
@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 class Dispatcher:
     def __init__(self, devices: Sequence[Device], router: Router, max_batch_rows: int,
                  clock: Callable[[], float], recent: RecentWork,
-                 metrics: SchedulerMetrics | None = None,
+                 metrics: ModelMetrics | None = None,
                  on_freed: Callable[[], None] = lambda: None) -> None:  # fmt: skip
         self.devices = list(devices)
         self._router = router
@@ -84,7 +84,7 @@ class Dispatcher:
             except BatchFailed as error:
                 device.breaker.trip(self._clock(), str(error))
                 if metrics:
-                    metrics.device_failures.labels(device=device.name).inc()
+                    metrics.device_failed(device)
                 retry_on = self.choose(batch, excluded=device)
                 if retry_on is None:
                     raise
@@ -92,7 +92,7 @@ class Dispatcher:
                     "retrying a %d-row batch from %s on %s", batch.rows, device.name, retry_on.name
                 )
                 if metrics:
-                    metrics.batch_retries.inc()
+                    metrics.batch_retried()
                 device = retry_on
                 outputs, seconds = await device.run(batch.inputs, batch.rows)
             if metrics:

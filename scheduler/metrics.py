@@ -1,7 +1,14 @@
-"""The scheduler's Prometheus metrics, built on a registry the caller passes in."""
+"""The scheduler's Prometheus metrics, built on a registry the caller passes in.
+
+`SchedulerMetrics` holds the families, once per registry; each model's scheduler records through
+`for_model(name)`, so what a batch, a device or the batching window did carries a `model` label
+(the models loaded only, so cardinality stays bounded; an unloaded model's series are removed).
+Queue depth, refusals and the load figures are the server's, across its models.
+"""
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -22,10 +29,10 @@ class SchedulerMetrics:
     def __init__(self, registry: CollectorRegistry, prefix: str = "recsys") -> None:
         self.queue_wait = Histogram(
             f"{prefix}_queue_wait_seconds", "Time rows waited in the queue before their batch ran",
-            buckets=LATENCY_BUCKETS, registry=registry,
+            ["model"], buckets=LATENCY_BUCKETS, registry=registry,
         )  # fmt: skip
         self.batch_rows = Histogram(
-            f"{prefix}_batch_rows", "Rows per batch", ["device"], buckets=ROW_BUCKETS,
+            f"{prefix}_batch_rows", "Rows per batch", ["model", "device"], buckets=ROW_BUCKETS,
             registry=registry,
         )  # fmt: skip
         self.window = Histogram(
@@ -33,32 +40,33 @@ class SchedulerMetrics:
             "How long the batcher held a batch's oldest row to let it grow, by what closed the "
             "window: idle (a device was idle: at once), full (max_batch_rows) or window (the "
             "max_queue_delay_ms limit)",
-            ["closed_by"], buckets=(0.0, *LATENCY_BUCKETS), registry=registry,
+            ["model", "closed_by"], buckets=(0.0, *LATENCY_BUCKETS), registry=registry,
         )  # fmt: skip
         self.batch_fill = Histogram(
-            f"{prefix}_batch_fill_ratio", "Batch rows / max_batch_rows", buckets=FILL_BUCKETS,
-            registry=registry,
+            f"{prefix}_batch_fill_ratio", "Batch rows / max_batch_rows", ["model"],
+            buckets=FILL_BUCKETS, registry=registry,
         )  # fmt: skip
         self.batch_seconds = Histogram(
-            f"{prefix}_batch_execution_seconds", "Backend time per batch", ["device"],
+            f"{prefix}_batch_execution_seconds", "Backend time per batch", ["model", "device"],
             buckets=LATENCY_BUCKETS, registry=registry,
         )  # fmt: skip
         self.rows_scored = Counter(
-            f"{prefix}_rows_scored", "Rows scored", ["device"], registry=registry
+            f"{prefix}_rows_scored", "Rows scored", ["model", "device"], registry=registry
         )
         self.refused = Counter(
             f"{prefix}_refused_requests", "Requests refused", ["reason"], registry=registry
         )
         self.device_failures = Counter(
-            f"{prefix}_device_failures", "Batches a device failed or timed out on", ["device"],
-            registry=registry,
+            f"{prefix}_device_failures", "Batches a device failed or timed out on",
+            ["model", "device"], registry=registry,
         )  # fmt: skip
         self.batch_retries = Counter(
-            f"{prefix}_batch_retries", "Batches retried on another device", registry=registry
-        )
+            f"{prefix}_batch_retries", "Batches retried on another device", ["model"],
+            registry=registry,
+        )  # fmt: skip
         self.device_healthy = Gauge(
             f"{prefix}_device_healthy", "1 while a device is in routing, 0 while it is out",
-            ["device"], registry=registry,
+            ["model", "device"], registry=registry,
         )  # fmt: skip
         self.predicted_wait = Gauge(
             f"{prefix}_predicted_wait_seconds", "Predicted time to score every queued row",
@@ -90,29 +98,19 @@ class SchedulerMetrics:
         )
         self.in_flight = Gauge(
             f"{prefix}_device_batches_in_flight", "Batches running or waiting on a device",
-            ["device"], registry=registry,
+            ["model", "device"], registry=registry,
         )  # fmt: skip
         self.fixed_seconds = Gauge(
             f"{prefix}_device_latency_fixed_seconds", "Latency model: a in a + b * rows",
-            ["device"], registry=registry,
+            ["model", "device"], registry=registry,
         )  # fmt: skip
         self.seconds_per_row = Gauge(
             f"{prefix}_device_latency_seconds_per_row", "Latency model: b in a + b * rows",
-            ["device"], registry=registry,
+            ["model", "device"], registry=registry,
         )  # fmt: skip
 
-    def observe_dispatch(self, batch: Batch, now: float, max_batch_rows: int) -> None:
-        for part in batch.parts:
-            self.queue_wait.observe(now - part.request.enqueued_at)
-        self.batch_fill.observe(batch.rows / max_batch_rows)
-
-    def observe_window(self, seconds: float, closed_by: str) -> None:
-        self.window.labels(closed_by=closed_by).observe(max(seconds, 0.0))
-
-    def observe_batch(self, device: Device, rows: int, seconds: float) -> None:
-        self.batch_rows.labels(device=device.name).observe(rows)
-        self.batch_seconds.labels(device=device.name).observe(seconds)
-        self.rows_scored.labels(device=device.name).inc(rows)
+    def for_model(self, model: str) -> ModelMetrics:
+        return ModelMetrics(self, model)
 
     def refresh_load(self, report: LoadReport) -> None:
         wait = report.predicted_wait_seconds
@@ -121,14 +119,67 @@ class SchedulerMetrics:
         self.recent_throughput.set(report.recent_rows_per_second)
         self.queue_compute_ratio.set(report.queue_to_compute_ratio)
         self.saturated.set(1 if report.saturated else 0)
+        self.queue_requests.set(report.queued_requests)
+        self.queue_rows.set(report.queued_rows)
 
-    def refresh_gauges(self, devices: list[Device], queued_requests: int, queued_rows: int) -> None:
+
+class ModelMetrics:
+    """One model's view of the families: every series it records carries its `model` label."""
+
+    def __init__(self, families: SchedulerMetrics, model: str) -> None:
+        self.families = families
+        self.model = model
+        self._queue_wait = families.queue_wait.labels(model=model)
+        self._batch_fill = families.batch_fill.labels(model=model)
+
+    def observe_dispatch(self, batch: Batch, now: float, max_batch_rows: int) -> None:
+        for part in batch.parts:
+            self._queue_wait.observe(now - part.request.enqueued_at)
+        self._batch_fill.observe(batch.rows / max_batch_rows)
+
+    def observe_window(self, seconds: float, closed_by: str) -> None:
+        self.families.window.labels(model=self.model, closed_by=closed_by).observe(
+            max(seconds, 0.0)
+        )
+
+    def observe_batch(self, device: Device, rows: int, seconds: float) -> None:
+        f, labels = self.families, {"model": self.model, "device": device.name}
+        f.batch_rows.labels(**labels).observe(rows)
+        f.batch_seconds.labels(**labels).observe(seconds)
+        f.rows_scored.labels(**labels).inc(rows)
+
+    def device_failed(self, device: Device) -> None:
+        self.families.device_failures.labels(model=self.model, device=device.name).inc()
+
+    def batch_retried(self) -> None:
+        self.families.batch_retries.labels(model=self.model).inc()
+
+    def refused(self, reason: str) -> None:
+        self.families.refused.labels(reason=reason).inc()
+
+    def refresh_devices(self, devices: list[Device]) -> None:
         """Gauges read at scrape time, so they cost nothing on the hot path."""
-        self.queue_requests.set(queued_requests)
-        self.queue_rows.set(queued_rows)
+        f = self.families
         for device in devices:
             fit = device.latency.fit
-            self.in_flight.labels(device=device.name).set(device.in_flight_batches)
-            self.device_healthy.labels(device=device.name).set(1 if device.healthy else 0)
-            self.fixed_seconds.labels(device=device.name).set(fit.fixed_seconds)
-            self.seconds_per_row.labels(device=device.name).set(fit.seconds_per_row)
+            labels = {"model": self.model, "device": device.name}
+            f.in_flight.labels(**labels).set(device.in_flight_batches)
+            f.device_healthy.labels(**labels).set(1 if device.healthy else 0)
+            f.fixed_seconds.labels(**labels).set(fit.fixed_seconds)
+            f.seconds_per_row.labels(**labels).set(fit.seconds_per_row)
+
+    def forget(self, devices: list[str]) -> None:
+        """Remove the model's series (it is no longer served): bounded cardinality."""
+        f = self.families
+        series: list[tuple[Histogram | Counter | Gauge, tuple[str, ...]]] = [
+            (family, (self.model,)) for family in (f.queue_wait, f.batch_fill, f.batch_retries)
+        ]
+        series += [(f.window, (self.model, closed)) for closed in ("idle", "full", "window")]
+        per_device = (
+            f.batch_rows, f.batch_seconds, f.rows_scored, f.device_failures, f.device_healthy,
+            f.in_flight, f.fixed_seconds, f.seconds_per_row,
+        )  # fmt: skip
+        series += [(family, (self.model, d)) for family in per_device for d in devices]
+        for family, labels in series:
+            with contextlib.suppress(KeyError):  # never recorded
+                family.remove(*labels)

@@ -24,7 +24,7 @@ from scheduler.device import Device
 from scheduler.dispatcher import Dispatcher
 from scheduler.errors import BatchFailed, DeadlineExceeded, NotReady, Overloaded
 from scheduler.load import LoadReport, RecentWork, Saturation, headroom
-from scheduler.metrics import SchedulerMetrics
+from scheduler.metrics import ModelMetrics
 from scheduler.router import DeviceSnapshot, Router
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ class Scheduler:
         devices: Sequence[Device],
         router: Router,
         config: BatchingConfig,
-        metrics: SchedulerMetrics | None = None,
+        metrics: ModelMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not devices:
@@ -93,6 +93,10 @@ class Scheduler:
                        self._dispatcher.freed),
             name="prober",
         )  # fmt: skip
+
+    @property
+    def metrics(self) -> ModelMetrics | None:
+        return self._metrics
 
     @property
     def batching(self) -> BatchingConfig:
@@ -205,7 +209,7 @@ class Scheduler:
 
     def _count_refusal(self, reason: str) -> None:
         if self._metrics:
-            self._metrics.refused.labels(reason=reason).inc()
+            self._metrics.refused(reason)
 
     def _expire(self, request: Request, timeout_seconds: float) -> None:
         if not request.future.done():

@@ -148,8 +148,14 @@ def test_index_unload_and_load_through_tritonclient(explicit_server: str) -> Non
     index = {row["name"]: row for row in client.get_model_repository_index()}
     assert set(index) == {MODEL_NAME, "ranker", "ranker-ir", "fixed", "spare"}
     assert index["spare"]["state"] == "READY" and index["spare"]["version"] == "1"
+    client.infer("spare", ranker_inputs(True))
+    assert 'model="spare"' in httpx.get(f"{explicit_server}/metrics").text
     client.unload_model("spare")
     assert not client.is_model_ready("spare")
+    deadline = time.monotonic() + 10  # the model's series go once its sessions closed
+    while 'model="spare"' in httpx.get(f"{explicit_server}/metrics").text:
+        assert time.monotonic() < deadline, "an unloaded model's metric series stayed"
+        time.sleep(0.1)
     with pytest.raises(InferenceServerException, match="not served"):
         client.infer("spare", ranker_inputs(True))
     index = {row["name"]: row for row in client.get_model_repository_index()}
