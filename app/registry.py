@@ -69,6 +69,8 @@ class ModelRegistry:
         self._lock = asyncio.Lock()  # one load or unload at a time
         self._retiring: set[asyncio.Task[None]] = set()
         self._poller: asyncio.Task[None] | None = None
+        # One bound per physical device on the batches all models run on it at once.
+        self._slots = {d.name: asyncio.Semaphore(d.parallel_batches) for d in settings.devices}
 
     # -- lookups (no awaits: a route looks up and submits in one step of the event loop) --
 
@@ -179,7 +181,8 @@ class ModelRegistry:
                 version: ServableVersion = await asyncio.to_thread(
                     open_servable, self.root, name, number, config
                 )
-                built.append(await start_serving(version, self.settings, self._metrics))
+                serving = await start_serving(version, self.settings, self._metrics, self._slots)
+                built.append(serving)
         except BaseException:
             for serving in built:
                 await serving.close()

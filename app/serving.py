@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -96,7 +97,11 @@ def backend_config(variant: VariantFile, batched: bool, threads: int = 0, stream
 
 
 def create_device(
-    version: ServableVersion, config: DeviceSettings, variant: VariantFile, settings: Settings
+    version: ServableVersion,
+    config: DeviceSettings,
+    variant: VariantFile,
+    settings: Settings,
+    slots: asyncio.Semaphore | None = None,
 ) -> Device:
     backend: Backend = create_backend(
         config.backend,
@@ -113,6 +118,7 @@ def create_device(
         settings.faults.batch_timeout_ms / 1000,
         StallPolicy(settings.faults.stall_multiple, settings.faults.stall_floor_ms / 1000),
         settings.faults.cool_down_seconds,
+        slots=slots,
     )
     return device
 
@@ -168,10 +174,15 @@ def plan_devices(version: ServableVersion, settings: Settings,
     return plan
 
 
-async def start_serving(version: ServableVersion, settings: Settings,
-                        metrics: SchedulerMetrics | None) -> Serving:  # fmt: skip
+async def start_serving(
+    version: ServableVersion,
+    settings: Settings,
+    metrics: SchedulerMetrics | None,
+    slots: Mapping[str, asyncio.Semaphore] | None = None,
+) -> Serving:
     """Sessions on every device that may run the version, warmed up; raises ValueError when none
-    can (or a device's settings name a variant it cannot run)."""
+    can (or a device's settings name a variant it cannot run). `slots`: each device's batches
+    in flight, shared by every model served on it."""
     devices: list[Device] = []
     variants: dict[str, VariantFile] = {}
     warmup_rows = settings.routing.warmup_rows if version.batched else (1,)
@@ -179,7 +190,10 @@ async def start_serving(version: ServableVersion, settings: Settings,
     try:
         for config, variant in plan_devices(version, settings):
             try:
-                device = await asyncio.to_thread(create_device, version, config, variant, settings)
+                shared = slots.get(config.name) if slots else None
+                device = await asyncio.to_thread(
+                    create_device, version, config, variant, settings, shared
+                )
             except DeviceUnavailable as exc:
                 log.warning(
                     "device %s (%s) is not available here: %s", config.name, config.backend, exc

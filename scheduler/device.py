@@ -41,13 +41,16 @@ class Device:
         stall: StallPolicy | None = None,
         cool_down_seconds: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
+        slots: asyncio.Semaphore | None = None,
     ) -> None:
         self.backend = backend
         self.name = backend.name
         self.parallel_batches = parallel_batches
         self.latency = LatencyModel(latency_window)
         self._executor = ThreadPoolExecutor(parallel_batches, thread_name_prefix=self.name)
-        self._slots = asyncio.Semaphore(parallel_batches)
+        # Batches running at once. Devices of several models on one physical device share one
+        # semaphore (`slots`), so together they never run more than its parallel_batches.
+        self._slots = slots or asyncio.Semaphore(parallel_batches)
         self.in_flight_batches = 0
         self._waiting: dict[int, float] = {}  # batch -> predicted seconds, in arrival order
         self._running: dict[int, tuple[float, float]] = {}  # batch -> (started, predicted)

@@ -294,3 +294,21 @@ async def test_admission_counts_no_capacity_on_a_tripped_device() -> None:
         with pytest.raises(Overloaded, match="cannot finish within 100 ms"):
             s.submit_nowait(rows([1, 2, 3, 4]), timeout_seconds=0.1)
         assert s.load().capacity_rows_per_second == pytest.approx(10.0, rel=0.01)
+
+
+async def test_devices_sharing_slots_never_run_more_batches_together_than_the_slots() -> None:
+    # Two models' devices on one physical device (FAKE backends): one slot between them.
+    slots = asyncio.Semaphore(1)
+    first_backend, second_backend = FakeBackend("cpu"), FakeBackend("cpu")
+    first = Device(first_backend, 1, slots=slots)
+    second = Device(second_backend, 1, slots=slots)
+    first_backend.release.clear()
+    held = asyncio.create_task(first.run(rows([1]), 1))
+    await wait_started(first_backend)
+    waiting = asyncio.create_task(second.run(rows([2]), 1))
+    await asyncio.sleep(0.1)
+    assert not waiting.done() and second_backend.batches == []  # the slot is the first model's
+    first_backend.release.set()
+    (one, _), (two, _) = await held, await waiting
+    assert one["score"].tolist() == [1] and two["score"].tolist() == [2]
+    assert second_backend.batches == [1]
