@@ -287,3 +287,50 @@ def test_start_up_mistakes_are_one_line_naming_the_file(tmp_path: Path) -> None:
     (root / "mine" / "1").mkdir()
     result = start_up(root)
     assert result.returncode == 2 and "holds no model.onnx or model.xml" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def versions_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    root = tmp_path_factory.mktemp("versions-repository")
+    for number in (1, 2, 3):
+        two_headed_ranker(root / "picked" / str(number) / "model.onnx", scale=float(number))
+        two_headed_ranker(root / "every" / str(number) / "model.onnx", scale=float(number))
+    (root / "picked" / "config.toml").write_text(
+        'max_batch_rows = 16\nmax_queue_delay_ms = 0.5\ndevices = ["cpu-onnxruntime"]\n'
+        "[version_policy]\nspecific = [1, 3]\n"
+    )
+    (root / "every" / "config.toml").write_text("[version_policy]\nall = true\n")
+    with running_server(root, {}, root / "server.log") as (_, url):
+        yield url, root
+
+
+def test_version_policies_and_versioned_routes(versions_server: tuple[str, Path]) -> None:
+    url, root = versions_server
+    client = client_for(url)
+    assert client.get_model_metadata("picked")["versions"] == ["1", "3"]
+    assert client.get_model_metadata("every")["versions"] == ["1", "2", "3"]
+    inputs: dict[str, np.ndarray] = {"ids": IDS, "features": FEATURES}
+    for number in ("1", "3"):
+        answer = client.infer("picked", ranker_inputs(True), model_version=number)
+        assert answer.get_response()["model_version"] == number
+        want = expected(root / "picked" / number / "model.onnx", inputs)["ctr"]
+        np.testing.assert_allclose(answer.as_numpy("ctr"), want, rtol=1e-5, atol=1e-6)
+    latest = client.infer("picked", ranker_inputs(True))
+    assert latest.get_response()["model_version"] == "3"
+    with pytest.raises(InferenceServerException, match="no version '2'"):
+        client.infer("picked", ranker_inputs(True), model_version="2")
+    assert client.get_model_metadata("picked", model_version="1")["name"] == "picked"
+    config = client.get_model_config("picked")
+    assert config["max_batch_size"] == 16
+    assert config["dynamic_batching"] == {"max_queue_delay_microseconds": 500}
+    assert [g["name"] for g in config["instance_group"]] == ["cpu-onnxruntime"]
+    every = client.get_model_config("every")
+    assert [g["name"] for g in every["instance_group"]] == ["cpu-openvino", "cpu-onnxruntime"]
+    too_many = np.zeros((17, 4), dtype=np.int32)
+    ids = triton.InferInput("ids", [17, 4], "INT32")
+    ids.set_data_from_numpy(too_many)
+    features = triton.InferInput("features", [17, 3], "FP16")
+    features.set_data_from_numpy(np.zeros((17, 3), dtype=np.float16))
+    split = client.infer("picked", [ids, features])  # more rows than a batch: split, reassembled
+    ctr = split.as_numpy("ctr")
+    assert ctr is not None and ctr.shape == (17,)

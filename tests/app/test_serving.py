@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 
 from app.serving import choose_variant
+from models.model_config import ModelConfig
+from models.repository import RepositoryError
 from models.servable import ServableVersion, open_servable
 from scheduler.settings import DeviceSettings
 from tests.conftest import MODEL_NAME
@@ -33,3 +35,13 @@ def test_a_variant_the_runtime_cannot_serve_is_refused(version: ServableVersion)
         choose_variant(version, device)
     with pytest.raises(ValueError, match="no servable variant 'nope'"):
         choose_variant(version, DeviceSettings(name="x", backend="openvino-cpu", variant="nope"))
+
+
+def test_a_model_config_picks_a_device_variant(built_repository: Path) -> None:
+    config = ModelConfig(variants={"ort": "pruned-int8"})
+    version = open_servable(built_repository, MODEL_NAME, 1, config)
+    assert choose_variant(version, DeviceSettings(name="ort", backend="onnxruntime-cpu")).name == (
+        "pruned-int8"
+    )
+    with pytest.raises(RepositoryError, match=r"variants\.ort: .* no servable variant 'nope'"):
+        open_servable(built_repository, MODEL_NAME, 1, ModelConfig(variants={"ort": "nope"}))
