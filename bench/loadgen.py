@@ -43,6 +43,7 @@ class LoadSpec:
     connections: int = 256
     client_timeout_seconds: float = 5.0
     headers: list[dict[str, str]] = field(default_factory=list)  # per body, when given
+    paths: list[str] = field(default_factory=list)  # per body, when given (else `path`)
     cpu: int | None = None  # pin the generator to this core
     # False: start with no connections and open one whenever none is idle (up to `connections`),
     # as a burst of new clients would; latency then counts from the connect.
@@ -64,7 +65,7 @@ def encode(spec: LoadSpec) -> list[bytes]:
         data = body.encode()
         headers = spec.headers[index] if spec.headers else {}
         head = [
-            f"POST {spec.path} HTTP/1.1",
+            f"POST {spec.paths[index] if spec.paths else spec.path} HTTP/1.1",
             f"Host: {spec.host}:{spec.port}",
             "Content-Type: application/json",
             f"Content-Length: {len(data)}",
