@@ -7,6 +7,7 @@ pool, three thread hand-offs per request that cost more than the inference itsel
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from fastapi import Request
 
@@ -15,6 +16,7 @@ from app.ranking import Ranker
 from app.registry import ModelRegistry
 from app.serving import Serving
 from config.settings import Settings
+from models.model_config import ModelConfig
 from models.repository import ModelVersion
 from scheduler.errors import InvalidInput, NotReady, UnknownModel
 
@@ -68,15 +70,25 @@ class RequestOptions:
     priority: int
 
 
-def effective_timeout(settings: Settings, asked_ms: float | None) -> float:
+def effective_timeout(default_ms: float, asked_ms: float | None) -> float:
     """The caller may shorten the default deadline, never lengthen it."""
-    default = settings.admission.default_timeout_ms
-    return (default if asked_ms is None else min(default, asked_ms)) / 1000
+    return (default_ms if asked_ms is None else min(default_ms, asked_ms)) / 1000
+
+
+def model_defaults(settings: Settings, config: ModelConfig) -> tuple[float, Literal["high", "low"]]:
+    """A model's default deadline (ms) and priority: its config.toml's, else [admission]'s."""
+    admission = settings.admission
+    return (
+        config.default_timeout_ms or admission.default_timeout_ms,
+        config.default_priority or admission.default_priority,
+    )
 
 
 async def request_options(request: Request) -> RequestOptions:
-    """Deadline and priority of a /v1 request, from its headers."""
+    """Deadline and priority of a /v1 request, from its headers (defaults: the /v1 model's)."""
     config: Settings = request.app.state.settings
+    models: ModelRegistry = request.app.state.models
+    default_ms, default_priority = model_defaults(config, models.config_of(config.model.name))
     asked = request.headers.get(TIMEOUT_HEADER)
     asked_ms = None
     if asked is not None:
@@ -87,7 +99,7 @@ async def request_options(request: Request) -> RequestOptions:
         if not asked_ms > 0:
             raise InvalidInput(f"X-Request-Timeout-Ms: {asked!r} is not a positive number")
     asked_priority = request.headers.get(PRIORITY_HEADER)
-    priority = header_priority(asked_priority, config.admission.default_priority)
+    priority = header_priority(asked_priority, default_priority)
     if priority is None:
         raise InvalidInput(f"X-Request-Priority: {asked_priority!r} is not 'high' or 'low'")
-    return RequestOptions(effective_timeout(config, asked_ms), priority)
+    return RequestOptions(effective_timeout(default_ms, asked_ms), priority)

@@ -106,6 +106,12 @@ class ModelRegistry:
                 return False
         return True
 
+    def config_of(self, name: str) -> ModelConfig:
+        """The config.toml of the model's latest ready version (every default if none)."""
+        model = self.models.get(name)
+        serving = model.latest() if model is not None else None
+        return serving.version.config if serving is not None else ModelConfig()
+
     def serving(self) -> list[Serving]:
         return [s for model in self.models.values() for s in model.versions.values()]
 

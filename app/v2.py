@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, Request, Response
 
 from app import dependencies
 from app.admission import v2_priority
+from app.dependencies import effective_timeout, model_defaults
 from app.errors import ERROR_RESPONSES, json_response
 from app.openapi import inline_schema
 from app.registry import ModelRegistry
@@ -193,13 +194,10 @@ def v2_options(request: InferenceRequest, settings: Settings, serving: Serving,
     """Triton's request parameters: `timeout` in microseconds, `priority` 1 highest (0: the
     default); the model's config.toml may set its own defaults."""
     parameters = request.parameters or RequestParameters()
-    config = serving.version.config
-    level = v2_priority(
-        parameters.priority, config.default_priority or settings.admission.default_priority
-    )
-    default_ms = config.default_timeout_ms or settings.admission.default_timeout_ms
+    default_ms, default_priority = model_defaults(settings, serving.version.config)
+    level = v2_priority(parameters.priority, default_priority)
     asked_ms = None if parameters.timeout is None else parameters.timeout / 1000
-    return (default_ms if asked_ms is None else min(default_ms, asked_ms)) / 1000, level
+    return effective_timeout(default_ms, asked_ms), level
 
 
 def requested_outputs(request: InferenceRequest, output_names: list[str]) -> list[str]:

@@ -300,6 +300,8 @@ def versions_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[
         "[version_policy]\nspecific = [1, 3]\n"
     )
     (root / "every" / "config.toml").write_text("[version_policy]\nall = true\n")
+    two_headed_ranker(root / "hurried" / "1" / "model.onnx")
+    (root / "hurried" / "config.toml").write_text("default_timeout_ms = 0.001\n")
     with running_server(root, {}, root / "server.log") as (_, url):
         yield url, root
 
@@ -334,3 +336,10 @@ def test_version_policies_and_versioned_routes(versions_server: tuple[str, Path]
     split = client.infer("picked", [ids, features])  # more rows than a batch: split, reassembled
     ctr = split.as_numpy("ctr")
     assert ctr is not None and ctr.shape == (17,)
+
+
+def test_a_models_own_default_deadline_applies(versions_server: tuple[str, Path]) -> None:
+    client = client_for(versions_server[0])
+    with pytest.raises(InferenceServerException, match="cannot finish within 0 ms"):
+        client.infer("hurried", ranker_inputs(True))  # 1 us: predicted to miss, refused at once
+    assert client.infer("picked", ranker_inputs(True)).as_numpy("ctr") is not None
