@@ -142,6 +142,8 @@ class ModelRegistry:
         stops with it)."""
         wanted = self.settings.model_control.startup_models
         names = model_names(self.root) if "*" in wanted else list(wanted)
+        if not names and self.settings.model_control.mode != "explicit":
+            log.warning("no model to load in %s (readiness stays false until one is)", self.root)
         for name in names:
             await self.load(name)
         if self.settings.model_control.mode == "poll":
