@@ -44,6 +44,7 @@ class Serving:
     variants: dict[str, VariantFile]  # device name -> the variant it runs
     ranker: Ranker | None  # /v1/rank and /v1/score: only for a version built with feature tables
     ready: bool = False
+    reasons: dict[str, str] = field(default_factory=dict)  # device name -> why it runs its variant
     stats: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -68,7 +69,9 @@ def choose_variant(version: ServableVersion, device: DeviceSettings) -> VariantF
     named = version.config.variants.get(device.name) or (
         None if device.variant == "default" else device.variant
     )
-    name = named or version.default_variants.get(kind)
+    name = (
+        named or version.default_variants.get(device.backend) or version.default_variants.get(kind)
+    )
     variant = version.variants.get(name or "")
     where = f"{version.model} version {version.number}"
     if variant is None:
@@ -87,12 +90,24 @@ def choose_variant(version: ServableVersion, device: DeviceSettings) -> VariantF
     return variant
 
 
+def variant_reason(version: ServableVersion, device: DeviceSettings) -> str:
+    """Why a device runs the variant choose_variant picks (for the log and the model config)."""
+    if device.name in version.config.variants:
+        return f"{version.path.parent / CONFIG_FILE} names it"
+    if device.variant != "default":
+        return "the device's variant setting names it"
+    kind = DEVICE_KIND_OF_BACKEND[device.backend]
+    reasons = version.default_reasons
+    return reasons.get(device.backend) or reasons.get(kind) or "the version's only variant"
+
+
 def backend_config(variant: VariantFile, batched: bool, threads: int = 0, streams: int = 1,
                    ) -> BackendConfig:  # fmt: skip
     # An FP32 ONNX file, and a user's plain file whatever its format, runs at FP32 in OpenVINO
     # too: its CPU plugin would pick BF16 on its own, a precision no gate has scored.
     exact = variant.precision == "fp32" and variant.format == "onnx"
     hint = "f32" if exact or variant.precision == AS_EXPORTED else None
+    hint = variant.execution_hint or hint
     return BackendConfig(variant.path, threads, streams, hint, batched)
 
 
@@ -185,6 +200,7 @@ async def start_serving(
     in flight, shared by every model served on it."""
     devices: list[Device] = []
     variants: dict[str, VariantFile] = {}
+    reasons: dict[str, str] = {}
     warmup_rows = settings.routing.warmup_rows if version.batched else (1,)
     sample = warmup_inputs(version, max(warmup_rows))
     try:
@@ -201,13 +217,14 @@ async def start_serving(
                 continue
             devices.append(device)
             variants[device.name] = variant
+            reasons[device.name] = variant_reason(version, config)
             await asyncio.to_thread(device.warm_up, sample, warmup_rows)
             fit = device.latency.fit
             log.info(
-                "%s version %d on device %s: %s (%s, executes %s); latency %.3f ms + %.2f us/row",
-                version.model, version.number, device.name, variant.name, config.backend,
-                device.backend.execution_precision, fit.fixed_seconds * 1e3,
-                fit.seconds_per_row * 1e6,
+                "%s version %d on device %s: %s (%s, executes %s; %s); latency %.3f ms + %.2f "
+                "us/row", version.model, version.number, device.name, variant.name,
+                config.backend, device.backend.execution_precision, reasons[device.name],
+                fit.fixed_seconds * 1e3, fit.seconds_per_row * 1e6,
             )  # fmt: skip
     except BaseException:
         for device in devices:
@@ -238,4 +255,4 @@ async def start_serving(
     ranker = None
     if built is not None:
         ranker = await asyncio.to_thread(Ranker.for_version, built, settings.limits)
-    return Serving(version, scheduler, variants, ranker, ready=True)
+    return Serving(version, scheduler, variants, ranker, ready=True, reasons=reasons)

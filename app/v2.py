@@ -147,6 +147,7 @@ async def model_config(
                 "kind": f"KIND_{DEVICE_KIND_OF_BACKEND[config.backend].upper()}",
                 "count": device.parallel_batches,
                 "variant": serving.variants[device.name].name,
+                "variant_reason": serving.reasons.get(device.name, ""),
                 "backend": config.backend,
             }
             for device in serving.scheduler.devices

@@ -1,6 +1,7 @@
-"""`python -m models build | evaluate | report`: the offline pipeline's command line.
+"""`python -m models build | accelerate | evaluate | report`: the offline pipeline's command line.
 
-`evaluate` and `report` read the repository with numpy only; `build` imports torch.
+`evaluate` and `report` read the repository with numpy only; `build` imports torch;
+`accelerate` needs onnx and nncf (the train extra) but not torch.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 
 from config.settings import SettingsError, load_settings
 from models import repository
+from models.rows_file import RowsFileError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,7 +35,28 @@ def main(argv: list[str] | None = None) -> int:
         command = commands.add_parser(name, help=text)
         command.add_argument("--model", help="model name (default: settings)")
         command.add_argument("--version", type=int, help="version (default: the latest)")
-    args = parser.parse_args(argv)
+    accelerate = commands.add_parser(
+        "accelerate", help="INT8, FP16 and BF16 variants of a plain model.onnx, gated on your rows"
+    )
+    accelerate.add_argument("version_path", type=Path, metavar="ROOT/MODEL/VERSION")
+    accelerate.add_argument(
+        "--eval",
+        type=Path,
+        required=True,
+        dest="eval_file",
+        help=".npz of held-out rows: one array per input, optional labels",
+    )
+    accelerate.add_argument(
+        "--calibration",
+        type=Path,
+        help=".npz of calibration rows for INT8 (default: the --eval rows)",
+    )
+    accelerate.add_argument(
+        "--quantize-outputs",
+        action="store_true",
+        help="quantize the output layers too (the gate usually refuses it)",
+    )
+    args = parser.parse_args(argv)  # fmt: skip
     # Progress by default: each stage, a bar per training run, each step's and gate's result.
     logging.basicConfig(
         level=logging.WARNING,
@@ -67,6 +90,13 @@ def main(argv: list[str] | None = None) -> int:
             print((path / "report.md").read_text(encoding="utf-8"))
             print(f"Model repository written to {path}")
             return 0
+        if args.command == "accelerate":
+            from models.accelerate import accelerate as run_accelerate
+
+            run_accelerate(args.version_path, args.eval_file, args.calibration, settings,
+                           quantize_outputs=args.quantize_outputs)  # fmt: skip
+            print((args.version_path / "report.md").read_text(encoding="utf-8"))
+            return 0
         version = repository.open_version(
             root, args.model or settings.repository.model_name, args.version
         )
@@ -74,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             print((version.path / "report.md").read_text(encoding="utf-8"))
             return 0
         return print_evaluation(version)
-    except (repository.RepositoryError, RuntimeError, FileNotFoundError) as exc:
+    except (repository.RepositoryError, RowsFileError, RuntimeError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
 

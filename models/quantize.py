@@ -48,6 +48,7 @@ def quantize_onnxruntime_int8(
     calibration: Inputs,
     quantize_gather: bool,
     keep_float_weights: tuple[str, ...] = KEEP_FLOAT_WEIGHTS,
+    keep_float_nodes: tuple[str, ...] = (),
 ) -> None:
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -70,6 +71,7 @@ def quantize_onnxruntime_int8(
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
         ops = ["Gemm", "MatMul", *(["Gather"] if quantize_gather else [])]
         excluded = [n for w in keep_float_weights for n in nodes_reading(prepared, w)]
+        excluded += list(keep_float_nodes)
         quantize_static(
             str(prepared),
             str(target),
@@ -90,6 +92,7 @@ def convert_openvino(
     int8_target: Path,
     calibration: Inputs,
     keep_float_weights: tuple[str, ...] = KEEP_FLOAT_WEIGHTS,
+    keep_float_nodes: tuple[str, ...] = (),
 ) -> None:
     """Float IR (weights kept FP32) and its NNCF INT8 quantization, calibrated row by row."""
     import nncf
@@ -97,6 +100,7 @@ def convert_openvino(
 
     # OpenVINO names the ops it converts after the ONNX nodes (a Gemm becomes ".../WithoutBiases").
     names = [n for w in keep_float_weights for n in nodes_reading(source, w)]
+    names += list(keep_float_nodes)
     ignored = nncf.IgnoredScope(
         patterns=[f"^{re.escape(name)}(/.*)?$" for name in names], validate=False
     )
@@ -119,8 +123,46 @@ def convert_openvino(
     ov.save_model(quantized, str(int8_target), compress_to_fp16=False)
 
 
-def convert_float16(source: Path, target: Path) -> None:
+def convert_float16(source: Path, target: Path, keep_float_nodes: tuple[str, ...] = ()) -> None:
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    model = convert_float_to_float16(onnx.load(str(source)), keep_io_types=True)
+    model = convert_float_to_float16(
+        onnx.load(str(source)), keep_io_types=True, node_block_list=list(keep_float_nodes)
+    )
+    drop_float16_round_trips(model)
     onnx.save(model, str(target))
+
+
+def drop_float16_round_trips(model: onnx.ModelProto) -> None:
+    """Remove each Cast to FP16 whose only reader is a Cast back to FP32: the converter puts such
+    pairs between the nodes it keeps in FP32, which would round their values through FP16."""
+    graph = model.graph
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    outputs = {o.name for o in graph.output}
+    drop, rename = [], {}
+    for node in graph.node:
+        to = next((a.i for a in node.attribute if a.name == "to"), None)
+        if node.op_type != "Cast" or to != onnx.TensorProto.FLOAT16 or node.output[0] in outputs:
+            continue
+        after = readers.get(node.output[0], [])
+        back = [r for r in after if r.op_type == "Cast" and any(
+            a.name == "to" and a.i == onnx.TensorProto.FLOAT for a in r.attribute)]  # fmt: skip
+        if after and len(back) == len(after):
+            drop += [node, *back]
+            rename.update({r.output[0]: node.input[0] for r in back})
+    for node in drop:
+        graph.node.remove(node)
+    for node in graph.node:
+        for index, given in enumerate(node.input):
+            name = given
+            while name in rename:
+                name = rename[name]
+            node.input[index] = name
+    for output in graph.output:
+        if output.name in rename:  # a graph output must keep its name: rename its producer's
+            for node in graph.node:
+                node.output[:] = [output.name if o == rename[output.name] else o
+                                  for o in node.output]  # fmt: skip

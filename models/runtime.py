@@ -1,6 +1,7 @@
 """Inference sessions over exported models (numpy only, no torch): ONNX Runtime and OpenVINO.
 
-Both take the manifest's named inputs as numpy arrays and return the first output. Each records
+Both take named inputs as numpy arrays and return the first output (`run`) or every output by
+name (`run_all`). Each records
 the precision it actually executes in: OpenVINO's CPU plugin runs BF16 by default on CPUs with
 AMX or AVX-512 BF16, whatever the model file says, so FP32 must be asked for explicitly.
 """
@@ -21,6 +22,8 @@ class Session(Protocol):
 
     def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray: ...
 
+    def run_all(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
 
 class OnnxRuntimeSession:
     runtime = "onnxruntime"
@@ -34,9 +37,14 @@ class OnnxRuntimeSession:
         options.log_severity_level = 3
         self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.execution_precision = "f32"
+        self.output_names = [o.name for o in self._session.get_outputs()]
 
     def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         return np.asarray(self._session.run(None, inputs)[0])
+
+    def run_all(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        values = self._session.run(None, inputs)
+        return {n: np.asarray(v) for n, v in zip(self.output_names, values, strict=True)}
 
 
 class OpenVinoSession:
@@ -60,6 +68,15 @@ class OpenVinoSession:
             "INFERENCE_PRECISION_HINT"
         ).to_string()
 
+        self.output_names = [output.get_any_name() for output in self._compiled.outputs]
+
     def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         self._request.infer(inputs)
         return np.array(self._request.get_output_tensor(0).data)
+
+    def run_all(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self._request.infer(inputs)
+        return {
+            name: np.array(self._request.get_output_tensor(index).data)
+            for index, name in enumerate(self.output_names)
+        }

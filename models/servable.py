@@ -10,10 +10,11 @@ it (`model.onnx.sha256`, as `sha256sum` writes it), which is then verified too.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from models.acceleration_record import RECORD, cpu_model, read_record
 from models.checksum import sha256_file
 from models.model_config import CONFIG_FILE, ModelConfig, TensorOverride, read_model_config
 from models.repository import MANIFEST, ModelVersion, RepositoryError, TensorSpec, open_version
@@ -34,6 +35,7 @@ class VariantFile:
     format: Literal["onnx", "openvino-ir"]
     precision: str  # fp32, fp16, bf16, int8; AS_EXPORTED for a plain file
     runtimes: tuple[Runtime, ...]
+    execution_hint: str | None = None  # OpenVINO's inference precision (bf16 execution)
 
 
 @dataclass(frozen=True)
@@ -44,8 +46,9 @@ class ServableVersion:
     config: ModelConfig
     signature: Signature  # the graph's tensors, with the config's overrides applied
     variants: Mapping[str, VariantFile]  # the servable ones only
-    default_variants: Mapping[str, str]  # device kind ("cpu", "gpu") -> variant
+    default_variants: Mapping[str, str]  # backend or device kind ("cpu", "gpu") -> variant
     built: ModelVersion | None  # the build's manifest and tables, when it has them
+    default_reasons: Mapping[str, str] = field(default_factory=dict)  # the same keys -> why
 
     @property
     def batched(self) -> bool:
@@ -95,6 +98,10 @@ def open_servable(root: Path, model: str, number: int, config: ModelConfig | Non
         )
         variants = {PLAIN_VARIANT: variant}
         defaults = {"cpu": PLAIN_VARIANT, "gpu": PLAIN_VARIANT}
+        reasons: dict[str, str] = {}
+        if (path / RECORD).is_file():
+            accelerated, defaults, reasons = _accelerated(path, file)
+            variants |= accelerated
     signature = _apply_overrides(signature, config, root / model / CONFIG_FILE)
     for device, name in config.variants.items():
         if name not in variants:
@@ -102,7 +109,47 @@ def open_servable(root: Path, model: str, number: int, config: ModelConfig | Non
                 f"{root / model / CONFIG_FILE}: variants.{device}: {model} version {number} has "
                 f"no servable variant {name!r} (it has {', '.join(sorted(variants))})"
             )
-    return ServableVersion(model, number, path, config, signature, variants, defaults, built)
+    if built is not None:
+        reasons = {kind: "the manifest's default" for kind in defaults}
+    return ServableVersion(
+        model, number, path, config, signature, variants, defaults, built, reasons
+    )
+
+
+def _accelerated(path: Path, source: Path) -> tuple[dict[str, VariantFile], dict[str, str],
+                                                    dict[str, str]]:  # fmt: skip
+    """The servable variants `python -m models accelerate` recorded, each file checked, and the
+    default per backend: the record's fastest where it was measured on this CPU model, else the
+    source (a speed measured on another CPU says little here)."""
+    record = read_record(path)
+    if record.source.file != source.name or sha256_file(source) != record.source.sha256:
+        raise RepositoryError(
+            f"{path / RECORD} describes another {record.source.file} (its SHA-256 differs): run "
+            "`python -m models accelerate` on this version again"
+        )
+    variants = {}
+    for v in record.variants:
+        if not v.servable or v.name == PLAIN_VARIANT:
+            continue
+        for ref in (v.file, *([v.weights_file] if v.weights_file else [])):
+            target = path / ref.file
+            if not target.is_file():
+                raise RepositoryError(f"{target} is named in {RECORD} but missing")
+            if sha256_file(target) != ref.sha256:
+                raise RepositoryError(f"{target} has another SHA-256 than {RECORD} says")
+        variants[v.name] = VariantFile(v.name, path / v.file.file, v.format, v.precision,
+                                       v.runtimes, v.execution_hint)  # fmt: skip
+    here = cpu_model()
+    defaults, reasons = {"cpu": PLAIN_VARIANT, "gpu": PLAIN_VARIANT}, {}
+    for backend, name in record.default_variants.items():
+        if name != PLAIN_VARIANT and name not in variants:
+            continue
+        if backend.endswith("-cpu") and record.cpu != here:
+            reasons[backend] = f"the source: the record was measured on another CPU ({record.cpu})"
+            continue
+        defaults[backend] = name
+        reasons[backend] = record.default_reasons.get(backend, "the record's default")
+    return variants, defaults, reasons
 
 
 def _plain_file(path: Path) -> Path:

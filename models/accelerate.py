@@ -1,0 +1,350 @@
+"""`python -m models accelerate <root>/<model>/<version>`: numerics-only variants of any plain
+ONNX model, each gated on the user's held-out rows, timed side by side, and recorded beside it.
+
+Variants of `model.onnx`, written into the same version folder:
+- `int8`: INT8 for ONNX Runtime, static QDQ, per-channel int8 weights, int8 activations calibrated
+  (min-max) on the calibration rows;
+- `openvino-int8`: OpenVINO IR quantized to INT8 by NNCF on the same rows;
+- `fp16`: FP16 for the CUDA provider (float32 at the inputs and outputs, and from the output
+  layers on: a narrow score distribution would collapse in FP16's resolution);
+- `bf16`: the source run by OpenVINO at BF16, recorded where this CPU executes BF16.
+The layers that produce the outputs (the last Gemm or MatMul before each output) stay float in
+both INT8 variants unless `--quantize-outputs`: an int8 output layer quantizes the logit and
+collapses the scores into a few values, which the gate refuses.
+
+The gate, per variant and per float output, against the source run by ONNX Runtime at FP32 on the
+held-out rows: with binary labels for that output, AUC, log loss, Spearman and distinct scores
+(`[gate] numerics_*`), with a paired bootstrap interval of the AUC difference; without labels,
+agreement only (Spearman, the change in distinct scores, the largest absolute difference). A
+variant that fails any output is recorded with `servable: false` and its reason, and never served.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from config.settings import Settings
+from models import quantize
+from models.acceleration_record import (
+    AcceleratedVariant,
+    AccelerationRecord,
+    RowsRef,
+    cpu_model,
+    write_record,
+)
+from models.benchmark import Runner, benchmark
+from models.gate import Verdict, numerics_gate, paired_bootstrap_auc_difference, spearman
+from models.repository import RepositoryError, file_ref
+from models.rows_file import Rows, read_rows
+from models.runtime import OnnxRuntimeSession, OpenVinoSession
+from models.servable import PLAIN_FILES
+from models.settings import GateSettings
+from models.signature import Signature, read_signature
+
+log = logging.getLogger(__name__)
+SOURCE = "model.onnx"
+SCORING_ROWS = 1024  # rows per call while scoring the held-out rows
+# Ops between an output layer and a graph output that leave its values in place (elementwise,
+# shape): looking back through them from an output finds the layer that produced it.
+PASS_THROUGH = {
+    "Sigmoid", "Softmax", "Tanh", "Relu", "Reshape", "Squeeze", "Unsqueeze", "Flatten",
+    "Identity", "Cast", "Gather", "Add", "Mul", "Concat", "Slice", "Transpose",
+}  # fmt: skip
+Outputs = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    name: str
+    file: Path
+    format: str
+    precision: str
+    device: str
+    runtimes: tuple[str, ...]
+    hint: str | None = None  # OpenVINO inference precision
+
+    def session(self, runtime: str, threads: int = 0) -> Callable[[Outputs], Outputs]:
+        if runtime == "openvino":
+            return OpenVinoSession(self.file, self.hint or "f32", threads).run_all  # type: ignore[arg-type]
+        return OnnxRuntimeSession(self.file, threads).run_all
+
+
+def output_path(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """The nodes from each output layer (the last Gemm or MatMul before a graph output) to the
+    output, found by walking back from the outputs through PASS_THROUGH ops."""
+    producer = {out: node for node in model.graph.node for out in node.output}
+    found: list[onnx.NodeProto] = []
+    frontier = [o.name for o in model.graph.output]
+    seen: set[str] = set()
+    while frontier:
+        tensor = frontier.pop()
+        node = producer.get(tensor)
+        if node is None or tensor in seen:
+            continue
+        seen.add(tensor)
+        if node.op_type in ("Gemm", "MatMul") or node.op_type in PASS_THROUGH:
+            found.append(node)
+        if node.op_type in PASS_THROUGH:
+            frontier += list(node.input)
+    return found
+
+
+def output_layers(model: onnx.ModelProto) -> list[str]:
+    return [n.name for n in output_path(model) if n.op_type in ("Gemm", "MatMul")]
+
+
+def named(source: Path, target: Path) -> Path:
+    """A copy whose every node has a name (quantizers exclude nodes by name)."""
+    model = onnx.load(str(source))
+    for index, node in enumerate(model.graph.node):
+        if not node.name:
+            node.name = f"{node.op_type}_{index}"
+    onnx.save(model, str(target))
+    return target
+
+
+def bf16_supported() -> bool:
+    import openvino as ov
+
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+def run_rows(run: Callable[[Outputs], Outputs], inputs: Outputs) -> Outputs:
+    total = len(next(iter(inputs.values())))
+    parts: list[Outputs] = []
+    for start in range(0, total, SCORING_ROWS):
+        parts.append(run({k: v[start : start + SCORING_ROWS] for k, v in inputs.items()}))
+    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+
+
+def agreement_gate(reference: np.ndarray, candidate: np.ndarray, settings: GateSettings,
+                   ) -> tuple[Verdict, dict[str, float]]:  # fmt: skip
+    """Without labels: the variant must rank rows as the source does and keep its scores apart."""
+    rho = spearman(reference, candidate)
+    distinct_ref, distinct = len(np.unique(reference)), len(np.unique(candidate))
+    change = abs(distinct - distinct_ref) / max(distinct_ref, 1)
+    difference = float(np.max(np.abs(reference.astype(np.float64) - candidate)))
+    figures = {"spearman": rho, "distinct": distinct, "distinct_source": distinct_ref,
+               "max_abs_difference": difference}  # fmt: skip
+    text = (f"Spearman {rho:.5f}, {distinct:,} distinct scores vs {distinct_ref:,}, max |diff| "
+            f"{difference:.2e}")  # fmt: skip
+    if rho < settings.numerics_min_spearman:
+        return Verdict(False, f"Spearman {rho:.5f} < {settings.numerics_min_spearman}"), figures
+    if change > settings.numerics_max_distinct_change:
+        return Verdict(
+            False, f"scores collapse: {distinct:,} distinct vs {distinct_ref:,}"
+        ), figures
+    return Verdict(True, "passes: " + text), figures
+
+
+def gate_variant(reference: Outputs, candidate: Outputs, rows: Rows, settings: Settings,
+                 ) -> tuple[Verdict, dict[str, dict[str, float]]]:  # fmt: skip
+    """Every output: float ones by the numerics gate (labels) or agreement (none); others equal."""
+    figures: dict[str, dict[str, float]] = {}
+    reasons = []
+    for name, expected in reference.items():
+        got = candidate[name].astype(np.float64).reshape(-1)
+        want = expected.astype(np.float64).reshape(-1)
+        if expected.dtype.kind != "f":
+            same = bool(np.array_equal(expected, candidate[name]))
+            figures[name] = {"equal": float(same)}
+            verdict = Verdict(same, "equal" if same else "differs from the source")
+        elif name in rows.labels:
+            labels = rows.labels[name]
+            verdict = numerics_gate(labels, want, got, settings.gate)
+            interval = paired_bootstrap_auc_difference(
+                labels, want, got, settings.gate.bootstrap_rounds, seed=0
+            )
+            _, agreement = agreement_gate(want, got, settings.gate)
+            figures[name] = {**agreement, "auc_difference": interval.mean,
+                             "auc_difference_low": interval.low,
+                             "auc_difference_high": interval.high}  # fmt: skip
+        else:
+            verdict, figures[name] = agreement_gate(want, got, settings.gate)
+        if not verdict.passed:
+            return Verdict(False, f"{name}: {verdict.reason}"), figures
+        reasons.append(f"{name}: {verdict.reason.removeprefix('passes: ')}")
+    return Verdict(True, "passes: " + "; ".join(reasons)), figures
+
+
+def candidates(version: Path, calibration: Rows, work: Path, quantize_outputs: bool,
+               ) -> list[Candidate]:  # fmt: skip
+    source = version / SOURCE
+    prepared = named(source, work / "named.onnx")
+    keep = () if quantize_outputs else tuple(output_layers(onnx.load(str(prepared))))
+    log.info("output layers kept float in INT8: %s", ", ".join(keep) or "none")
+    made = [Candidate("model", source, "onnx", "fp32", "cpu", ("onnxruntime", "openvino"))]
+    log.info("writing int8 (ONNX Runtime, static QDQ, per-channel weights)")
+    quantize.quantize_onnxruntime_int8(
+        prepared, version / "model.int8.onnx", calibration.inputs, quantize_gather=False,
+        keep_float_weights=(), keep_float_nodes=keep,
+    )  # fmt: skip
+    made.append(Candidate("int8", version / "model.int8.onnx", "onnx", "int8", "cpu",
+                          ("onnxruntime",)))  # fmt: skip
+    log.info("writing openvino-int8 (NNCF)")
+    quantize.convert_openvino(
+        prepared, work / "float.xml", version / "model.openvino-int8.xml", calibration.inputs,
+        keep_float_weights=(), keep_float_nodes=keep,
+    )  # fmt: skip
+    made.append(Candidate("openvino-int8", version / "model.openvino-int8.xml", "openvino-ir",
+                          "int8", "cpu", ("openvino",)))  # fmt: skip
+    log.info("writing fp16 (for the CUDA provider)")
+    path = [n.name for n in output_path(onnx.load(str(prepared)))]
+    quantize.convert_float16(prepared, version / "model.fp16.onnx", keep_float_nodes=tuple(path))
+    made.append(Candidate("fp16", version / "model.fp16.onnx", "onnx", "fp16", "gpu",
+                          ("onnxruntime",)))  # fmt: skip
+    if bf16_supported():
+        made.append(Candidate("bf16", source, "onnx", "bf16", "cpu", ("openvino",), "bf16"))
+    else:
+        log.info("bf16: this CPU does not execute BF16; not recorded")
+    return made
+
+
+def fastest(variants: list[AcceleratedVariant], runtime: str) -> tuple[str, str]:
+    """The servable variant the runtime runs fastest here (geometric mean over the batch sizes of
+    its latency relative to the source's), and why."""
+    source = next(v for v in variants if v.name == "model").latency_ms[runtime]
+
+    def relative(variant: AcceleratedVariant) -> float:
+        mine = variant.latency_ms[runtime]
+        ratios = [mine[rows] / source[rows] for rows in source if rows in mine]
+        return math.exp(sum(map(math.log, ratios)) / len(ratios))
+
+    timed = [v for v in variants if v.servable and runtime in v.latency_ms]
+    best = min(timed, key=relative)
+    return best.name, (
+        f"the fastest servable variant on {runtime} here: {relative(best):.2f}x the source's "
+        f"latency (geometric mean over {len(source)} batch sizes)"
+    )
+
+
+def accelerate(version: Path, eval_file: Path, calibration_file: Path | None, settings: Settings,
+               quantize_outputs: bool = False) -> AccelerationRecord:  # fmt: skip
+    source = version / SOURCE
+    if not source.is_file():
+        present = [n for n in PLAIN_FILES if (version / n).is_file()]
+        raise RepositoryError(
+            f"{version}: accelerate needs a plain {SOURCE}"
+            + (f" (it holds {present[0]})" if present else "")
+        )
+    signature: Signature = read_signature(source)
+    if not signature.batched:
+        raise RepositoryError(f"{source}: accelerate needs a batch axis (an open first dimension)")
+    rows = read_rows(eval_file, signature)
+    calibration = read_rows(calibration_file, signature) if calibration_file else rows
+    log.info("%s: %d held-out rows (labels for %s), %d calibration rows", version, rows.count,
+             ", ".join(rows.labels) or "no output", calibration.count)  # fmt: skip
+    with tempfile.TemporaryDirectory() as scratch:
+        made = candidates(version, calibration, Path(scratch), quantize_outputs)
+        reference = run_rows(made[0].session("onnxruntime"), rows.inputs)
+        timing_rows = max(settings.benchmark.batch_rows)
+        repeat = -(-timing_rows // rows.count)
+        timing_inputs = {k: np.concatenate([v] * repeat)[:timing_rows]
+                         for k, v in rows.inputs.items()}  # fmt: skip
+        runners = [
+            Runner(c.name, runtime, c.hint or c.precision, c.session(runtime, threads=1))
+            for c in made if c.device == "cpu" for runtime in c.runtimes
+        ]  # fmt: skip
+        log.info("timing %d (variant, runtime) pairs at %s rows, single-threaded", len(runners),
+                 ", ".join(map(str, settings.benchmark.batch_rows)))  # fmt: skip
+        timings = benchmark(runners, timing_inputs, settings.benchmark)
+        recorded = []
+        for candidate in made:
+            runtime = "onnxruntime" if "onnxruntime" in candidate.runtimes else "openvino"
+            outputs = (
+                reference
+                if candidate.name == "model"
+                else run_rows(candidate.session(runtime), rows.inputs)
+            )
+            verdict, figures = gate_variant(reference, outputs, rows, settings)
+            log.info("gate %s: %s", candidate.name, verdict.reason)
+            latency: dict[str, dict[str, float]] = {}
+            for t in timings:
+                if t.variant == candidate.name:
+                    latency.setdefault(t.runtime, {})[str(t.batch_rows)] = t.median_seconds * 1e3
+            ir = candidate.format == "openvino-ir"
+            weights = candidate.file.with_suffix(".bin") if ir else None
+            size = candidate.file.stat().st_size + (weights.stat().st_size if weights else 0)
+            recorded.append(AcceleratedVariant(
+                name=candidate.name,
+                file=file_ref(version, candidate.file.name),
+                weights_file=file_ref(version, weights.name) if weights else None,
+                format=candidate.format,
+                precision=candidate.precision,
+                execution_hint=candidate.hint,
+                device=candidate.device,
+                runtimes=candidate.runtimes,
+                size_bytes=size,
+                servable=verdict.passed,
+                gate=verdict.reason,
+                outputs=figures,
+                scored_with=f"{runtime}-cpu {candidate.hint or candidate.precision}",
+                latency_ms=latency,
+            ))  # fmt: skip
+    defaults, reasons = {}, {}
+    for backend, runtime in (("openvino-cpu", "openvino"), ("onnxruntime-cpu", "onnxruntime")):
+        defaults[backend], reasons[backend] = fastest(recorded, runtime)
+    fp16 = next(v for v in recorded if v.name == "fp16")
+    defaults["onnxruntime-gpu"] = "fp16" if fp16.servable else "model"
+    reasons["onnxruntime-gpu"] = (
+        "fp16 passed the gate (scored on ONNX Runtime's CPU provider)" if fp16.servable
+        else f"fp16 failed the gate ({fp16.gate}); the source runs"
+    )  # fmt: skip
+    record = AccelerationRecord(
+        schema_version=1,
+        created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        source=file_ref(version, SOURCE),
+        cpu=cpu_model(),
+        eval_rows=RowsRef(
+            file=str(eval_file), rows=rows.count, labelled_outputs=tuple(rows.labels)
+        ),
+        calibration_rows=RowsRef(file=str(calibration_file or eval_file), rows=calibration.count),
+        variants=tuple(recorded),
+        default_variants=defaults,
+        default_reasons=reasons,
+    )
+    write_record(version, record)
+    (version / "report.md").write_text(render_report(version, record), encoding="utf-8")
+    return record
+
+
+def render_report(version: Path, record: AccelerationRecord) -> str:
+    sizes = sorted({int(r) for v in record.variants for t in v.latency_ms.values() for r in t})
+    header = ["variant (runtime)", "precision", "size", "servable",
+              *[f"batch {r} (ms)" for r in sizes], "gate"]  # fmt: skip
+    lines = [
+        f"# {version.parent.name} version {version.name}: accelerated variants",
+        "",
+        f"Source `{record.source.file}` (SHA-256 {record.source.sha256[:12]}...). Gated on "
+        f"{record.eval_rows.rows:,} held-out rows of `{record.eval_rows.file}` (labels for: "
+        f"{', '.join(record.eval_rows.labelled_outputs) or 'none, agreement only'}); INT8 "
+        f"calibrated on {record.calibration_rows.rows:,} rows. Latency: single-threaded median "
+        f"per batch, on {record.cpu}, each runtime in its own row.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    for v in record.variants:
+        for runtime, cells in (v.latency_ms or {"GPU, not timed here": {}}).items():
+            row = [
+                f"{v.name} ({runtime})",
+                v.execution_hint or v.precision,
+                f"{v.size_bytes / 1e6:.2f} MB",
+                "yes" if v.servable else "**no**",
+                *[f"{cells[str(r)]:.3f}" if str(r) in cells else "" for r in sizes],
+                v.gate,
+            ]
+            lines.append("| " + " | ".join(row) + " |")  # fmt: skip
+    lines += ["", "Served by default:", ""]
+    lines += [f"- `{backend}`: **{name}**, {record.default_reasons.get(backend, '')}"
+              for backend, name in record.default_variants.items()]  # fmt: skip
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,88 @@
+"""`acceleration.json`: what `python -m models accelerate` wrote beside a plain model (numpy and
+pydantic only; the serving path reads it).
+
+Each variant with its file and SHA-256, its precision and the runtimes that may serve it, the
+gate's verdict per output and in one line, and its latency per runtime and batch size on the CPU
+it was measured on; the default variant per backend is the fastest servable one there.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from models.repository import FileRef, RepositoryError
+
+RECORD = "acceleration.json"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RowsRef(Strict):
+    file: str
+    rows: int
+    labelled_outputs: tuple[str, ...] = ()
+
+
+class AcceleratedVariant(Strict):
+    name: str
+    file: FileRef
+    weights_file: FileRef | None = None
+    format: Literal["onnx", "openvino-ir"]
+    precision: Literal["fp32", "fp16", "bf16", "int8"]
+    execution_hint: str | None = None  # OpenVINO's INFERENCE_PRECISION_HINT it runs with
+    device: Literal["cpu", "gpu"]
+    runtimes: tuple[Literal["onnxruntime", "openvino"], ...]
+    size_bytes: int
+    servable: bool
+    gate: str  # one line: why it is (not) servable
+    outputs: dict[str, dict[str, float]]  # output -> the gate's figures
+    scored_with: str  # the runtime and precision the figures come from
+    latency_ms: dict[str, dict[str, float]]  # runtime -> batch rows -> median ms (CPU only)
+
+
+class AccelerationRecord(Strict):
+    schema_version: Literal[1]
+    created_at: str
+    source: FileRef
+    cpu: str  # the CPU model the latencies were measured on
+    eval_rows: RowsRef
+    calibration_rows: RowsRef
+    variants: tuple[AcceleratedVariant, ...]
+    default_variants: dict[str, str]  # backend ("openvino-cpu", ...) -> the fastest servable
+    default_reasons: dict[str, str] = Field(default_factory=dict)  # backend -> why
+
+
+def read_record(path: Path) -> AccelerationRecord:
+    target = path / RECORD
+    try:
+        return AccelerationRecord.model_validate_json(target.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise RepositoryError(f"{target}: cannot read it: {exc}") from None
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise RepositoryError(f"{target}: not a valid record: {where}: {first['msg']}") from None
+
+
+def write_record(path: Path, record: AccelerationRecord) -> None:
+    text = json.dumps(record.model_dump(mode="json"), indent=2)
+    (path / RECORD).write_text(text + "\n", encoding="utf-8")
+
+
+def cpu_model() -> str:
+    """This machine's CPU model, as /proc/cpuinfo names it (the platform's name elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
