@@ -17,7 +17,7 @@ from app.v2_codec import DTYPES
 from config.settings import Settings
 from models.model_config import CONFIG_FILE
 from models.repository import ModelVersion
-from models.servable import AS_EXPORTED, ServableVersion, VariantFile
+from models.servable import ANOTHER_CPU, AS_EXPORTED, ServableVersion, VariantFile
 from scheduler.backend import Backend, BackendConfig, create_backend
 from scheduler.device import Device, StallPolicy
 from scheduler.errors import DeviceUnavailable
@@ -189,6 +189,55 @@ def plan_devices(version: ServableVersion, settings: Settings,
     return plan
 
 
+def timed_candidates(version: ServableVersion, device: DeviceSettings) -> list[VariantFile]:
+    """The variants to time at start-up for a device left to its default where the record's
+    speeds come from another CPU: every servable one its runtime runs (FP16 is for GPUs)."""
+    named = device.name in version.config.variants or device.variant != "default"
+    if named or device.backend not in version.timed_defaults:
+        return []
+    runtime = RUNTIME_OF_BACKEND[device.backend]
+    return [v for v in version.variants.values()
+            if runtime in v.runtimes and v.precision != "fp16"]  # fmt: skip
+
+
+async def fastest_device(
+    version: ServableVersion, config: DeviceSettings, candidates: list[VariantFile],
+    settings: Settings, slots: asyncio.Semaphore | None, sample: dict[str, np.ndarray],
+    warmup_rows: tuple[int, ...],
+) -> tuple[Device, VariantFile, str | None]:  # fmt: skip
+    """A warmed-up device on the candidate whose warm-up batches are predicted fastest (the
+    others closed), and why it was chosen when there was a choice."""
+    timed: list[tuple[float, Device, VariantFile]] = []
+    try:
+        for variant in candidates:
+            device = await asyncio.to_thread(
+                create_device, version, config, variant, settings, slots
+            )
+            timed.append((0.0, device, variant))
+            await asyncio.to_thread(device.warm_up, sample, warmup_rows)
+            seconds = sum(device.latency.predict(rows) for rows in warmup_rows)
+            timed[-1] = (seconds, device, variant)
+    except BaseException:
+        for _, device, _ in timed:
+            await asyncio.to_thread(device.close)
+        raise
+    timed.sort(key=lambda entry: entry[0])
+    for _, device, _ in timed[1:]:
+        await asyncio.to_thread(device.close)
+    seconds, device, variant = timed[0]
+    if len(timed) == 1:
+        return device, variant, None
+    names = ", ".join(f"{v.name} {s * 1e3:.3f} ms" for s, _, v in timed)
+    return (
+        device,
+        variant,
+        (
+            f"timed at start-up (the record was measured on another CPU): the fastest over the "
+            f"warm-up batches of {names}"
+        ),
+    )
+
+
 async def start_serving(
     version: ServableVersion,
     settings: Settings,
@@ -204,21 +253,23 @@ async def start_serving(
     warmup_rows = settings.routing.warmup_rows if version.batched else (1,)
     sample = warmup_inputs(version, max(warmup_rows))
     try:
-        for config, variant in plan_devices(version, settings):
+        for config, chosen in plan_devices(version, settings):
+            shared = slots.get(config.name) if slots else None
+            candidates = timed_candidates(version, config)
             try:
-                shared = slots.get(config.name) if slots else None
-                device = await asyncio.to_thread(
-                    create_device, version, config, variant, settings, shared
+                device, variant, why = await fastest_device(
+                    version, config, candidates or [chosen], settings, shared, sample, warmup_rows
                 )
             except DeviceUnavailable as exc:
                 log.warning(
                     "device %s (%s) is not available here: %s", config.name, config.backend, exc
                 )
                 continue
+            if candidates and why is None:
+                why = f"the only servable variant its runtime runs ({ANOTHER_CPU})"
             devices.append(device)
             variants[device.name] = variant
-            reasons[device.name] = variant_reason(version, config)
-            await asyncio.to_thread(device.warm_up, sample, warmup_rows)
+            reasons[device.name] = why or variant_reason(version, config)
             fit = device.latency.fit
             log.info(
                 "%s version %d on device %s: %s (%s, executes %s; %s); latency %.3f ms + %.2f "

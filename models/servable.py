@@ -23,6 +23,7 @@ from models.signature import Signature, read_signature
 PLAIN_FILES = ("model.onnx", "model.xml")
 PLAIN_VARIANT = "model"
 AS_EXPORTED = "as exported"  # a plain file's precision: whatever its graph holds
+ANOTHER_CPU = "the record was measured on another CPU"
 Runtime = Literal["onnxruntime", "openvino"]
 
 
@@ -49,6 +50,8 @@ class ServableVersion:
     default_variants: Mapping[str, str]  # backend or device kind ("cpu", "gpu") -> variant
     built: ModelVersion | None  # the build's manifest and tables, when it has them
     default_reasons: Mapping[str, str] = field(default_factory=dict)  # the same keys -> why
+    # Backends whose default is timed at start-up: the record was measured on another CPU.
+    timed_defaults: frozenset[str] = frozenset()
 
     @property
     def batched(self) -> bool:
@@ -99,9 +102,11 @@ def open_servable(root: Path, model: str, number: int, config: ModelConfig | Non
         variants = {PLAIN_VARIANT: variant}
         defaults = {"cpu": PLAIN_VARIANT, "gpu": PLAIN_VARIANT}
         reasons: dict[str, str] = {}
+        timed: frozenset[str] = frozenset()
         if (path / RECORD).is_file():
             accelerated, defaults, reasons = _accelerated(path, file)
             variants |= accelerated
+            timed = frozenset(b for b, why in reasons.items() if why.startswith(ANOTHER_CPU))
     signature = _apply_overrides(signature, config, root / model / CONFIG_FILE)
     for device, name in config.variants.items():
         if name not in variants:
@@ -110,17 +115,17 @@ def open_servable(root: Path, model: str, number: int, config: ModelConfig | Non
                 f"no servable variant {name!r} (it has {', '.join(sorted(variants))})"
             )
     if built is not None:
-        reasons = {kind: "the manifest's default" for kind in defaults}
+        reasons, timed = {kind: "the manifest's default" for kind in defaults}, frozenset()
     return ServableVersion(
-        model, number, path, config, signature, variants, defaults, built, reasons
+        model, number, path, config, signature, variants, defaults, built, reasons, timed
     )
 
 
 def _accelerated(path: Path, source: Path) -> tuple[dict[str, VariantFile], dict[str, str],
                                                     dict[str, str]]:  # fmt: skip
     """The servable variants `python -m models accelerate` recorded, each file checked, and the
-    default per backend: the record's fastest where it was measured on this CPU model, else the
-    source (a speed measured on another CPU says little here)."""
+    default per backend: the record's fastest where it was measured on this CPU model; else none
+    (a speed measured on another CPU says little here: the server times them at start-up)."""
     record = read_record(path)
     if record.source.file != source.name or sha256_file(source) != record.source.sha256:
         raise RepositoryError(
@@ -145,7 +150,7 @@ def _accelerated(path: Path, source: Path) -> tuple[dict[str, VariantFile], dict
         if name != PLAIN_VARIANT and name not in variants:
             continue
         if backend.endswith("-cpu") and record.cpu != here:
-            reasons[backend] = f"the source: the record was measured on another CPU ({record.cpu})"
+            reasons[backend] = f"{ANOTHER_CPU} ({record.cpu}): timed at start-up"
             continue
         defaults[backend] = name
         reasons[backend] = record.default_reasons.get(backend, "the record's default")

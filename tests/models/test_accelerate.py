@@ -181,6 +181,19 @@ def test_a_record_from_another_cpu_serves_the_source(labelled: Path, tmp_path: P
     assert version.default_variants["cpu"] == "model"
     assert "openvino-cpu" not in version.default_variants
     assert "another CPU (Some Other CPU)" in version.default_reasons["openvino-cpu"]
+    assert version.timed_defaults == {"openvino-cpu", "onnxruntime-cpu"}
+    with running_server(tmp_path, {}, tmp_path / "server.log") as (_, url):
+        client = triton.InferenceServerClient(url.removeprefix("http://"))
+        for group in client.get_model_config("ranker")["instance_group"]:
+            servable = [v for v in version.variants.values() if v.precision != "fp16"]
+            runtime = "openvino" if group["backend"] == "openvino-cpu" else "onnxruntime"
+            timed = [v.name for v in servable if runtime in v.runtimes]
+            assert group["variant"] in timed, group
+            if len(timed) == 1:
+                assert group["variant_reason"].startswith("the only servable variant"), group
+            else:
+                assert group["variant_reason"].startswith("timed at start-up"), group
+                assert all(f"{name} " in group["variant_reason"] for name in timed)
     user_sized_ranker(copy / "model.onnx", vocabulary=500, seed=5)  # retrained, not accelerated
     with pytest.raises(RepositoryError, match=r"describes another model\.onnx"):
         open_servable(tmp_path, "ranker", 1)
