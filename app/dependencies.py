@@ -25,11 +25,19 @@ TIMEOUT_HEADER = "x-request-timeout-ms"
 
 @dataclass(frozen=True)
 class Ranking:
-    """The /v1 model: a version served with its feature tables."""
+    """The /v1 model: a version served with feature tables and a ranking spec."""
 
     serving: Serving
     ranker: Ranker
-    built: ModelVersion
+    built: ModelVersion | None  # the build's manifest: /v1/score and /v1/examples need it
+
+    def require_built(self, route: str) -> ModelVersion:
+        if self.built is None:
+            raise UnknownModel(
+                f"{route} serves a model built by `python -m models build`; "
+                f"{self.ranker.model_name!r} is a plain model (use V2 infer)"
+            )
+        return self.built
 
 
 def check_accepting(request: Request) -> ModelRegistry:
@@ -49,10 +57,10 @@ async def accepting(request: Request) -> ModelRegistry:
 async def ranking(request: Request) -> Ranking:
     name = request.app.state.settings.model.name
     serving = check_accepting(request).get(name)
-    if serving.ranker is None or serving.built is None:
+    if serving.ranker is None:
         raise UnknownModel(
-            f"model {name!r} has no feature tables: /v1 serves a model built by `python -m "
-            "models build`; call it through V2 (/v2/models/{name}/infer)"
+            f"model {name!r} has no feature tables and ranking spec ([ranking] in its "
+            "config.toml) for /v1; call it through V2 (/v2/models/{name}/infer)"
         )
     if not serving.ready:
         raise NotReady(f"model {name!r} is not ready")

@@ -14,7 +14,10 @@ from app.errors import PayloadTooLarge, Unprocessable, json_response
 from app.settings import LimitSettings
 from app.v1_schema import RankRequest
 from models.feature_tables import OOV_ROW, FeatureTables
-from models.repository import Manifest, ModelVersion
+from models.model_config import CONFIG_FILE
+from models.ranking_spec import Assembler, built_spec
+from models.repository import ModelVersion, RepositoryError
+from models.servable import ServableVersion
 
 Ids = Sequence[str] | np.ndarray  # candidate ids: a list, or the catalog's array
 Inputs = dict[str, np.ndarray]
@@ -36,22 +39,50 @@ class Candidates:
 
 
 class Ranker:
-    def __init__(self, manifest: Manifest, tables: FeatureTables, seen: SeenItems | None,
-                 limits: LimitSettings) -> None:  # fmt: skip
-        self.manifest = manifest
-        self.tables = tables
+    def __init__(self, model_name: str, model_version: int, assembler: Assembler,
+                 seen: SeenItems | None, limits: LimitSettings) -> None:  # fmt: skip
+        self.model_name = model_name
+        self.model_version = model_version
+        self.assembler = assembler
+        self.tables: FeatureTables = assembler.tables
         self.seen = seen
         self.limits = limits
 
     @classmethod
     def for_version(cls, version: ModelVersion, limits: LimitSettings) -> Ranker:
-        return cls(version.manifest, version.tables, version.load_seen_items(), limits)
+        """A built version: its manifest says what its inputs are."""
+        manifest = version.manifest
+        spec = built_spec(manifest.outputs[0].name)
+        assembler = Assembler.create(spec, version.tables, manifest.inputs, manifest.outputs,
+                                     version.path / "manifest.json")  # fmt: skip
+        return cls(manifest.model_name, manifest.model_version, assembler,
+                   version.load_seen_items(), limits)  # fmt: skip
+
+    @classmethod
+    def for_plain(cls, version: ServableVersion, limits: LimitSettings) -> Ranker | None:
+        """A plain version with `[ranking]` in its config.toml and feature tables beside it."""
+        spec = version.config.ranking
+        if spec is None:
+            return None
+        where = version.path.parent / CONFIG_FILE
+        path = version.path / spec.feature_tables
+        try:
+            tables = FeatureTables.load(path)
+        except (OSError, KeyError, ValueError) as exc:
+            raise RepositoryError(f"{path}: not feature tables ranking can use: {exc}") from None
+        signature = version.signature
+        assembler = Assembler.create(spec, tables, signature.inputs, signature.outputs, where)
+        return cls(version.model, version.number, assembler, None, limits)
 
     def candidates(self, body: RankRequest, with_inputs: bool = True) -> Candidates:
         """ids -> feature rows -> (seen items dropped) -> model inputs (unless `with_inputs` is
         false: the benchmarks' front end, which scores nothing). Raises a 4xx error."""
         tables = self.tables
         user_row = int(tables.user_rows([str(body.user_id)])[0])
+        try:
+            context = self.assembler.check_context(body.context)
+        except ValueError as exc:
+            raise Unprocessable(str(exc)) from None
         ids, item_rows, unknown = self.candidate_rows(body)
         if body.exclude_seen and self.seen is None:
             raise Unprocessable("exclude_seen: this model version has no table of seen items")
@@ -61,8 +92,7 @@ class Ranker:
             ids, item_rows = np.asarray(ids)[keep], item_rows[keep]
         inputs = None
         if with_inputs and len(item_rows):
-            users = np.full(len(item_rows), user_row, dtype=np.int64)
-            inputs = tables.assemble(users, item_rows)
+            inputs = self.assembler.assemble(user_row, item_rows, context)
         return Candidates(user_row, ids, unknown, inputs)
 
     def candidate_rows(self, body: RankRequest) -> tuple[Ids, np.ndarray, list[str]]:
@@ -88,8 +118,8 @@ class Ranker:
         server builds itself would cost more than the inference (OpenAPI still documents it)."""
         ids = candidates.ids
         return json_response({
-            "model_name": self.manifest.model_name,
-            "model_version": self.manifest.model_version,
+            "model_name": self.model_name,
+            "model_version": self.model_version,
             "variants": variants,
             "user_known": candidates.user_known,
             "unknown_items": candidates.unknown,

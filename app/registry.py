@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from app.serving import Serving, plan_devices, start_serving
+from app.serving import Serving, plan_devices, ranker_for, start_serving
 from config.settings import Settings
 from models.model_config import CONFIG_FILE, ModelConfig, read_model_config
 from models.repository import RepositoryError
@@ -288,4 +288,6 @@ def check_repository(settings: Settings) -> None:
         if not numbers:
             raise RepositoryError(f"{model_path}: no version folder its version_policy serves")
         for number in numbers:
-            plan_devices(open_servable(root, name, number, config), settings)
+            version = open_servable(root, name, number, config)
+            plan_devices(version, settings)
+            ranker_for(version, settings)

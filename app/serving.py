@@ -238,6 +238,13 @@ async def fastest_device(
     )
 
 
+def ranker_for(version: ServableVersion, settings: Settings) -> Ranker | None:
+    """/v1/rank for a built version, or a plain one with a ranking spec; None otherwise."""
+    if version.built is not None:
+        return Ranker.for_version(version.built, settings.limits)
+    return Ranker.for_plain(version, settings.limits)
+
+
 async def start_serving(
     version: ServableVersion,
     settings: Settings,
@@ -302,8 +309,5 @@ async def start_serving(
         metrics.for_model(version.model) if metrics else None,
     )
     scheduler.start()
-    built = version.built
-    ranker = None
-    if built is not None:
-        ranker = await asyncio.to_thread(Ranker.for_version, built, settings.limits)
+    ranker = await asyncio.to_thread(ranker_for, version, settings)
     return Serving(version, scheduler, variants, ranker, ready=True, reasons=reasons)

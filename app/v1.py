@@ -69,7 +69,7 @@ async def rank(
         scored = await serving.scheduler.submit(
             candidates.inputs, options.timeout_seconds, options.priority
         )
-        scores, devices = scored.scores, scored.devices
+        scores, devices = scored.outputs[ranker.assembler.score_output], scored.devices
     variants = {d: serving.variants[d].name for d in devices}
     return ranker.response(candidates, scores, variants, body.k)
 
@@ -88,7 +88,7 @@ async def score(
         )
     if len(body.dense) != rows:
         raise Unprocessable(f"dense: {len(body.dense)} rows, categorical has {rows}")
-    manifest, serving = ranking.built.manifest, ranking.serving
+    manifest, serving = ranking.require_built("/v1/score").manifest, ranking.serving
     inputs = {
         CATEGORICAL_INPUT: to_array(
             body.categorical, np.int64, len(manifest.categorical_fields), CATEGORICAL_INPUT
@@ -143,7 +143,7 @@ async def examples(
     limit = settings.limits.max_rows_per_request
     if rows > limit:
         raise Unprocessable(f"rows: at most {limit}, got {rows}")
-    version = ranking.built
+    version = ranking.require_built("/v1/examples")
     sample = await asyncio.to_thread(example_inputs, version, rows)
     return json_response({
         "model_name": version.manifest.model_name,

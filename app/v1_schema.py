@@ -19,6 +19,10 @@ class RankRequest(BaseModel):
     )
     k: int = Field(10, ge=1)
     exclude_seen: bool = Field(False, description="drop items the user rated in training")
+    context: dict[str, list[float]] | None = Field(
+        None, description="request-side model inputs (the model's ranking spec names them), "
+        "the same for every candidate",
+    )  # fmt: skip
 
 
 class RankedItem(BaseModel):

@@ -12,6 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from models.ranking_spec import RankingSpec
 from models.repository import RepositoryError
 
 CONFIG_FILE = "config.toml"
@@ -74,6 +75,9 @@ class ModelConfig(Strict):
     )
     inputs: dict[str, TensorOverride] = Field(default_factory=dict)
     outputs: dict[str, TensorOverride] = Field(default_factory=dict)
+    ranking: RankingSpec | None = Field(
+        None, description="how /v1/rank builds this model's inputs from feature tables"
+    )
 
 
 def read_model_config(model_path: Path) -> ModelConfig:

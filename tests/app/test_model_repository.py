@@ -22,8 +22,14 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
-from bench.plain_models import fixed_shape_model, to_openvino_ir, two_headed_ranker
+from bench.plain_models import (
+    fixed_shape_model,
+    to_openvino_ir,
+    two_headed_ranker,
+    user_sized_ranker,
+)
 from models.checksum import sha256_file
+from models.feature_tables import FeatureTables
 from tests.app.servers import running_server
 from tests.conftest import MODEL_NAME, ROOT
 
@@ -343,3 +349,68 @@ def test_a_models_own_default_deadline_applies(versions_server: tuple[str, Path]
     with pytest.raises(InferenceServerException, match="cannot finish within 0 ms"):
         client.infer("hurried", ranker_inputs(True))  # 1 us: predicted to miss, refused at once
     assert client.infer("picked", ranker_inputs(True)).as_numpy("ctr") is not None
+
+
+def ranked_repository(root: Path) -> tuple[Path, FeatureTables]:
+    """A plain user-sized ranker with feature tables and a ranking spec: 3 user and 5 item
+    categorical fields make its `cat`, 2 item dense fields and 2 request values its `dense`."""
+    version = root / "ranked" / "1"
+    user_sized_ranker(version / "model.onnx", vocabulary=500)
+    rng = np.random.default_rng(3)
+    tables = FeatureTables(
+        user_ids=np.array([f"u{i}" for i in range(20)]),
+        user_fields=("age", "region", "device"),
+        user_categorical=rng.integers(0, 500, (21, 3)),
+        item_ids=np.array([f"i{i}" for i in range(50)]),
+        item_fields=("genre", "brand", "shop", "price_band", "age_band"),
+        item_categorical=rng.integers(0, 500, (51, 5)),
+        dense_fields=("popularity", "freshness"),
+        item_dense=rng.random((51, 2)).astype(np.float32),
+    )
+    tables.save(version / "feature_tables.npz")
+    (root / "ranked" / "config.toml").write_text(
+        "[ranking]\nrequest = { hour = 2 }\n[ranking.inputs]\n"
+        'cat = ["user.categorical", "item.categorical"]\n'
+        'dense = ["item.dense", "request.hour"]\n'
+    )
+    return version, tables
+
+
+def test_a_plain_model_with_a_ranking_spec_serves_v1_rank(tmp_path: Path) -> None:
+    version, tables = ranked_repository(tmp_path)
+    settings = {"MODEL__NAME": "ranked"}
+    with (
+        running_server(tmp_path, settings, tmp_path / "server.log") as (_, url),
+        httpx.Client(base_url=url, timeout=30) as http,
+    ):
+        body = {"user_id": "u3", "candidates": ["i1", "i7", "i9", "nope"], "k": 4,
+                "context": {"hour": [0.25, 0.5]}}  # fmt: skip
+        answer = http.post("/v1/rank", json=body)
+        assert answer.status_code == 200, answer.text
+        document = answer.json()
+        assert document["model_name"] == "ranked" and document["unknown_items"] == ["nope"]
+        items = tables.item_rows(["i1", "i7", "i9", "nope"])
+        user = tables.user_rows(["u3"])[0]
+        cat = np.concatenate([np.repeat(tables.user_categorical[[user]], 4, axis=0),
+                              tables.item_categorical[items]], axis=1)  # fmt: skip
+        dense = np.concatenate([tables.item_dense[items], np.tile([0.25, 0.5], (4, 1))], axis=1)
+        session = ort.InferenceSession(str(version / "model.onnx"))
+        want = session.run(None, {"cat": cat, "dense": dense.astype(np.float32)})[0]
+        got = {item["item_id"]: item["score"] for item in document["items"]}
+        for item_id, score in zip(["i1", "i7", "i9", "nope"], want, strict=True):
+            assert got[item_id] == pytest.approx(float(score), abs=1e-5)
+        missing = http.post("/v1/rank", json={"user_id": "u3", "k": 2})
+        assert missing.status_code == 422 and "context.hour: required" in missing.json()["error"]
+        score = http.post("/v1/score", json={"categorical": [[1] * 8], "dense": [[0.0] * 4]})
+        assert score.status_code == 404 and "plain model" in score.json()["error"]
+
+
+def test_a_ranking_spec_that_does_not_fit_stops_start_up(tmp_path: Path) -> None:
+    ranked_repository(tmp_path)
+    config = tmp_path / "ranked" / "config.toml"
+    config.write_text(config.read_text().replace("hour = 2", "hour = 3"))
+    result = start_up(tmp_path)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "ranked/config.toml: ranking.inputs.dense: its parts are 5 wide, the input 4" in (
+        result.stderr
+    )
