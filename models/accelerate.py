@@ -3,7 +3,8 @@ ONNX model, each gated on the user's held-out rows, timed side by side, and reco
 
 Variants of `model.onnx`, written into the same version folder:
 - `int8`: INT8 for ONNX Runtime, static QDQ, per-channel int8 weights, int8 activations calibrated
-  (min-max) on the calibration rows;
+  (min-max) on the calibration rows; `int8-tables` the same with the embedding tables (Gather of a
+  2-D initializer) quantized too, a quarter of their size, where the model has any;
 - `openvino-int8`: OpenVINO IR quantized to INT8 by NNCF on the same rows;
 - `fp16`: FP16 for the CUDA provider (float32 at the inputs and outputs, and from the output
   layers on: a narrow score distribution would collapse in FP16's resolution);
@@ -102,6 +103,12 @@ def output_layers(model: onnx.ModelProto) -> list[str]:
     return [n.name for n in output_path(model) if n.op_type in ("Gemm", "MatMul")]
 
 
+def embedding_tables(model: onnx.ModelProto) -> list[str]:
+    """The Gather nodes that read rows of a 2-D initializer: embedding tables."""
+    tables = {i.name for i in model.graph.initializer if len(i.dims) == 2}
+    return [n.name for n in model.graph.node if n.op_type == "Gather" and n.input[0] in tables]
+
+
 def named(source: Path, target: Path) -> Path:
     """A copy whose every node has a name (quantizers exclude nodes by name)."""
     model = onnx.load(str(source))
@@ -190,6 +197,14 @@ def candidates(version: Path, calibration: Rows, work: Path, quantize_outputs: b
     )  # fmt: skip
     made.append(Candidate("int8", version / "model.int8.onnx", "onnx", "int8", "cpu",
                           ("onnxruntime",)))  # fmt: skip
+    if embedding_tables(onnx.load(str(prepared))):
+        log.info("writing int8-tables (int8 also with the embedding tables quantized)")
+        quantize.quantize_onnxruntime_int8(
+            prepared, version / "model.int8-tables.onnx", calibration.inputs,
+            quantize_gather=True, keep_float_weights=(), keep_float_nodes=keep,
+        )  # fmt: skip
+        made.append(Candidate("int8-tables", version / "model.int8-tables.onnx", "onnx",
+                              "int8", "cpu", ("onnxruntime",)))  # fmt: skip
     log.info("writing openvino-int8 (NNCF)")
     quantize.convert_openvino(
         prepared, work / "float.xml", version / "model.openvino-int8.xml", calibration.inputs,
