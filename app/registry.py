@@ -187,8 +187,9 @@ class ModelRegistry:
         try:
             for number in numbers:
                 version: ServableVersion = await asyncio.to_thread(
-                    open_servable, self.root, name, number, config
-                )
+                    open_servable, self.root, name, number, config,
+                    self.settings.batching.max_batch_rows,
+                )  # fmt: skip
                 serving = await start_serving(version, self.settings, self._metrics, self._slots)
                 built.append(serving)
         except BaseException:
@@ -288,6 +289,6 @@ def check_repository(settings: Settings) -> None:
         if not numbers:
             raise RepositoryError(f"{model_path}: no version folder its version_policy serves")
         for number in numbers:
-            version = open_servable(root, name, number, config)
+            version = open_servable(root, name, number, config, settings.batching.max_batch_rows)
             plan_devices(version, settings)
             ranker_for(version, settings)

@@ -23,7 +23,6 @@ variant that fails any output is recorded with `servable: false` and its reason,
 from __future__ import annotations
 
 import logging
-import math
 import tempfile
 import time
 from collections.abc import Callable
@@ -40,6 +39,7 @@ from models.acceleration_record import (
     AccelerationRecord,
     RowsRef,
     cpu_model,
+    fastest,
     write_record,
 )
 from models.benchmark import Runner, benchmark
@@ -222,24 +222,6 @@ def candidates(version: Path, calibration: Rows, work: Path, quantize_outputs: b
     else:
         log.info("bf16: this CPU does not execute BF16; not recorded")
     return made
-
-
-def fastest(variants: list[AcceleratedVariant], runtime: str) -> tuple[str, str]:
-    """The servable variant the runtime runs fastest here (geometric mean over the batch sizes of
-    its latency relative to the source's), and why."""
-    source = next(v for v in variants if v.name == "model").latency_ms[runtime]
-
-    def relative(variant: AcceleratedVariant) -> float:
-        mine = variant.latency_ms[runtime]
-        ratios = [mine[rows] / source[rows] for rows in source if rows in mine]
-        return math.exp(sum(map(math.log, ratios)) / len(ratios))
-
-    timed = [v for v in variants if v.servable and runtime in v.latency_ms]
-    best = min(timed, key=relative)
-    return best.name, (
-        f"the fastest servable variant on {runtime} here: {relative(best):.2f}x the source's "
-        f"latency (geometric mean over {len(source)} batch sizes)"
-    )
 
 
 def accelerate(version: Path, eval_file: Path, calibration_file: Path | None, settings: Settings,

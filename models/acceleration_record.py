@@ -9,6 +9,7 @@ it was measured on; the default variant per backend is the fastest servable one 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Literal
 
@@ -86,3 +87,26 @@ def cpu_model() -> str:
     import platform
 
     return platform.processor() or platform.machine()
+
+
+def fastest(variants: tuple[AcceleratedVariant, ...] | list[AcceleratedVariant], runtime: str,
+            max_rows: int | None = None) -> tuple[str, str]:  # fmt: skip
+    """The servable variant the runtime runs fastest (the geometric mean of its latency relative
+    to the source's over the batch sizes timed, those up to `max_rows` when given: the batches
+    the server will run), and why."""
+    source = next(v for v in variants if v.name == "model").latency_ms[runtime]
+    sizes = [rows for rows in source if max_rows is None or int(rows) <= max_rows]
+    sizes = sizes or [min(source, key=int)]
+
+    def relative(variant: AcceleratedVariant) -> float:
+        mine = variant.latency_ms[runtime]
+        ratios = [mine[rows] / source[rows] for rows in sizes if rows in mine]
+        return math.exp(sum(map(math.log, ratios)) / len(ratios)) if ratios else math.inf
+
+    timed = [v for v in variants if v.servable and runtime in v.latency_ms]
+    best = min(timed, key=relative)
+    up_to = f", batches of {', '.join(sizes)} rows" if max_rows is not None else ""
+    return best.name, (
+        f"the fastest servable variant on {runtime} here: {relative(best):.2f}x the source's "
+        f"latency (geometric mean over {len(sizes)} batch sizes{up_to})"
+    )

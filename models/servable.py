@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from models.acceleration_record import RECORD, cpu_model, read_record
+from models.acceleration_record import RECORD, cpu_model, fastest, read_record
 from models.checksum import sha256_file
 from models.model_config import CONFIG_FILE, ModelConfig, TensorOverride, read_model_config
 from models.repository import MANIFEST, ModelVersion, RepositoryError, TensorSpec, open_version
@@ -76,8 +76,10 @@ def versions_on_disk(model_path: Path) -> list[int]:
 
 
 def open_servable(root: Path, model: str, number: int, config: ModelConfig | None = None,
-                  ) -> ServableVersion:  # fmt: skip
-    """Open and check `<root>/<model>/<number>`; a RepositoryError names the file and problem."""
+                  max_batch_rows: int | None = None) -> ServableVersion:  # fmt: skip
+    """Open and check `<root>/<model>/<number>`; a RepositoryError names the file and problem.
+    `max_batch_rows`: the largest batch the server will run it in (a recorded speed counts at
+    the batch sizes up to it)."""
     config = read_model_config(root / model) if config is None else config
     path = root / model / str(number)
     if (path / MANIFEST).exists():
@@ -104,7 +106,8 @@ def open_servable(root: Path, model: str, number: int, config: ModelConfig | Non
         reasons: dict[str, str] = {}
         timed: frozenset[str] = frozenset()
         if (path / RECORD).is_file():
-            accelerated, defaults, reasons = _accelerated(path, file)
+            rows = config.max_batch_rows or max_batch_rows
+            accelerated, defaults, reasons = _accelerated(path, file, rows)
             variants |= accelerated
             timed = frozenset(b for b, why in reasons.items() if why.startswith(ANOTHER_CPU))
     signature = _apply_overrides(signature, config, root / model / CONFIG_FILE)
@@ -121,8 +124,8 @@ def open_servable(root: Path, model: str, number: int, config: ModelConfig | Non
     )
 
 
-def _accelerated(path: Path, source: Path) -> tuple[dict[str, VariantFile], dict[str, str],
-                                                    dict[str, str]]:  # fmt: skip
+def _accelerated(path: Path, source: Path, max_rows: int | None,
+                 ) -> tuple[dict[str, VariantFile], dict[str, str], dict[str, str]]:  # fmt: skip
     """The servable variants `python -m models accelerate` recorded, each file checked, and the
     default per backend: the record's fastest where it was measured on this CPU model; else none
     (a speed measured on another CPU says little here: the server times them at start-up)."""
@@ -154,6 +157,9 @@ def _accelerated(path: Path, source: Path) -> tuple[dict[str, VariantFile], dict
             continue
         defaults[backend] = name
         reasons[backend] = record.default_reasons.get(backend, "the record's default")
+        runtime = backend.removesuffix("-cpu")
+        if backend.endswith("-cpu") and max_rows is not None:
+            defaults[backend], reasons[backend] = fastest(record.variants, runtime, max_rows)
     return variants, defaults, reasons
 
 

@@ -15,7 +15,7 @@ import tritonclient.http as triton
 
 from bench.plain_models import user_sized_ranker
 from config.settings import load_settings
-from models.acceleration_record import RECORD, AccelerationRecord, read_record
+from models.acceleration_record import RECORD, AccelerationRecord, fastest, read_record
 from models.repository import RepositoryError
 from models.servable import open_servable
 from tests.app.servers import running_server
@@ -155,9 +155,11 @@ def test_the_server_serves_the_fastest_servable_variant(labelled: Path, tmp_path
     with running_server(root, {}, tmp_path / "server.log") as (_, url):
         client = triton.InferenceServerClient(url.removeprefix("http://"))
         groups = {g["backend"]: g for g in client.get_model_config("ranker")["instance_group"]}
-        for backend, group in groups.items():
-            assert group["variant"] == record.default_variants[backend]
-            assert group["variant_reason"] == record.default_reasons[backend]
+        max_rows = load_settings().batching.max_batch_rows
+        for backend, group in groups.items():  # fastest at the batch sizes the server runs
+            variant, why = fastest(record.variants, backend.removesuffix("-cpu"), max_rows)
+            assert (group["variant"], group["variant_reason"]) == (variant, why)
+            assert why.startswith("the fastest servable variant") and f"{max_rows}" not in why
         held_out = rows(64, 1)
         inputs = []
         for name, array in held_out.items():
@@ -197,3 +199,17 @@ def test_a_record_from_another_cpu_serves_the_source(labelled: Path, tmp_path: P
     user_sized_ranker(copy / "model.onnx", vocabulary=500, seed=5)  # retrained, not accelerated
     with pytest.raises(RepositoryError, match=r"describes another model\.onnx"):
         open_servable(tmp_path, "ranker", 1)
+
+
+def test_fastest_counts_the_batch_sizes_the_server_runs(labelled: Path) -> None:
+    variants = list(read_record(labelled).variants)
+    source = next(v for v in variants if v.name == "model")
+    # A made-up variant: fast at one row, slow at 256: the fastest only for batches of one.
+    quick = source.model_copy(update={
+        "name": "quick", "latency_ms": {"onnxruntime": {
+            "1": source.latency_ms["onnxruntime"]["1"] / 10,
+            "64": source.latency_ms["onnxruntime"]["64"] * 5,
+            "256": source.latency_ms["onnxruntime"]["256"] * 5}}})  # fmt: skip
+    assert fastest([*variants, quick], "onnxruntime", max_rows=1)[0] == "quick"
+    assert fastest([*variants, quick], "onnxruntime", max_rows=1)[1].endswith("batches of 1 rows)")
+    assert fastest([*variants, quick], "onnxruntime")[0] != "quick"
