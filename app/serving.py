@@ -42,7 +42,7 @@ class Serving:
     version: ServableVersion
     scheduler: Scheduler
     variants: dict[str, VariantFile]  # device name -> the variant it runs
-    ranker: Ranker | None  # /v1/rank and /v1/score: only for a version built with feature tables
+    ranker: Ranker | None  # /v1/rank: a built version, or a plain one with a ranking spec
     ready: bool = False
     reasons: dict[str, str] = field(default_factory=dict)  # device name -> why it runs its variant
     stats: dict[str, float] = field(default_factory=dict)

@@ -1,9 +1,10 @@
-"""The model repository (numpy and pydantic only; this is what the serving path reads).
+"""The build's model versions (numpy and pydantic only; the serving path reads them).
 
 Layout: `<root>/<model>/<version>/` holding `manifest.json`, the exported model files, the feature
 tables, the test split and the report. The manifest is the artifact's contract: a reader validates
 its schema, every file's SHA-256, and that the feature tables agree with the declared inputs and
-vocabularies, and refuses the version with a RepositoryError that says what is wrong.
+vocabularies, and refuses the version with a RepositoryError that says what is wrong. A version
+without a manifest, a plain model file, is read by `models/servable.py`.
 """
 
 from __future__ import annotations

@@ -4,7 +4,9 @@
 `model.xml` + `model.bin`), described by its own graph, or what `python -m models build` wrote: a
 manifest with accuracy-gated variants, feature tables and provenance (then the manifest describes
 the tensors and every file is checked against its SHA-256). A plain file may have a checksum beside
-it (`model.onnx.sha256`, as `sha256sum` writes it), which is then verified too.
+it (`model.onnx.sha256`, as `sha256sum` writes it), which is then verified too. A plain version
+that `python -m models accelerate` went through also serves the variants its `acceleration.json`
+records as servable, each file checked against the record.
 """
 
 from __future__ import annotations
