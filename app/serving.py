@@ -191,13 +191,13 @@ def plan_devices(version: ServableVersion, settings: Settings,
 
 def timed_candidates(version: ServableVersion, device: DeviceSettings) -> list[VariantFile]:
     """The variants to time at start-up for a device left to its default where the record's
-    speeds come from another CPU: every servable one its runtime runs (FP16 is for GPUs)."""
+    speeds come from another CPU: every servable one its runtime runs but those made for GPUs."""
     named = device.name in version.config.variants or device.variant != "default"
     if named or device.backend not in version.timed_defaults:
         return []
     runtime = RUNTIME_OF_BACKEND[device.backend]
     return [v for v in version.variants.values()
-            if runtime in v.runtimes and v.precision != "fp16"]  # fmt: skip
+            if runtime in v.runtimes and v.device != "gpu"]  # fmt: skip
 
 
 async def fastest_device(

@@ -6,6 +6,8 @@ Variants of `model.onnx`, written into the same version folder:
   (min-max) on the calibration rows; `int8-tables` the same with the embedding tables (Gather of a
   2-D initializer) quantized too, a quarter of their size, where the model has any;
 - `openvino-int8`: OpenVINO IR quantized to INT8 by NNCF on the same rows;
+- `openvino-fp16`: OpenVINO IR with FP16 weights (embedding tables included: half their size
+  on disk and in memory), computed at FP32, slower: for a model whose tables strain memory;
 - `fp16`: FP16 for the CUDA provider (float32 at the inputs and outputs, and from the output
   layers on: a narrow score distribution would collapse in FP16's resolution);
 - `bf16`: the source run by OpenVINO at BF16, recorded where this CPU executes BF16.
@@ -212,6 +214,16 @@ def candidates(version: Path, calibration: Rows, work: Path, quantize_outputs: b
     )  # fmt: skip
     made.append(Candidate("openvino-int8", version / "model.openvino-int8.xml", "openvino-ir",
                           "int8", "cpu", ("openvino",)))  # fmt: skip
+    log.info("writing openvino-fp16 (IR with FP16 weights: half the embedding tables' size)")
+    import openvino as ov
+
+    ov.save_model(ov.convert_model(str(source)), str(version / "model.openvino-fp16.xml"),
+                  compress_to_fp16=True)  # fmt: skip
+    # Computed at FP32: OpenVINO keeps the weights in FP16 and widens them on every call, so
+    # memory halves and latency grows (three times the source's at 256 rows here). At BF16 it
+    # was as fast as the source at BF16 but its outputs collapsed (57 distinct scores of 2,997).
+    made.append(Candidate("openvino-fp16", version / "model.openvino-fp16.xml", "openvino-ir",
+                          "fp16", "cpu", ("openvino",), "f32"))  # fmt: skip
     log.info("writing fp16 (for the CUDA provider)")
     path = [n.name for n in output_path(onnx.load(str(prepared)))]
     quantize.convert_float16(prepared, version / "model.fp16.onnx", keep_float_nodes=tuple(path))

@@ -39,6 +39,7 @@ class VariantFile:
     precision: str  # fp32, fp16, bf16, int8; AS_EXPORTED for a plain file
     runtimes: tuple[Runtime, ...]
     execution_hint: str | None = None  # OpenVINO's inference precision (bf16 execution)
+    device: str = "any"  # "gpu": made for the CUDA provider only
 
 
 @dataclass(frozen=True)
@@ -148,7 +149,7 @@ def _accelerated(path: Path, source: Path, max_rows: int | None,
             if sha256_file(target) != ref.sha256:
                 raise RepositoryError(f"{target} has another SHA-256 than {RECORD} says")
         variants[v.name] = VariantFile(v.name, path / v.file.file, v.format, v.precision,
-                                       v.runtimes, v.execution_hint)  # fmt: skip
+                                       v.runtimes, v.execution_hint, v.device)  # fmt: skip
     here = cpu_model()
     defaults, reasons = {"cpu": PLAIN_VARIANT, "gpu": PLAIN_VARIANT}, {}
     for backend, name in record.default_variants.items():

@@ -81,7 +81,7 @@ def labelled(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_variants_are_written_gated_and_timed(labelled: Path) -> None:
     record = read_record(labelled)
     names = {v.name for v in record.variants}
-    assert {"model", "int8", "openvino-int8", "fp16"} <= names
+    assert {"model", "int8", "int8-tables", "openvino-int8", "openvino-fp16", "fp16"} <= names
     variants = {v.name: v for v in record.variants}
     for name in names - {"model"}:
         assert (labelled / variants[name].file.file).is_file()
@@ -97,6 +97,9 @@ def test_variants_are_written_gated_and_timed(labelled: Path) -> None:
     assert set(variants["int8"].latency_ms["onnxruntime"]) == {"1", "64", "256"}
     assert variants["fp16"].servable and variants["fp16"].latency_ms == {}  # GPU: not timed
     assert variants["openvino-int8"].size_bytes < variants["model"].size_bytes
+    tables = variants["int8-tables"].size_bytes, variants["openvino-fp16"].size_bytes
+    assert tables[0] < 0.4 * variants["model"].size_bytes  # the embedding table dominates
+    assert tables[1] < 0.6 * variants["model"].size_bytes
     consistent(record)
     for backend in ("openvino-cpu", "onnxruntime-cpu"):
         chosen = variants[record.default_variants[backend]]
@@ -187,7 +190,7 @@ def test_a_record_from_another_cpu_serves_the_source(labelled: Path, tmp_path: P
     with running_server(tmp_path, {}, tmp_path / "server.log") as (_, url):
         client = triton.InferenceServerClient(url.removeprefix("http://"))
         for group in client.get_model_config("ranker")["instance_group"]:
-            servable = [v for v in version.variants.values() if v.precision != "fp16"]
+            servable = [v for v in version.variants.values() if v.device != "gpu"]
             runtime = "openvino" if group["backend"] == "openvino-cpu" else "onnxruntime"
             timed = [v.name for v in servable if runtime in v.runtimes]
             assert group["variant"] in timed, group
