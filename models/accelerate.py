@@ -344,9 +344,11 @@ def render_report(version: Path, record: AccelerationRecord) -> str:
     ]
     for v in record.variants:
         for runtime, cells in (v.latency_ms or {"GPU, not timed here": {}}).items():
+            hint = v.execution_hint
+            compute = "" if hint in (None, v.precision) else f" weights, {hint} compute"
             row = [
                 f"{v.name} ({runtime})",
-                v.execution_hint or v.precision,
+                v.precision + compute,
                 f"{v.size_bytes / 1e6:.2f} MB",
                 "yes" if v.servable else "**no**",
                 *[f"{cells[str(r)]:.3f}" if str(r) in cells else "" for r in sizes],
