@@ -342,13 +342,16 @@ def reference_batch(timings: list[Timing]) -> int:
 
 
 def default_variants(candidates: list[Candidate], timings: list[Timing]) -> dict[str, str]:
-    """CPU: the servable CPU variant with the lowest latency at the reference batch in a serving
-    runtime. GPU: the FP16 variant when servable, else the best float one."""
+    """CPU: of the servable CPU variants both CPU runtimes run (so an OpenVINO and an ONNX
+    Runtime device can both serve the default), the one with the lowest latency at the reference
+    batch in either. GPU: the FP16 variant when servable, else the best float one."""
     rows = reference_batch(timings)
     servable = {c.name: c for c in candidates if c.servable}
+    both = {"onnxruntime", "openvino"}
     cpu = min(
         (t for t in timings if t.batch_rows == rows and t.variant in servable
-         and servable[t.variant].device == "cpu" and t.runtime in servable[t.variant].runtimes),
+         and servable[t.variant].device == "cpu" and t.runtime in servable[t.variant].runtimes
+         and both <= set(servable[t.variant].runtimes)),
         key=lambda t: t.median_seconds,
     )  # fmt: skip
     gpu = next((c.name for c in candidates if c.servable and c.device == "gpu"), None)

@@ -19,7 +19,14 @@ from typing import Literal
 from models.acceleration_record import RECORD, cpu_model, fastest, read_record
 from models.checksum import sha256_file
 from models.model_config import CONFIG_FILE, ModelConfig, TensorOverride, read_model_config
-from models.repository import MANIFEST, ModelVersion, RepositoryError, TensorSpec, open_version
+from models.repository import (
+    MANIFEST,
+    Manifest,
+    ModelVersion,
+    RepositoryError,
+    TensorSpec,
+    open_version,
+)
 from models.signature import Signature, read_signature
 
 PLAIN_FILES = ("model.onnx", "model.xml")
@@ -95,6 +102,7 @@ def open_servable(root: Path, model: str, number: int, config: ModelConfig | Non
             if v.servable
         }
         defaults: dict[str, str] = {str(k): v for k, v in manifest.default_variants.items()}
+        defaults |= _runnable_defaults(manifest, defaults.get("cpu"))
     else:
         built = None
         file = _plain_file(path)
@@ -121,7 +129,11 @@ def open_servable(root: Path, model: str, number: int, config: ModelConfig | Non
                 f"no servable variant {name!r} (it has {', '.join(sorted(variants))})"
             )
     if built is not None:
-        reasons, timed = {kind: "the manifest's default" for kind in defaults}, frozenset()
+        cpu, timed = defaults.get("cpu"), frozenset()
+        reasons = {key: "the manifest's default" if key in ("cpu", "gpu") else
+                   f"the manifest's CPU default {cpu!r} is not run by this runtime; "
+                   f"{defaults[key]!r} is the float variant it comes from"
+                   for key in defaults}  # fmt: skip
     return ServableVersion(
         model, number, path, config, signature, variants, defaults, built, reasons, timed
     )
@@ -164,6 +176,25 @@ def _accelerated(path: Path, source: Path, max_rows: int | None,
         if backend.endswith("-cpu") and max_rows is not None:
             defaults[backend], reasons[backend] = fastest(record.variants, runtime, max_rows)
     return variants, defaults, reasons
+
+
+def _runnable_defaults(manifest: Manifest, cpu_default: str | None) -> dict[str, str]:
+    """For a CPU runtime that cannot run the manifest's CPU default (an ONNX Runtime INT8 file on
+    an OpenVINO device, in versions built before the default had to suit both), the float
+    variant that default was derived from, else the first servable CPU variant it runs."""
+    if cpu_default is None:
+        return {}
+    default = manifest.variant(cpu_default)
+    fallbacks = {}
+    for backend, runtime in (("openvino-cpu", "openvino"), ("onnxruntime-cpu", "onnxruntime")):
+        if runtime in default.runtimes:
+            continue
+        runnable = [v for v in manifest.variants if v.servable and v.device == "cpu"
+                    and runtime in v.runtimes]  # fmt: skip
+        source = next((v for v in runnable if v.name == default.derived_from), None)
+        if source or runnable:
+            fallbacks[backend] = (source or runnable[0]).name
+    return fallbacks
 
 
 def _plain_file(path: Path) -> Path:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -45,3 +47,23 @@ def test_a_model_config_picks_a_device_variant(built_repository: Path) -> None:
     )
     with pytest.raises(RepositoryError, match=r"variants\.ort: .* no servable variant 'nope'"):
         open_servable(built_repository, MODEL_NAME, 1, ModelConfig(variants={"ort": "nope"}))
+
+
+def test_a_cpu_default_one_runtime_cannot_run_falls_back_for_it(
+    built_repository: Path, tmp_path: Path
+) -> None:
+    """Versions built before the CPU default had to suit both runtimes could name an ONNX Runtime
+    INT8 file: an OpenVINO device then serves the float variant it was derived from."""
+    shutil.copytree(built_repository / MODEL_NAME, tmp_path / MODEL_NAME, symlinks=True)
+    path = tmp_path / MODEL_NAME / "1" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    int8 = next(v for v in manifest["variants"] if v["name"] == "pruned-int8")
+    if not int8["servable"]:
+        pytest.skip("this quick build's pruned-int8 failed its gate")
+    manifest["default_variants"]["cpu"] = "pruned-int8"
+    path.write_text(json.dumps(manifest))
+    version = open_servable(tmp_path, MODEL_NAME, 1)
+    openvino = choose_variant(version, DeviceSettings(name="ov", backend="openvino-cpu"))
+    onnxruntime = choose_variant(version, DeviceSettings(name="ort", backend="onnxruntime-cpu"))
+    assert (openvino.name, onnxruntime.name) == (int8["derived_from"], "pruned-int8")
+    assert "is not run by this runtime" in version.default_reasons["openvino-cpu"]

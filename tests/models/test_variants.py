@@ -54,6 +54,8 @@ def test_every_variant_is_built(version: repository.ModelVersion) -> None:
     assert version.manifest.default_variants["gpu"] == "pruned-fp16" or not (
         version.manifest.variant("pruned-fp16").servable
     )
+    cpu = version.manifest.variant(version.manifest.default_variants["cpu"])
+    assert set(cpu.runtimes) == {"onnxruntime", "openvino"}  # either CPU device can serve it
 
 
 def test_pruned_graph_is_physically_smaller(version: repository.ModelVersion) -> None:
