@@ -72,16 +72,15 @@ def test_requests_beyond_the_in_flight_limit_are_refused_at_once(
         threads = [threading.Thread(target=hold) for _ in range(2)]
         for thread in threads:
             thread.start()
-        # Until both held requests are in progress, the probe below is parsed (and fails, 422);
-        # after that it must be refused unread.
+        # Once both held requests are in progress (a probe sent before would compete with the
+        # second for the last place), a request must be refused unread.
         deadline = time.monotonic() + 20
-        while True:
-            started = time.perf_counter()
-            refused = client.post("/v1/rank", content=b"not even parsed")
-            elapsed = time.perf_counter() - started
-            if refused.status_code != 422 or time.monotonic() > deadline:
-                break
+        while client.get("/v1/load").json()["in_flight_requests"] < 2:
+            assert time.monotonic() < deadline, f"the held requests never held: {held}"
             time.sleep(0.05)
+        started = time.perf_counter()
+        refused = client.post("/v1/rank", content=b"not even parsed")
+        elapsed = time.perf_counter() - started
         assert refused.status_code == 503, refused.text
         assert "too many requests in progress" in refused.json()["error"]
         assert refused.headers["Retry-After"] == "1"
