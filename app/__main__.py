@@ -35,11 +35,11 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
     try:
-        check_repository(settings)
+        checked = check_repository(settings)
     except (RepositoryError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    app = create_app(settings)
+    app = create_app(settings, checked=checked)
     config = uvicorn.Config(
         app,
         host=settings.server.host,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Response
@@ -17,7 +17,7 @@ from app import admin, errors, load, repository_api, v1, v2
 from app.admission import Admission, AdmissionMiddleware
 from app.http_metrics import ConnectionMetrics, RequestMetrics
 from app.http_protocol import ConnectionCap, connection_limit, guarded_protocol
-from app.registry import ModelRegistry
+from app.registry import ModelRegistry, OpenedModel
 from config.settings import Settings
 from scheduler.load import combine
 from scheduler.metrics import SchedulerMetrics
@@ -25,7 +25,9 @@ from scheduler.metrics import SchedulerMetrics
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings, registry: CollectorRegistry | None = None) -> FastAPI:
+def create_app(settings: Settings, registry: CollectorRegistry | None = None,
+               checked: Sequence[OpenedModel] = ()) -> FastAPI:  # fmt: skip
+    """`checked`: what check_repository opened, so the lifespan does not open it again."""
     registry = registry or CollectorRegistry()
     scheduler_metrics = SchedulerMetrics(registry, settings.metrics.prefix)
     load_failures = Counter(
@@ -34,7 +36,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         ["model"], registry=registry,
     )  # fmt: skip
     models = ModelRegistry(
-        settings, scheduler_metrics, lambda name: load_failures.labels(model=name).inc()
+        settings, scheduler_metrics, lambda name: load_failures.labels(model=name).inc(), checked
     )
 
     @asynccontextmanager

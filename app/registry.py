@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,7 +60,8 @@ def folder_fingerprint(model_path: Path) -> str:
 
 class ModelRegistry:
     def __init__(self, settings: Settings, metrics: SchedulerMetrics | None,
-                 on_load_failure: Callable[[str], None] = lambda model: None) -> None:  # fmt: skip
+                 on_load_failure: Callable[[str], None] = lambda model: None,
+                 checked: Sequence[OpenedModel] = ()) -> None:  # fmt: skip
         self.settings = settings
         self.root = settings.model.repository
         self.models: dict[str, ServedModel] = {}
@@ -69,6 +70,8 @@ class ModelRegistry:
         self._lock = asyncio.Lock()  # one load or unload at a time
         self._retiring: set[asyncio.Task[None]] = set()
         self._poller: asyncio.Task[None] | None = None
+        # What check_repository opened at start-up, so start() does not open it again.
+        self._checked = {opened.name: opened for opened in checked}
         # One bound per physical device on the batches all models run on it at once.
         self._slots = {d.name: asyncio.Semaphore(d.parallel_batches) for d in settings.devices}
 
@@ -140,25 +143,24 @@ class ModelRegistry:
     async def start(self) -> None:
         """Load the models named by [model_control] startup_models; a failure raises (start-up
         stops with it)."""
-        wanted = self.settings.model_control.startup_models
-        names = model_names(self.root) if "*" in wanted else list(wanted)
+        names = startup_names(self.settings)
         if not names and self.settings.model_control.mode != "explicit":
             log.warning("no model to load in %s (readiness stays false until one is)", self.root)
         for name in names:
-            await self.load(name)
+            await self.load(name, self._checked.pop(name, None))
         if self.settings.model_control.mode == "poll":
             self._poller = asyncio.create_task(self._poll(), name="repository-poll")
 
-    async def load(self, name: str) -> ServedModel:
-        """(Re)load a model from its folder: the versions its policy selects, built anew and
-        swapped in together. Raises RepositoryError or ValueError saying why; what served before
-        keeps serving then."""
+    async def load(self, name: str, opened: OpenedModel | None = None) -> ServedModel:
+        """(Re)load a model from its folder (or from `opened`, what start-up checked): the
+        versions its policy selects, built anew and swapped in together. Raises RepositoryError
+        or ValueError saying why; what served before keeps serving then."""
         async with self._lock:
             model = self.models.setdefault(name, ServedModel(name))
             previous_state = model.state
             model.state = LOADING if not model.versions else model.state
             try:
-                fingerprint, built = await self._build(name)
+                fingerprint, built = await self._build(name, opened)
             except (RepositoryError, ValueError) as exc:
                 model.reason = str(exc)
                 model.state = previous_state if model.versions else UNAVAILABLE
@@ -173,30 +175,20 @@ class ModelRegistry:
             self._retire(serving)
         return model
 
-    async def _build(self, name: str) -> tuple[str, list[Serving]]:
-        model_path = self.root / name
-        if not model_path.is_dir():
-            raise RepositoryError(f"{model_path}: no such model folder")
-        fingerprint = await asyncio.to_thread(folder_fingerprint, model_path)
-        config = await asyncio.to_thread(read_model_config, model_path)
-        on_disk = await asyncio.to_thread(versions_on_disk, model_path)
-        numbers = versions_to_serve(self.settings, name, config, on_disk)
-        if not numbers:
-            raise RepositoryError(f"{model_path}: no version folder its version_policy serves")
+    async def _build(self, name: str, opened: OpenedModel | None = None,
+                     ) -> tuple[str, list[Serving]]:  # fmt: skip
+        if opened is None:
+            opened = await asyncio.to_thread(open_model, self.settings, name)
         built: list[Serving] = []
         try:
-            for number in numbers:
-                version: ServableVersion = await asyncio.to_thread(
-                    open_servable, self.root, name, number, config,
-                    self.settings.batching.max_batch_rows,
-                )  # fmt: skip
+            for version in opened.versions:
                 serving = await start_serving(version, self.settings, self._metrics, self._slots)
                 built.append(serving)
         except BaseException:
             for serving in built:
                 await serving.close()
             raise
-        return fingerprint, built
+        return opened.fingerprint, built
 
     async def unload(self, name: str) -> None:
         async with self._lock:
@@ -273,22 +265,51 @@ def versions_to_serve(settings: Settings, name: str, config: ModelConfig, on_dis
     return config.version_policy.select(on_disk)
 
 
-def check_repository(settings: Settings) -> None:
-    """What start-up will load, checked before any session exists: each start-up model's
-    config.toml, the versions its policy serves, their files and graphs, and the devices that
-    would run them. Raises RepositoryError or ValueError in one line naming the file."""
-    root = settings.model.repository
+@dataclass(frozen=True)
+class OpenedModel:
+    """A model's versions as its folder holds them now, checked and ready to start serving."""
+
+    name: str
+    fingerprint: str  # of the folder when it was opened
+    versions: list[ServableVersion]
+
+
+def startup_names(settings: Settings) -> list[str]:
     wanted = settings.model_control.startup_models
-    for name in model_names(root) if "*" in wanted else list(wanted):
-        model_path = root / name
+    return model_names(settings.model.repository) if "*" in wanted else list(wanted)
+
+
+def open_model(settings: Settings, name: str) -> OpenedModel:
+    """Read a model's folder: its config.toml, the versions its policy serves, each checked
+    (files, checksums, graph). Raises RepositoryError naming the file."""
+    root = settings.model.repository
+    model_path = root / name
+    if not model_path.is_dir():
+        raise RepositoryError(f"{model_path}: no such model folder")
+    fingerprint = folder_fingerprint(model_path)
+    config = read_model_config(model_path)
+    numbers = versions_to_serve(settings, name, config, versions_on_disk(model_path))
+    if not numbers:
+        raise RepositoryError(f"{model_path}: no version folder its version_policy serves")
+    max_rows = settings.batching.max_batch_rows
+    versions = [open_servable(root, name, n, config, max_rows) for n in numbers]
+    return OpenedModel(name, fingerprint, versions)
+
+
+def check_repository(settings: Settings) -> list[OpenedModel]:
+    """What start-up will load, checked before any session exists: each start-up model's
+    config.toml, the versions its policy serves, their files and graphs, the devices that would
+    run them and its ranking spec. Raises RepositoryError or ValueError in one line naming the
+    file; returns the models opened, for the registry to start from."""
+    opened = []
+    for name in startup_names(settings):
+        model_path = settings.model.repository / name
         if not model_path.is_dir():
             raise RepositoryError(f"{model_path}: no such model folder ([model_control] "
                                   "startup_models names it)")  # fmt: skip
-        config = read_model_config(model_path)
-        numbers = versions_to_serve(settings, name, config, versions_on_disk(model_path))
-        if not numbers:
-            raise RepositoryError(f"{model_path}: no version folder its version_policy serves")
-        for number in numbers:
-            version = open_servable(root, name, number, config, settings.batching.max_batch_rows)
+        model = open_model(settings, name)
+        for version in model.versions:
             plan_devices(version, settings)
             ranker_for(version, settings)
+        opened.append(model)
+    return opened

@@ -15,14 +15,11 @@ import orjson
 
 from app.errors import Unprocessable
 from app.v2_schema import InferenceRequest, decode_request
+from models.signature import NUMPY_DTYPES
 from scheduler.errors import InvalidInput
 
 HEADER_LENGTH = "inference-header-content-length"
-DTYPES: dict[str, np.dtype[Any]] = {
-    "BOOL": np.dtype(np.bool_), "UINT8": np.dtype(np.uint8), "INT8": np.dtype(np.int8),
-    "INT16": np.dtype(np.int16), "INT32": np.dtype(np.int32), "INT64": np.dtype(np.int64),
-    "FP16": np.dtype(np.float16), "FP32": np.dtype(np.float32), "FP64": np.dtype(np.float64),
-}  # fmt: skip
+DTYPES = NUMPY_DTYPES  # KServe V2 datatype -> numpy dtype
 
 
 def parse_request(body: bytes, header_length: str | None) -> tuple[InferenceRequest, bytes]:

@@ -19,11 +19,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from models.feature_tables import CATEGORICAL_INPUT, DENSE_INPUT, FeatureTables
 from models.repository import RepositoryError, TensorSpec
+from models.signature import NUMPY_DTYPES
 
 TABLE_PARTS = ("user.categorical", "item.categorical", "item.dense")
 REQUEST_PART = re.compile(r"^request\.([A-Za-z_][A-Za-z0-9_]*)$")
-DTYPES = {"INT32": np.int32, "INT64": np.int64, "FP16": np.float16, "FP32": np.float32,
-          "FP64": np.float64}  # fmt: skip
+# The datatypes /v1/rank assembles inputs in: the indices' and the values'.
+DTYPES = {k: NUMPY_DTYPES[k] for k in ("INT32", "INT64", "FP16", "FP32", "FP64")}
 
 
 class RankingSpec(BaseModel):
@@ -113,7 +114,7 @@ class Assembler:
         score = spec.score_output or outputs[0].name
         if score not in {o.name for o in outputs}:
             raise RepositoryError(f"{where}: ranking.score_output: no output {score!r}")
-        dtypes = {name: np.dtype(DTYPES[by_name[name].datatype]) for name in spec.inputs}
+        dtypes = {name: DTYPES[by_name[name].datatype] for name in spec.inputs}
         return cls(spec, tables, dtypes, score)
 
     def check_context(self, context: dict[str, list[float]] | None) -> dict[str, np.ndarray]:

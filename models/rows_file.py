@@ -15,12 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from models.signature import Signature
+from models.signature import NUMPY_DTYPES, Signature
 
-DTYPES = {
-    "BOOL": np.bool_, "UINT8": np.uint8, "INT8": np.int8, "INT16": np.int16, "INT32": np.int32,
-    "INT64": np.int64, "FP16": np.float16, "FP32": np.float32, "FP64": np.float64,
-}  # fmt: skip
 LABELS = "labels"
 
 
@@ -54,7 +50,7 @@ def read_rows(path: Path, signature: Signature) -> Rows:
                 f"{', '.join(s.name for s in signature.inputs)}; the file has "
                 f"{', '.join(sorted(arrays)) or 'none'})"
             )
-        dtype = np.dtype(DTYPES[spec.datatype])
+        dtype = NUMPY_DTYPES[spec.datatype]
         if array.dtype != dtype:
             raise RowsFileError(f"{path}: {spec.name!r} is {array.dtype}, the model takes {dtype}")
         if array.ndim != len(spec.shape) or any(
