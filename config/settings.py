@@ -33,6 +33,7 @@ from models.settings import (
     QuantizationSettings,
     RepositorySettings,
     StudentSettings,
+    TableSettings,
     TrainingSettings,
 )
 from scheduler.settings import (
@@ -51,6 +52,7 @@ class Settings(BaseSettings):
     )
 
     data: DataSettings = DataSettings()
+    table: TableSettings = TableSettings()
     training: TrainingSettings = TrainingSettings()
     student: StudentSettings = StudentSettings()
     pruning: PruningSettings = PruningSettings()

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from pathlib import Path
 
 from config.settings import SettingsError, load_settings
 from models import repository
+from models.ctr_table import TableError
 from models.rows_file import RowsFileError
 
 
@@ -28,6 +30,13 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     build = commands.add_parser("build", help="train, export and write the default repository")
     build.add_argument("--movielens", type=Path, help="folder with the ml-100k.* files")
+    build.add_argument(
+        "--data", type=Path, help="build from your CTR table instead (Criteo's tab-separated "
+        "layout: label, 13 numbers, 26 tokens; see [table])",
+    )  # fmt: skip
+    build.add_argument(
+        "--model", help="the model's name (default: settings; with --data, the file's name)"
+    )
     build.add_argument("--max-epochs", type=int, help="cap training epochs (quick builds)")
     build.add_argument("--seeds", type=lambda text: [int(s) for s in text.split(",")])
     for name, text in (("evaluate", "score every variant on the test split"),
@@ -64,16 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     if not args.quiet:
         logging.getLogger("models").setLevel(logging.DEBUG if args.verbose else logging.INFO)
-    overrides: dict[str, dict[str, object]] = {}
-    if args.repository:
-        overrides["repository"] = {"root": args.repository}
-    if args.command == "build":
-        if args.max_epochs:
-            overrides["training"] = {"max_epochs": args.max_epochs}
-        if args.seeds:
-            overrides.setdefault("training", {})["seeds"] = args.seeds
     try:
-        settings = load_settings(args.settings, **overrides)
+        settings = load_settings(args.settings, **settings_overrides(args))
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -84,9 +85,13 @@ def main(argv: list[str] | None = None) -> int:
             from tqdm.contrib.logging import logging_redirect_tqdm
 
             from models.build import build as run_build  # imports torch
+            from models.table_build import build_from_table
 
             with logging_redirect_tqdm():  # log lines above the progress bars, not through them
-                path = run_build(settings, movielens_path=args.movielens)
+                if args.data:
+                    path = build_from_table(settings, args.data)
+                else:
+                    path = run_build(settings, movielens_path=args.movielens)
             print((path / "report.md").read_text(encoding="utf-8"))
             print(f"Model repository written to {path}")
             return 0
@@ -104,9 +109,31 @@ def main(argv: list[str] | None = None) -> int:
             print((version.path / "report.md").read_text(encoding="utf-8"))
             return 0
         return print_evaluation(version)
-    except (repository.RepositoryError, RowsFileError, RuntimeError, FileNotFoundError) as exc:
+    except (repository.RepositoryError, RowsFileError, TableError, RuntimeError,
+            FileNotFoundError) as exc:  # fmt: skip
         print(f"error: {exc}", file=sys.stderr)
         return 1
+
+
+def settings_overrides(args: argparse.Namespace) -> dict[str, dict[str, object]]:
+    overrides: dict[str, dict[str, object]] = {}
+    if args.repository:
+        overrides["repository"] = {"root": args.repository}
+    if args.command == "build":
+        if args.max_epochs:
+            overrides["training"] = {"max_epochs": args.max_epochs}
+        if args.seeds:
+            overrides.setdefault("training", {})["seeds"] = args.seeds
+        name: str | None = args.model or (model_name_of(args.data) if args.data else None)
+        if name:
+            overrides.setdefault("repository", {})["model_name"] = name
+    return overrides
+
+
+def model_name_of(data: Path) -> str:
+    """A repository name from a data file's: `Day_0.tsv` -> `day_0`."""
+    name = re.sub(r"[^a-z0-9._-]+", "-", data.stem.lower()).strip("-._")
+    return name or "ctr-model"
 
 
 def print_evaluation(version: repository.ModelVersion) -> int:

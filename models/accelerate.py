@@ -46,6 +46,7 @@ from models.acceleration_record import (
 )
 from models.benchmark import Runner, benchmark
 from models.gate import Verdict, numerics_gate, paired_bootstrap_auc_difference, spearman
+from models.graph_statistics import graph_statistics
 from models.repository import RepositoryError, file_ref
 from models.rows_file import Rows, read_rows
 from models.runtime import OnnxRuntimeSession, OpenVinoSession
@@ -55,6 +56,7 @@ from models.signature import Signature, read_signature
 
 log = logging.getLogger(__name__)
 SOURCE = "model.onnx"
+BUILD_REPORT = "build.md"  # the structural half of report.md, from `build --data`
 SCORING_ROWS = 1024  # rows per call while scoring the held-out rows
 # Ops between an output layer and a graph output that leave its values in place (elementwise,
 # shape): looking back through them from an output finds the layer that produced it.
@@ -312,11 +314,16 @@ def accelerate(version: Path, eval_file: Path, calibration_file: Path | None, se
         schema_version=1,
         created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         source=file_ref(version, SOURCE),
+        parameters=graph_statistics(source).parameters,
         cpu=cpu_model(),
         eval_rows=RowsRef(
-            file=str(eval_file), rows=rows.count, labelled_outputs=tuple(rows.labels)
+            file=rows_name(version, eval_file),
+            rows=rows.count,
+            labelled_outputs=tuple(rows.labels),
         ),
-        calibration_rows=RowsRef(file=str(calibration_file or eval_file), rows=calibration.count),
+        calibration_rows=RowsRef(
+            file=rows_name(version, calibration_file or eval_file), rows=calibration.count
+        ),
         variants=tuple(recorded),
         default_variants=defaults,
         default_reasons=reasons,
@@ -326,14 +333,25 @@ def accelerate(version: Path, eval_file: Path, calibration_file: Path | None, se
     return record
 
 
+def rows_name(version: Path, path: Path) -> str:
+    """A rows file inside the version folder by its name (the folder may move), else its path."""
+    return path.name if path.resolve().parent == version.resolve() else str(path)
+
+
 def render_report(version: Path, record: AccelerationRecord) -> str:
+    """The variants' table; after what `python -m models build --data` wrote, when it built it."""
+    built = version / BUILD_REPORT
+    preamble = built.read_text(encoding="utf-8") + "\n" if built.is_file() else ""
     sizes = sorted({int(r) for v in record.variants for t in v.latency_ms.values() for r in t})
     header = ["variant (runtime)", "precision", "size", "servable",
               *[f"batch {r} (ms)" for r in sizes], "gate"]  # fmt: skip
+    parameters = f"{record.parameters:,} parameters, " if record.parameters is not None else ""
     lines = [
-        f"# {version.parent.name} version {version.name}: accelerated variants",
+        f"{'##' if preamble else '#'} {version.parent.name} version {version.name}: accelerated "
+        "variants",
         "",
-        f"Source `{record.source.file}` (SHA-256 {record.source.sha256[:12]}...). Gated on "
+        f"Source `{record.source.file}` ({parameters}SHA-256 {record.source.sha256[:12]}...). "
+        "Gated on "
         f"{record.eval_rows.rows:,} held-out rows of `{record.eval_rows.file}` (labels for: "
         f"{', '.join(record.eval_rows.labelled_outputs) or 'none, agreement only'}); INT8 "
         f"calibrated on {record.calibration_rows.rows:,} rows. Latency: single-threaded median "
@@ -358,4 +376,4 @@ def render_report(version: Path, record: AccelerationRecord) -> str:
     lines += ["", "Served by default:", ""]
     lines += [f"- `{backend}`: **{name}**, {record.default_reasons.get(backend, '')}"
               for backend, name in record.default_variants.items()]  # fmt: skip
-    return "\n".join(lines) + "\n"
+    return preamble + "\n".join(lines) + "\n"

@@ -51,6 +51,7 @@ class AccelerationRecord(Strict):
     schema_version: Literal[1]
     created_at: str
     source: FileRef
+    parameters: int | None = None  # the source's weights: every variant holds as many
     cpu: str  # the CPU model the latencies were measured on
     eval_rows: RowsRef
     calibration_rows: RowsRef

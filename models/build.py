@@ -78,46 +78,39 @@ def popularity_scores(data: features.EncodedDataset) -> npt.NDArray[np.float64]:
     return np.asarray(rate[data.item_rows[data.split.test]], dtype=np.float64)
 
 
-def new_baseline(settings: Settings, data: features.EncodedDataset, seed: int) -> DCNv2:
+def new_baseline(settings: Settings, sizes: list[int], dense: int, seed: int) -> DCNv2:
     torch.manual_seed(seed)
     t = settings.training
-    sizes = list(data.vocabulary_sizes.values())
-    dense = len(data.tables.dense_fields)
     return DCNv2(sizes, dense, t.embedding_dim, t.cross_layers, t.mlp_units, t.dropout)
 
 
-def score_references(
-    settings: Settings, data: features.EncodedDataset, splits: Splits
-) -> list[dict[str, Any]]:
-    """Item popularity and a logistic regression on the same features, as sanity anchors."""
+def popularity_reference(data: features.EncodedDataset, splits: Splits) -> dict[str, Any]:
+    """Each test row scored by its item's popularity: MovieLens's simplest anchor."""
     popularity = popularity_scores(data)
+    return {
+        "name": "item popularity (smoothed positive rate)",
+        "test_auc": roc_auc(splits.test.labels, popularity),
+        "test_log_loss": log_loss(splits.test.labels, popularity),
+    }
+
+
+def logistic_reference(settings: Settings, sizes: list[int], splits: Splits) -> dict[str, Any]:
+    """A logistic regression on the same features: the anchor any model must clear."""
     seed = settings.training.seeds[0]
     torch.manual_seed(seed)
-    lr = LogisticRegression(list(data.vocabulary_sizes.values()), len(data.tables.dense_fields))
+    lr = LogisticRegression(sizes, splits.train.dense.shape[1])
     lr_settings = settings.training.model_copy(update={"learning_rate": REFERENCE_LR_LEARNING_RATE})
     fit(lr, splits.train, splits.validation, lr_settings, seed, label="logistic regression")
     lr_auc, lr_loss = evaluate(lr, splits.test)
-    return [
-        {
-            "name": "item popularity (smoothed positive rate)",
-            "test_auc": roc_auc(splits.test.labels, popularity),
-            "test_log_loss": log_loss(splits.test.labels, popularity),
-        },
-        {
-            "name": "logistic regression, same features",
-            "test_auc": lr_auc,
-            "test_log_loss": lr_loss,
-        },
-    ]
+    return {"name": "logistic regression, same features", "test_auc": lr_auc,
+            "test_log_loss": lr_loss}  # fmt: skip
 
 
-def train_baselines(
-    settings: Settings, data: features.EncodedDataset, splits: Splits
-) -> list[SeedModel]:
+def train_baselines(settings: Settings, sizes: list[int], splits: Splits) -> list[SeedModel]:
     """One baseline per seed; the first seed's model is the one published."""
     baselines = []
     for seed in settings.training.seeds:
-        model = new_baseline(settings, data, seed)
+        model = new_baseline(settings, sizes, splits.train.dense.shape[1], seed)
         result = fit(
             model, splits.train, splits.validation, settings.training, seed,
             label=f"baseline, seed {seed}",
@@ -157,9 +150,9 @@ class Trained:
     pruned: list[SeedModel]
 
 
-def train_all(settings: Settings, data: features.EncodedDataset, splits: Splits) -> Trained:
-    sizes = list(data.vocabulary_sizes.values())
-    baselines = train_baselines(settings, data, splits)
+def train_all(settings: Settings, sizes: list[int], splits: Splits) -> Trained:
+    """The baselines, the distilled and the label-only students, the pruned students."""
+    baselines = train_baselines(settings, sizes, splits)
     teacher = predict(baselines[0].model, splits.train)
     args = (settings, sizes, splits.train, splits.validation, splits.test)
     students = train_students(*args, teacher)
@@ -377,8 +370,9 @@ def build(
         len(split.train), len(split.validation), len(split.test), s_data.split_seed,
     )  # fmt: skip
     log.info("stage 2/6: training (reference, baseline, students, pruning)")
-    references = score_references(settings, data, splits)
-    trained = train_all(settings, data, splits)
+    sizes = list(data.vocabulary_sizes.values())
+    references = [popularity_reference(data, splits), logistic_reference(settings, sizes, splits)]
+    trained = train_all(settings, sizes, splits)
 
     staging = s_repo.root / s_repo.model_name / f".staging-{s_repo.version}"
     shutil.rmtree(staging, ignore_errors=True)

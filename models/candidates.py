@@ -14,7 +14,8 @@ import numpy as np
 import numpy.typing as npt
 
 from models.architectures import DCNv2, parameter_count
-from models.export import ParityResult, check_parity, export_onnx, graph_statistics
+from models.export import ParityResult, check_parity, export_onnx
+from models.graph_statistics import graph_statistics
 from models.runtime import OnnxRuntimeSession, Session
 from models.train import Examples
 

@@ -5,6 +5,7 @@ No torch here: the server loads these sections too."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 
@@ -26,6 +27,23 @@ class DataSettings(Section):
     test_fraction: float = Field(
         0.1, gt=0, lt=0.5, description="share held out for the accuracy gate and the report"
     )
+
+
+class TableSettings(Section):
+    """A user's CTR table for `python -m models build --data FILE` (`models/ctr_table.py`):
+    Criteo's layout by default, split as `[data]` says."""
+
+    dense_columns: int = Field(13, ge=0, description="numeric fields after the label")
+    categorical_columns: int = Field(26, ge=1, description="token fields after the numeric ones")
+    separator: str = Field("\t", min_length=1, description="the field separator")
+    min_token_count: int = Field(
+        10, ge=1, description="training rows a token needs to get its own embedding (rarer ones "
+        "share the out-of-vocabulary row)",
+    )  # fmt: skip
+    dense_transform: Literal["log1p", "none"] = Field(
+        "log1p", description="log1p(max(x, 0)) of each numeric field (Criteo's counts), or none"
+    )
+    max_rows: int = Field(0, ge=0, description="read at most this many rows; 0: all")
 
 
 class TrainingSettings(Section):

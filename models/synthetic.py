@@ -10,9 +10,12 @@ learned model can approach.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+
+from models.ctr_table import write_table
 
 CATEGORICAL_FIELDS = 26
 DENSE_FIELDS = 13
@@ -78,3 +81,17 @@ def generate(
     logits += (dense - dense.mean(axis=0)) @ dense_weights
     labels = (rng.random(rows) < 1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
     return SyntheticCriteo(categorical, dense, labels, logits, tuple(cardinalities))
+
+
+def write_criteo_file(path: Path, data: SyntheticCriteo, missing_fraction: float = 0.02,
+                      seed: int = 0) -> None:  # fmt: skip
+    """The rows in Criteo's tab-separated layout (`models/ctr_table.py`): integer counts, ids as
+    8-digit hex tokens (a fixed bijection per field), and `missing_fraction` of the fields empty."""
+    rng = np.random.default_rng(seed)
+    counts = np.rint(np.expm1(data.dense.astype(np.float64))).astype(np.int64).astype(str)
+    counts[rng.random(counts.shape) < missing_fraction] = ""
+    field = np.arange(CATEGORICAL_FIELDS, dtype=np.uint64)
+    mixed = data.categorical.astype(np.uint64) * np.uint64(2654435761) + field * np.uint64(97)
+    tokens = np.char.mod("%08x", mixed % np.uint64(1 << 32)).astype(object)
+    tokens[rng.random(tokens.shape) < missing_fraction] = ""
+    write_table(path, data.labels, counts, tokens)

@@ -10,16 +10,21 @@ from config.settings import load_settings
 from models import features
 from models.architectures import DCNv2, parameter_count
 from models.build import examples, new_baseline, popularity_scores
-from models.export import check_parity, export_onnx, graph_statistics
+from models.export import check_parity, export_onnx
+from models.graph_statistics import graph_statistics
 from models.metrics import roc_auc
 from models.runtime import OnnxRuntimeSession, OpenVinoSession
 from models.train import evaluate, fit
 
 
+def shape(encoded: features.EncodedDataset) -> tuple[list[int], int]:
+    return list(encoded.vocabulary_sizes.values()), len(encoded.tables.dense_fields)
+
+
 @pytest.fixture(scope="module")
 def trained(encoded: features.EncodedDataset) -> DCNv2:
     settings = load_settings()
-    model = new_baseline(settings, encoded, seed=0)
+    model = new_baseline(settings, *shape(encoded), seed=0)
     train = examples(encoded, encoded.split.train)
     validation = examples(encoded, encoded.split.validation)
     result = fit(model, train, validation, settings.training, seed=0, max_epochs=2)
@@ -28,7 +33,7 @@ def trained(encoded: features.EncodedDataset) -> DCNv2:
 
 
 def test_heavy_baseline_has_the_required_shape(encoded: features.EncodedDataset) -> None:
-    model = new_baseline(load_settings(), encoded, seed=0)
+    model = new_baseline(load_settings(), *shape(encoded), seed=0)
     widths = [m.out_features for m in model.mlp if isinstance(m, torch.nn.Linear)]
     assert len(widths) >= 3 and widths[0] >= 1024
     assert model.embedding.embedding_dim >= 32

@@ -12,8 +12,8 @@ import pytest
 
 from models import repository
 from models.evaluate import Evaluation, evaluate_version
-from models.export import graph_statistics
 from models.gate import numerics_gate
+from models.graph_statistics import graph_statistics
 from models.settings import GateSettings
 from tests.conftest import MODEL_NAME
 
