@@ -83,6 +83,17 @@ class Admission:
                 return Decision.REFUSE if value.lower() == b"low" else Decision.ADMIT
         return Decision.REFUSE if self.default_low else Decision.ADMIT
 
+    def decide_call(self, low_priority: bool | None) -> Decision:
+        """The same rule for an inference call of another transport (gRPC); `low_priority`
+        None: the default priority."""
+        count = self.in_flight
+        if count < self.max_low_priority:
+            return Decision.ADMIT
+        if count >= self.max_requests:
+            return Decision.REFUSE
+        low = self.default_low if low_priority is None else low_priority
+        return Decision.REFUSE if low else Decision.ADMIT
+
     def enter(self) -> None:
         self.in_flight += 1
 

@@ -18,11 +18,20 @@ from app.admission import Admission, AdmissionMiddleware
 from app.http_metrics import ConnectionMetrics, RequestMetrics
 from app.http_protocol import ConnectionCap, connection_limit, guarded_protocol
 from app.registry import ModelRegistry, OpenedModel
+from app.serving import cpu_budget, inference_threads
 from config.settings import Settings
 from scheduler.load import combine
 from scheduler.metrics import SchedulerMetrics
 
 log = logging.getLogger(__name__)
+
+
+def threads_line(settings: Settings) -> str:
+    budget = cpu_budget()
+    each = ", ".join(
+        f"{d.name} {inference_threads(d, settings.devices, budget.cores)}" for d in settings.devices
+    )
+    return f"{budget.describe()}; runtime threads: {each}"
 
 
 def create_app(settings: Settings, registry: CollectorRegistry | None = None,
@@ -48,20 +57,26 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None,
             raise
         app.state.started = True
         lb = settings.load_balancing
-        agent = None
+        agent = grpc_server = None
         if lb.agent_check_port:
             agent = await load.start_agent_check(app, lb.agent_check_host, lb.agent_check_port)
+        if settings.grpc.port:
+            from app.grpc_service import start_grpc  # grpcio only where gRPC is served
+
+            grpc_server = await start_grpc(app, settings)
         # Everything loaded so far lives as long as the server: out of the collector's sight,
         # full collections stay short (they were tens of milliseconds under load).
         gc.collect()
         gc.freeze()
         served = [f"{s.version.model} version {s.version.number}" for s in models.serving()]
-        log.info("ready: %s", ", ".join(served) or "no model loaded")
+        log.info("ready: %s; %s", ", ".join(served) or "no model loaded", threads_line(settings))
         try:
             yield
         finally:
             if agent is not None:
                 agent.close()
+            if grpc_server is not None:  # calls in progress finish; new ones are refused
+                await grpc_server.stop(settings.server.graceful_shutdown_seconds)
             app.state.started = False
             await models.close()
 

@@ -6,6 +6,7 @@ arrays. `app.registry` holds one per version served.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from models.model_config import CONFIG_FILE
 from models.repository import ModelVersion
 from models.servable import ANOTHER_CPU, AS_EXPORTED, ServableVersion, VariantFile
 from scheduler.backend import Backend, BackendConfig, create_backend
+from scheduler.cpu_budget import CpuBudget, fitted_threads, this_process
 from scheduler.device import Device, StallPolicy
 from scheduler.errors import DeviceUnavailable
 from scheduler.faults import FaultInjector
@@ -28,6 +30,13 @@ from scheduler.scheduler import BatchingConfig, Scheduler
 from scheduler.settings import DeviceSettings
 
 log = logging.getLogger(__name__)
+
+
+@functools.cache
+def cpu_budget() -> CpuBudget:
+    """The cores this process may use, read once."""
+    return this_process()
+
 
 RUNTIME_OF_BACKEND = {
     "openvino-cpu": "openvino",
@@ -111,6 +120,17 @@ def backend_config(variant: VariantFile, batched: bool, threads: int = 0, stream
     return BackendConfig(variant.path, threads, streams, hint, batched)
 
 
+def inference_threads(device: DeviceSettings, devices: tuple[DeviceSettings, ...],
+                      cores: int) -> int:  # fmt: skip
+    """A device's runtime threads: its `threads` setting, else fitted to the `cores` this
+    process may use, shared by every batch the CPU devices may run at once (a runtime's own
+    default counts the host's cores, whatever the affinity or cgroup limit)."""
+    if device.threads:
+        return device.threads
+    at_once = sum(d.parallel_batches for d in devices if DEVICE_KIND_OF_BACKEND[d.backend] == "cpu")
+    return fitted_threads(cores, at_once)
+
+
 def create_device(
     version: ServableVersion,
     config: DeviceSettings,
@@ -118,10 +138,11 @@ def create_device(
     settings: Settings,
     slots: asyncio.Semaphore | None = None,
 ) -> Device:
+    threads = inference_threads(config, settings.devices, cpu_budget().cores)
     backend: Backend = create_backend(
         config.backend,
         config.name,
-        backend_config(variant, version.batched, config.threads, config.streams),
+        backend_config(variant, version.batched, threads, config.streams),
     )
     if settings.faults.admin_enabled:
         backend = FaultInjector(backend)

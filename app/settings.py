@@ -33,6 +33,20 @@ class ServerSettings(Section):
     )
 
 
+class GrpcSettings(Section):
+    """The KServe V2 gRPC service (`inference.GRPCInferenceService`, tritonclient.grpc's), beside
+    REST in the same process: the same models, admission, deadlines and scheduler. Messages are
+    bounded by `[limits] max_body_bytes`."""
+
+    port: int = Field(
+        0, ge=0, le=65535, description="listen port on [server] host; 0: no gRPC service "
+        "(Triton's is 8001)",
+    )  # fmt: skip
+    max_concurrent_streams: int = Field(
+        256, ge=1, description="calls one connection may have open at once"
+    )
+
+
 class HttpSettings(Section):
     """Bounds on what one client may make the HTTP layer hold: request heads, slow senders,
     connections (nginx, gunicorn and Envoy anchor the defaults). Each refusal is a JSON error,

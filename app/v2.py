@@ -15,7 +15,7 @@ from app.dependencies import effective_timeout, model_defaults
 from app.errors import ERROR_RESPONSES, json_response
 from app.openapi import inline_schema
 from app.registry import ModelRegistry
-from app.serving import DEVICE_KIND_OF_BACKEND, Serving
+from app.serving import DEVICE_KIND_OF_BACKEND, Serving, cpu_budget, inference_threads
 from app.v1 import check_inputs
 from app.v2_codec import (
     HEADER_LENGTH,
@@ -93,9 +93,13 @@ async def ready(request: Request) -> Response:
 @router.get("/models/{name}")
 @router.get("/models/{name}/versions/{version}", openapi_extra=VERSIONED)
 async def model_metadata(request: Request, name: str) -> dict[str, Any]:
-    serving = model_of(request, name)
+    return metadata_document(model_of(request, name), registry(request))
+
+
+def metadata_document(serving: Serving, models: ModelRegistry) -> dict[str, Any]:
+    name = serving.version.model
     version = serving.version
-    served = registry(request).models[name].versions
+    served = models.models[name].versions
     return {
         "name": name,
         "versions": [str(n) for n in sorted(served)],
@@ -125,7 +129,12 @@ async def model_config(
 ) -> dict[str, Any]:
     """Triton's model configuration, as completed from the graph and the model's config.toml;
     `max_batch_size` 0 says the model is served without batching."""
-    serving = model_of(request, name)
+    return config_document(model_of(request, name), settings)
+
+
+def config_document(serving: Serving, settings: Settings) -> dict[str, Any]:
+    """The model configuration in Triton's JSON form (REST returns it; gRPC converts it)."""
+    name = serving.version.model
     version = serving.version
     batching = serving.scheduler.batching
     inner = slice(1, None) if version.batched else slice(None)
@@ -149,6 +158,7 @@ async def model_config(
                 "variant": serving.variants[device.name].name,
                 "variant_reason": serving.reasons.get(device.name, ""),
                 "backend": config.backend,
+                "threads": inference_threads(config, settings.devices, cpu_budget().cores),
             }
             for device in serving.scheduler.devices
             for config in settings.devices
@@ -164,7 +174,12 @@ async def model_config(
 @router.get("/models/{name}/stats")
 @router.get("/models/{name}/versions/{version}/stats", openapi_extra=VERSIONED)
 async def model_stats(request: Request, name: str) -> dict[str, Any]:
-    state = model_of(request, name)
+    return stats_document(model_of(request, name))
+
+
+def stats_document(state: Serving) -> dict[str, Any]:
+    """Triton's statistics of one model version, in its JSON form."""
+    name = state.version.model
     s = state.stats
     return {
         "model_stats": [
@@ -211,6 +226,36 @@ def requested_outputs(request: InferenceRequest, output_names: list[str]) -> lis
     return names  # unknown names are refused by binary_outputs
 
 
+async def score(
+    serving: Serving, tensors: dict[str, np.ndarray], wanted: list[str], settings: Settings,
+    timeout_seconds: float, priority: int, started: float,
+) -> dict[str, np.ndarray]:  # fmt: skip
+    """A V2 request's decoded tensors through the scheduler, whatever the transport (REST or
+    gRPC): checked against the model's inputs, scored, the `wanted` outputs returned and the
+    model's statistics kept. No await before the submit: the caller looked `serving` up last."""
+    version = serving.version
+    specs = {i.name: (i.datatype, i.shape) for i in version.signature.inputs}
+    batched = version.batched
+    inputs = check_against(tensors, specs, settings.limits.max_rows_per_request, batched)
+    if serving.built is not None:
+        check_inputs(inputs, serving.built.manifest)
+    if not batched:  # the scheduler's batch axis, of one row; the backend takes it off
+        inputs = {key: array[np.newaxis] for key, array in inputs.items()}
+    try:
+        scored = await serving.scheduler.submit(inputs, timeout_seconds, priority)
+    except Exception:
+        serving.stats["failures"] = serving.stats.get("failures", 0) + 1
+        raise
+    outputs = {key: scored.outputs[key] if batched else scored.outputs[key][0] for key in wanted}
+    s = serving.stats
+    s["requests"] = s.get("requests", 0) + 1
+    s["rows"] = s.get("rows", 0) + (len(next(iter(inputs.values()))) if batched else 1)
+    s["queue_ns"] = s.get("queue_ns", 0) + scored.queue_seconds * 1e9
+    s["compute_ns"] = s.get("compute_ns", 0) + scored.compute_seconds * 1e9
+    s["total_ns"] = s.get("total_ns", 0) + (time.perf_counter() - started) * 1e9
+    return outputs
+
+
 @router.post("/models/{name}/infer", openapi_extra=INFER)
 @router.post("/models/{name}/versions/{version}/infer", openapi_extra=VERSIONED_INFER)
 async def infer(
@@ -226,35 +271,16 @@ async def infer(
     if not serving.ready:
         raise NotReady(f"model {name!r} is not ready")
     version = serving.version
-    specs = {i.name: (i.datatype, i.shape) for i in version.signature.inputs}
-    batched = version.batched
-    inputs = check_against(
-        decode_inputs(parsed, tail), specs, settings.limits.max_rows_per_request, batched
-    )
-    if serving.built is not None:
-        check_inputs(inputs, serving.built.manifest)
     output_names = [o.name for o in version.signature.outputs]
     binary = binary_outputs(parsed, output_names)
     wanted = requested_outputs(parsed, output_names)
     timeout_seconds, priority = v2_options(parsed, settings, serving)
-    if not batched:  # the scheduler's batch axis, of one row; the backend takes it off
-        inputs = {key: array[np.newaxis] for key, array in inputs.items()}
-    try:
-        scored = await serving.scheduler.submit(inputs, timeout_seconds, priority)
-    except Exception:
-        serving.stats["failures"] = serving.stats.get("failures", 0) + 1
-        raise
-    outputs = {key: scored.outputs[key] if batched else scored.outputs[key][0] for key in wanted}
+    outputs = await score(serving, decode_inputs(parsed, tail), wanted, settings, timeout_seconds,
+                          priority, started)  # fmt: skip
     response_header: dict[str, Any] = {"model_name": name, "model_version": str(version.number)}
     if parsed.id is not None:
         response_header["id"] = parsed.id
     body, json_length = encode_response(response_header, outputs, binary)
-    s = serving.stats
-    s["requests"] = s.get("requests", 0) + 1
-    s["rows"] = s.get("rows", 0) + (len(next(iter(inputs.values()))) if batched else 1)
-    s["queue_ns"] = s.get("queue_ns", 0) + scored.queue_seconds * 1e9
-    s["compute_ns"] = s.get("compute_ns", 0) + scored.compute_seconds * 1e9
-    s["total_ns"] = s.get("total_ns", 0) + (time.perf_counter() - started) * 1e9
     if json_length is None:
         return Response(body, media_type="application/json")
     return Response(

@@ -18,6 +18,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from app.settings import (
     AdmissionSettings,
+    GrpcSettings,
     HttpSettings,
     LimitSettings,
     LoadBalancingSettings,
@@ -62,6 +63,7 @@ class Settings(BaseSettings):
     repository: RepositorySettings = RepositorySettings()
     server: ServerSettings = ServerSettings()
     http: HttpSettings = HttpSettings()
+    grpc: GrpcSettings = GrpcSettings()
     model: ServingModelSettings = ServingModelSettings()
     model_control: ModelControlSettings = ModelControlSettings()
     batching: BatchingSettings = BatchingSettings()

@@ -44,7 +44,10 @@ class DeviceSettings(Section):
         "default", description="a variant named in the manifest, or default: the manifest's "
         "default for the device kind",
     )  # fmt: skip
-    threads: int = Field(0, ge=0, description="inference threads (0: the runtime's default)")
+    threads: int = Field(
+        0, ge=0, description="runtime threads; 0: fitted to the cores this process may use (its "
+        "CPU affinity and cgroup limit, less one for the event loop), shared by the CPU devices",
+    )  # fmt: skip
     streams: int = Field(1, ge=1, description="OpenVINO streams")
     parallel_batches: int = Field(1, ge=1, description="batches the device runs at once")
 
