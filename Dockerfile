@@ -22,7 +22,8 @@ RUN pip install --no-cache-dir --extra-index-url https://download.pytorch.org/wh
 FROM python:3.11-slim AS runtime
 ENV PYTHONUNBUFFERED=1 \
     RECSYS_SERVER__HOST=0.0.0.0 \
-    RECSYS_SERVER__PORT=8000
+    RECSYS_SERVER__PORT=8000 \
+    RECSYS_GRPC__PORT=8001
 WORKDIR /srv
 COPY pyproject.toml README.md ./
 COPY app app
@@ -33,7 +34,7 @@ RUN pip install --no-cache-dir . \
     && useradd --create-home --uid 10001 recsys
 COPY --from=build --chown=recsys /src/model_repository /srv/model_repository
 USER 10001
-EXPOSE 8000
+EXPOSE 8000 8001
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen(f\"http://127.0.0.1:{os.environ['RECSYS_SERVER__PORT']}/v2/health/live\", timeout=2)"]
 STOPSIGNAL SIGTERM
@@ -45,6 +46,7 @@ ARG ORT_GPU_VERSION=1.31.1
 ENV PYTHONUNBUFFERED=1 \
     RECSYS_SERVER__HOST=0.0.0.0 \
     RECSYS_SERVER__PORT=8000 \
+    RECSYS_GRPC__PORT=8001 \
     PATH=/opt/venv/bin:$PATH
 # hadolint ignore=DL3008
 RUN apt-get update \
@@ -63,7 +65,7 @@ RUN pip install --no-cache-dir . \
     && useradd --create-home --uid 10001 recsys
 COPY --from=build --chown=recsys /src/model_repository /srv/model_repository
 USER 10001
-EXPOSE 8000
+EXPOSE 8000 8001
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen(f\"http://127.0.0.1:{os.environ['RECSYS_SERVER__PORT']}/v2/health/live\", timeout=2)"]
 STOPSIGNAL SIGTERM

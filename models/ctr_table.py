@@ -3,8 +3,8 @@
 The format (Criteo's Display Advertising Challenge files, `train.txt` / `day_N`): one row per
 line, fields separated by a tab, no header: the label (0 or 1), then `[table] dense_columns`
 numbers (integers in Criteo's, possibly negative), then `[table] categorical_columns` tokens
-(8-digit hex strings in Criteo's). Any field may be empty (missing). Fields are named as in
-Criteo: I1..In for the dense, C1..Cm for the categorical.
+(8-digit hex strings in Criteo's). Any field may be empty (missing). A `.gz` file is read as it
+is. Fields are named as in Criteo: I1..In for the dense, C1..Cm for the categorical.
 
 Encoding, fitted on the training rows only (as a server would see it: a token first seen after
 training gets the out-of-vocabulary index):
@@ -17,9 +17,11 @@ training gets the out-of-vocabulary index):
 
 from __future__ import annotations
 
+import gzip
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 import numpy.typing as npt
@@ -64,6 +66,13 @@ class Encoded:
         return [len(tokens) + 1 for tokens in self.vocabularies.values()]
 
 
+def open_text(path: Path) -> TextIO:
+    """The file as text lines; Criteo's files come gzipped (`.gz`) and are read as they are."""
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8", newline="\n")
+    return path.open(encoding="utf-8", newline="\n")
+
+
 def read_table(path: Path, settings: TableSettings) -> RawTable:
     """Read a Criteo-layout file; a TableError names the file, the line and the field."""
     dense_count, categorical_count = settings.dense_columns, settings.categorical_columns
@@ -75,37 +84,40 @@ def read_table(path: Path, settings: TableSettings) -> RawTable:
     dense_fields = tuple(f"I{i + 1}" for i in range(dense_count))
     categorical_fields = tuple(f"C{i + 1}" for i in range(categorical_count))
     try:
-        handle = path.open(encoding="utf-8", newline="\n")
+        handle = open_text(path)
     except OSError as exc:
         raise TableError(f"{path}: cannot read it: {exc.strerror or exc}") from exc
     with handle:
-        for number, line in enumerate(handle, start=1):
-            if settings.max_rows and len(labels) >= settings.max_rows:
-                break
-            fields = line.rstrip("\r\n").split(settings.separator)
-            if len(fields) != width:
-                raise TableError(
-                    f"{path}:{number}: {len(fields)} fields, expected {width} (the label, "
-                    f"{dense_count} dense, {categorical_count} categorical; [table] settings)"
-                )
-            if fields[0] not in ("0", "1"):
-                raise TableError(f"{path}:{number}: label {fields[0][:20]!r} is not 0 or 1")
-            labels.append(float(fields[0]))
-            row = []
-            for name, text in zip(dense_fields, fields[1 : 1 + dense_count], strict=True):
-                try:
-                    row.append(float(text) if text else 0.0)
-                except ValueError:
+        try:
+            for number, line in enumerate(handle, start=1):
+                if settings.max_rows and len(labels) >= settings.max_rows:
+                    break
+                fields = line.rstrip("\r\n").split(settings.separator)
+                if len(fields) != width:
                     raise TableError(
-                        f"{path}:{number}: dense field {name} is {text[:20]!r}, not a number"
-                    ) from None
-            dense.append(row)
-            ids.append([
-                seen[f].setdefault(token, len(seen[f])) if token else -1
-                for f, token in enumerate(fields[1 + dense_count :])
-            ])  # fmt: skip
-            if number % PROGRESS_ROWS == 0:
-                log.info("%s: %d rows read", path.name, number)
+                        f"{path}:{number}: {len(fields)} fields, expected {width} (the label, "
+                        f"{dense_count} dense, {categorical_count} categorical; [table] settings)"
+                    )
+                if fields[0] not in ("0", "1"):
+                    raise TableError(f"{path}:{number}: label {fields[0][:20]!r} is not 0 or 1")
+                labels.append(float(fields[0]))
+                row = []
+                for name, text in zip(dense_fields, fields[1 : 1 + dense_count], strict=True):
+                    try:
+                        row.append(float(text) if text else 0.0)
+                    except ValueError:
+                        raise TableError(
+                            f"{path}:{number}: dense field {name} is {text[:20]!r}, not a number"
+                        ) from None
+                dense.append(row)
+                ids.append([
+                    seen[f].setdefault(token, len(seen[f])) if token else -1
+                    for f, token in enumerate(fields[1 + dense_count :])
+                ])  # fmt: skip
+                if number % PROGRESS_ROWS == 0:
+                    log.info("%s: %d rows read", path.name, number)
+        except (OSError, EOFError, UnicodeDecodeError) as exc:  # a truncated gzip, not text
+            raise TableError(f"{path}: cannot read it: {exc}") from None
     if not labels:
         raise TableError(f"{path}: no rows")
     values = np.asarray(dense, dtype=np.float64).reshape(len(labels), dense_count)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import tritonclient.grpc as triton_grpc
 
 from bench import processes
 from tests.conftest import ROOT
@@ -81,7 +82,7 @@ def test_dockerfile_has_a_cpu_and_a_gpu_runtime() -> None:
     for name in ("runtime", "runtime-gpu"):
         stage = stages[name]
         assert stage.all("USER") == ["10001"], "a numeric non-root user"
-        assert stage.all("EXPOSE") == ["8000"]
+        assert stage.all("EXPOSE") == ["8000 8001"]  # REST, and gRPC as Triton has it
         assert stage.all("HEALTHCHECK") and "/v2/health/live" in stage.all("HEALTHCHECK")[0]
         assert not any("train" in run for run in stage.all("RUN")), "no training group at runtime"
 
@@ -136,9 +137,11 @@ def test_runtime_stage_installs_starts_and_passes_its_healthcheck(
     has_torch = subprocess.run([str(venv / "bin" / "python"), "-c", "import torch"], check=False)
     assert has_torch.returncode != 0, "the runtime stage must not install torch"
 
-    port = processes.free_port()
-    # As `docker run -e ...` would: the image's ENV, loopback instead of 0.0.0.0, a free port.
-    env = {**env, "RECSYS_SERVER__HOST": "127.0.0.1", "RECSYS_SERVER__PORT": str(port)}
+    port, grpc_port = processes.free_port(), processes.free_port()
+    # As `docker run -e ...` would: the image's ENV, loopback instead of 0.0.0.0, free ports.
+    assert env["RECSYS_GRPC__PORT"] == "8001"
+    env = {**env, "RECSYS_SERVER__HOST": "127.0.0.1", "RECSYS_SERVER__PORT": str(port),
+           "RECSYS_GRPC__PORT": str(grpc_port)}  # fmt: skip
     env |= {"PATH": f"{venv / 'bin'}:{os.environ['PATH']}", "HOME": str(tmp_path)}
     command = exec_form(stage.all("CMD")[0])
     assert command[0] == "python"
@@ -151,6 +154,7 @@ def test_runtime_stage_installs_starts_and_passes_its_healthcheck(
     try:
         processes.wait_ready(f"http://127.0.0.1:{port}", server, log)
         assert httpx.get(f"http://127.0.0.1:{port}/v2/health/live").status_code == 200
+        assert triton_grpc.InferenceServerClient(f"127.0.0.1:{grpc_port}").is_server_ready()
         healthcheck = exec_form(stage.all("HEALTHCHECK")[0].split(" CMD ", 1)[1])
         assert healthcheck[0] == "python"
         probe = subprocess.run([str(venv / "bin" / "python"), *healthcheck[1:]], env=env,

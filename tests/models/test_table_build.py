@@ -4,6 +4,7 @@ V2 by a real server, and a malformed file named in one line."""
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
@@ -91,6 +92,20 @@ def test_a_malformed_table_is_named_by_line_and_field(tmp_path: Path, line: str,
     with pytest.raises(ctr_table.TableError) as raised:
         ctr_table.read_table(path, settings)
     assert str(raised.value).startswith(f"{path}:2: ") and problem in str(raised.value)
+
+
+def test_a_gzipped_table_reads_the_same_and_a_truncated_one_is_named(tmp_path: Path) -> None:
+    text = "1\t3\ta\n0\t\tb\n" * 50
+    plain, packed = tmp_path / "t.tsv", tmp_path / "t.tsv.gz"
+    plain.write_text(text, encoding="utf-8")
+    packed.write_bytes(gzip.compress(text.encode()))
+    settings = TableSettings(dense_columns=1, categorical_columns=1)
+    a, b = ctr_table.read_table(plain, settings), ctr_table.read_table(packed, settings)
+    assert np.array_equal(a.dense, b.dense) and np.array_equal(a.token_ids, b.token_ids)
+    assert a.tokens == b.tokens and len(b) == 100
+    packed.write_bytes(gzip.compress(text.encode())[:-12])
+    with pytest.raises(ctr_table.TableError, match=r"t\.tsv\.gz: cannot read it"):
+        ctr_table.read_table(packed, settings)
 
 
 def test_the_cli_names_a_bad_file_in_one_line(tmp_path: Path) -> None:
