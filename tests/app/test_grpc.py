@@ -27,6 +27,7 @@ from tests.app.servers import free_port, start_server, stop
 
 pytestmark = pytest.mark.timeout(180)
 MODEL = "ranker"
+MAX_MESSAGE_BYTES = 200_000
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +63,8 @@ def code_of(call: object) -> tuple[str, str]:
 def server(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     log = tmp_path_factory.mktemp("grpc-log") / "server.log"
-    process, _ = start_server(repository, {"GRPC__PORT": str(port)}, log)
+    settings = {"GRPC__PORT": str(port), "LIMITS__MAX_BODY_BYTES": str(MAX_MESSAGE_BYTES)}
+    process, _ = start_server(repository, settings, log)
     try:
         yield f"127.0.0.1:{port}"
     finally:
@@ -134,6 +136,14 @@ def test_mistakes_get_their_code_and_name_the_field(server: str) -> None:
         rpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=10)
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "inputs.dense: 7 bytes of raw contents" in str(raised.value.details())
+
+
+def test_a_message_over_the_body_limit_is_refused(server: str) -> None:
+    client = triton.InferenceServerClient(server)
+    big = rows(3000)  # 3,000 x (8 x 8 + 4 x 4) bytes: 240 KB, over the 200 KB limit
+    code, message = code_of(lambda: client.infer(MODEL, infer_inputs(big)))
+    assert code == "StatusCode.RESOURCE_EXHAUSTED" and "larger than max" in message, message
+    assert client.infer(MODEL, infer_inputs(rows(100))).as_numpy("score") is not None
 
 
 def test_a_call_that_cannot_meet_its_deadline_is_refused_at_once(server: str) -> None:
