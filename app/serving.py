@@ -43,7 +43,11 @@ RUNTIME_OF_BACKEND = {
     "onnxruntime-cpu": "onnxruntime",
     "onnxruntime-gpu": "onnxruntime",
 }
-DEVICE_KIND_OF_BACKEND = {"openvino-cpu": "cpu", "onnxruntime-cpu": "cpu", "onnxruntime-gpu": "gpu"}
+DEVICE_KIND_OF_BACKEND = {
+    "openvino-cpu": "cpu", "onnxruntime-cpu": "cpu", "onnxruntime-gpu": "gpu", "cpu": "cpu",
+}  # fmt: skip
+EITHER_CPU = "cpu"  # a device on whichever CPU runtime is faster on each model here
+CPU_BACKENDS = ("onnxruntime-cpu", "openvino-cpu")
 
 
 @dataclass
@@ -55,6 +59,7 @@ class Serving:
     ready: bool = False
     reasons: dict[str, str] = field(default_factory=dict)  # device name -> why it runs its variant
     stats: dict[str, float] = field(default_factory=dict)
+    backends: dict[str, str] = field(default_factory=dict)  # device name -> the backend it runs
 
     @property
     def built(self) -> ModelVersion | None:
@@ -183,10 +188,20 @@ def warmup_inputs(version: ServableVersion, rows: int) -> dict[str, np.ndarray]:
     return inputs
 
 
+def concrete_devices(device: DeviceSettings) -> list[DeviceSettings]:
+    """The backends a device may run on: an either-CPU device (`backend = "cpu"`) is both CPU
+    runtimes until start-up times them on the model; any other, itself."""
+    if device.backend != EITHER_CPU:
+        return [device]
+    return [device.model_copy(update={"backend": b}) for b in CPU_BACKENDS]
+
+
 def plan_devices(version: ServableVersion, settings: Settings,
                  ) -> list[tuple[DeviceSettings, VariantFile]]:  # fmt: skip
-    """The devices that serve the version and the variant each runs (pure: start-up checks a
-    repository with it before any session exists). Raises ValueError naming the setting."""
+    """The devices that serve the version and the variant each runs, on a concrete backend (an
+    either-CPU device once per CPU runtime that runs the model: start-up keeps the faster). Pure:
+    start-up checks a repository with it before any session exists. Raises ValueError naming the
+    setting."""
     wanted = version.config.devices
     unknown = set(wanted or ()) - {d.name for d in settings.devices}
     if unknown:
@@ -198,10 +213,19 @@ def plan_devices(version: ServableVersion, settings: Settings,
     for config in settings.devices:
         if wanted is not None and config.name not in wanted:
             continue
-        try:
-            plan.append((config, choose_variant(version, config)))
-        except NotServedHere as exc:
-            log.info("device %s does not serve it: %s", config.name, exc)
+        options, refused = [], []
+        for concrete in concrete_devices(config):
+            try:
+                options.append((concrete, choose_variant(version, concrete)))
+            except NotServedHere as exc:
+                log.info("device %s (%s) does not serve it: %s", config.name, concrete.backend, exc)
+            except ValueError as exc:  # a named variant: an either-CPU device needs one runtime
+                if config.backend != EITHER_CPU:
+                    raise
+                refused.append(exc)
+        if refused and not options:
+            raise refused[0]
+        plan += options
     if not plan:
         raise ValueError(
             f"{version.model} version {version.number}: no configured device runs "
@@ -222,41 +246,41 @@ def timed_candidates(version: ServableVersion, device: DeviceSettings) -> list[V
 
 
 async def fastest_device(
-    version: ServableVersion, config: DeviceSettings, candidates: list[VariantFile],
+    version: ServableVersion, candidates: list[tuple[DeviceSettings, VariantFile]],
     settings: Settings, slots: asyncio.Semaphore | None, sample: dict[str, np.ndarray],
     warmup_rows: tuple[int, ...],
-) -> tuple[Device, VariantFile, str | None]:  # fmt: skip
-    """A warmed-up device on the candidate whose warm-up batches are predicted fastest (the
-    others closed), and why it was chosen when there was a choice."""
-    timed: list[tuple[float, Device, VariantFile]] = []
+) -> tuple[Device, DeviceSettings, VariantFile, str | None]:  # fmt: skip
+    """A warmed-up device on the candidate (backend, variant) whose warm-up batches are predicted
+    fastest (the others closed), and why it was chosen when there was a choice."""
+    timed: list[tuple[float, Device, DeviceSettings, VariantFile]] = []
     try:
-        for variant in candidates:
+        for config, variant in candidates:
             device = await asyncio.to_thread(
                 create_device, version, config, variant, settings, slots
             )
-            timed.append((0.0, device, variant))
+            timed.append((0.0, device, config, variant))
             await asyncio.to_thread(device.warm_up, sample, warmup_rows)
             seconds = sum(device.latency.predict(rows) for rows in warmup_rows)
-            timed[-1] = (seconds, device, variant)
+            timed[-1] = (seconds, device, config, variant)
     except BaseException:
-        for _, device, _ in timed:
+        for _, device, _, _ in timed:
             await asyncio.to_thread(device.close)
         raise
     timed.sort(key=lambda entry: entry[0])
-    for _, device, _ in timed[1:]:
+    for _, device, _, _ in timed[1:]:
         await asyncio.to_thread(device.close)
-    seconds, device, variant = timed[0]
+    _, device, config, variant = timed[0]
     if len(timed) == 1:
-        return device, variant, None
-    names = ", ".join(f"{v.name} {s * 1e3:.3f} ms" for s, _, v in timed)
-    return (
-        device,
-        variant,
-        (
-            f"timed at start-up (the record was measured on another CPU): the fastest over the "
-            f"warm-up batches of {names}"
-        ),
-    )
+        return device, config, variant, None
+    if len({c.backend for _, _, c, _ in timed}) > 1:
+        names = ", ".join(f"{c.backend} {v.name} {s * 1e3:.3f} ms" for s, _, c, v in timed)
+        why = (f"{variant_reason(version, config)}; the faster CPU runtime here, timed at "
+               f"start-up over the warm-up batches: {names}")  # fmt: skip
+        return device, config, variant, why
+    names = ", ".join(f"{v.name} {s * 1e3:.3f} ms" for s, _, _, v in timed)
+    why = (f"timed at start-up (the record was measured on another CPU): the fastest over the "
+           f"warm-up batches of {names}")  # fmt: skip
+    return device, config, variant, why
 
 
 def ranker_for(version: ServableVersion, settings: Settings) -> Ranker | None:
@@ -280,23 +304,27 @@ async def start_serving(
     reasons: dict[str, str] = {}
     warmup_rows = settings.routing.warmup_rows if version.batched else (1,)
     sample = warmup_inputs(version, max(warmup_rows))
+    options: dict[str, list[tuple[DeviceSettings, VariantFile]]] = {}
+    for config, chosen in plan_devices(version, settings):  # an either-CPU device: two entries
+        timed = timed_candidates(version, config)
+        options.setdefault(config.name, []).extend((config, v) for v in timed or [chosen])
+    backends: dict[str, str] = {}
     try:
-        for config, chosen in plan_devices(version, settings):
-            shared = slots.get(config.name) if slots else None
-            candidates = timed_candidates(version, config)
+        for name, candidates in options.items():
+            shared = slots.get(name) if slots else None
             try:
-                device, variant, why = await fastest_device(
-                    version, config, candidates or [chosen], settings, shared, sample, warmup_rows
+                device, config, variant, why = await fastest_device(
+                    version, candidates, settings, shared, sample, warmup_rows
                 )
             except DeviceUnavailable as exc:
-                log.warning(
-                    "device %s (%s) is not available here: %s", config.name, config.backend, exc
-                )
+                backend = candidates[0][0].backend
+                log.warning("device %s (%s) is not available here: %s", name, backend, exc)
                 continue
-            if candidates and why is None:
+            if why is None and timed_candidates(version, config):
                 why = f"the only servable variant its runtime runs ({ANOTHER_CPU})"
             devices.append(device)
             variants[device.name] = variant
+            backends[device.name] = config.backend
             reasons[device.name] = why or variant_reason(version, config)
             fit = device.latency.fit
             log.info(
@@ -331,4 +359,5 @@ async def start_serving(
     )
     scheduler.start()
     ranker = await asyncio.to_thread(ranker_for, version, settings)
-    return Serving(version, scheduler, variants, ranker, ready=True, reasons=reasons)
+    return Serving(version, scheduler, variants, ranker, ready=True, reasons=reasons,
+                   backends=backends)  # fmt: skip

@@ -157,7 +157,7 @@ def config_document(serving: Serving, settings: Settings) -> dict[str, Any]:
                 "count": device.parallel_batches,
                 "variant": serving.variants[device.name].name,
                 "variant_reason": serving.reasons.get(device.name, ""),
-                "backend": config.backend,
+                "backend": serving.backends.get(device.name, config.backend),
                 "threads": inference_threads(config, settings.devices, cpu_budget().cores),
             }
             for device in serving.scheduler.devices

@@ -32,8 +32,9 @@ ONNXRUNTIME: list[dict[str, object]] = [{"name": "cpu-onnxruntime", "backend": "
 # its own on a 2-core host, whatever the process's affinity: the setting before threads were
 # fitted.
 CONFIGS: dict[str, tuple[list[dict[str, object]], str]] = {
-    "openvino-cpu (default device), REST": (OPENVINO, "rest"),
-    "openvino-cpu (default device), gRPC": (OPENVINO, "grpc"),
+    "cpu, either runtime (timed at start-up), REST": ([{"name": "cpu", "backend": "cpu"}], "rest"),
+    "openvino-cpu, REST": (OPENVINO, "rest"),
+    "openvino-cpu, gRPC": (OPENVINO, "grpc"),
     "onnxruntime-cpu, REST": (ONNXRUNTIME, "rest"),
     "onnxruntime-cpu, gRPC": (ONNXRUNTIME, "grpc"),
     "onnxruntime-cpu, threads 2 (its own default here), REST": (

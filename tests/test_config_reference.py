@@ -69,4 +69,4 @@ def test_the_schema_defaults_are_the_served_defaults() -> None:
     # The GPU device runs two batches at once by default; the two copies once disagreed.
     devices = {d.name: d for d in Settings.model_fields["devices"].default}
     assert devices["gpu-onnxruntime"].parallel_batches == 2
-    assert devices["cpu-openvino"].parallel_batches == 1
+    assert devices["cpu"].parallel_batches == 1 and devices["cpu"].backend == "cpu"

@@ -1,18 +1,24 @@
-"""Choosing each device's variant from the manifest, and refusing what the device cannot run."""
+"""Choosing each device's variant from the manifest, and refusing what the device cannot run;
+an either-CPU device planned on both runtimes and served on the faster."""
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
+import httpx
 import pytest
 
-from app.serving import choose_variant
+from app.serving import choose_variant, plan_devices
+from bench.plain_models import user_sized_ranker
+from config.settings import load_settings
 from models.model_config import ModelConfig
 from models.repository import RepositoryError
 from models.servable import ServableVersion, open_servable
 from scheduler.settings import DeviceSettings
+from tests.app.servers import running_server
 from tests.conftest import MODEL_NAME
 
 
@@ -67,3 +73,43 @@ def test_a_cpu_default_one_runtime_cannot_run_falls_back_for_it(
     onnxruntime = choose_variant(version, DeviceSettings(name="ort", backend="onnxruntime-cpu"))
     assert (openvino.name, onnxruntime.name) == (int8["derived_from"], "pruned-int8")
     assert "is not run by this runtime" in version.default_reasons["openvino-cpu"]
+
+
+def test_an_either_cpu_device_is_planned_on_each_runtime_that_runs_it(
+    version: ServableVersion,
+) -> None:
+    settings = load_settings().model_copy(
+        update={"devices": (DeviceSettings(name="cpu", backend="cpu"),)}
+    )
+    plan = plan_devices(version, settings)
+    assert [(c.name, c.backend) for c, _ in plan] == [
+        ("cpu", "onnxruntime-cpu"), ("cpu", "openvino-cpu")
+    ]  # fmt: skip
+    # A variant only one runtime runs: planned there alone; one neither has: refused.
+    only = ModelConfig(variants={"cpu": "pruned-openvino-int8"})
+    named = open_servable(version.path.parent.parent, MODEL_NAME, 1, only)
+    assert [c.backend for c, _ in plan_devices(named, settings)] == ["openvino-cpu"]
+    bad = settings.model_copy(update={"devices": (
+        DeviceSettings(name="cpu", backend="cpu", variant="nope"),)})  # fmt: skip
+    with pytest.raises(ValueError, match="no servable variant 'nope'"):
+        plan_devices(version, bad)
+
+
+def test_an_either_cpu_device_serves_the_faster_runtime(tmp_path: Path) -> None:
+    root = tmp_path / "repository"
+    user_sized_ranker(root / "ranker" / "1" / "model.onnx", vocabulary=500)
+    devices = [{"name": "cpu", "backend": "cpu"}]
+    with running_server(root, {}, tmp_path / "server.log", devices) as (_, url):
+        (group,) = httpx.get(f"{url}/v2/models/ranker/config").json()["instance_group"]
+        body = {"inputs": [
+            {"name": "cat", "datatype": "INT64", "shape": [2, 8], "data": list(range(16))},
+            {"name": "dense", "datatype": "FP32", "shape": [2, 4], "data": [0.5] * 8},
+        ]}  # fmt: skip
+        answer = httpx.post(f"{url}/v2/models/ranker/infer", json=body)
+    assert answer.status_code == 200, answer.text
+    timed = dict(
+        re.findall(r"(onnxruntime-cpu|openvino-cpu) model ([\d.]+) ms", group["variant_reason"])
+    )
+    assert set(timed) == {"onnxruntime-cpu", "openvino-cpu"}, group
+    assert group["backend"] == min(timed, key=lambda b: float(timed[b])), group
+    assert "the faster CPU runtime here, timed at start-up" in group["variant_reason"]
