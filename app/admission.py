@@ -73,18 +73,13 @@ class Admission:
         self._body = {"type": "http.response.body", "body": body}
 
     def decide(self, method: str, path: str, headers: Iterable[tuple[bytes, bytes]]) -> Decision:
-        count = self.in_flight
-        if count < self.max_low_priority or not is_inference(method, path):
-            return Decision.ADMIT
-        if count >= self.max_requests:
-            return Decision.REFUSE
-        for name, value in headers:
-            if name == PRIORITY_HEADER_BYTES:
-                return Decision.REFUSE if value.lower() == b"low" else Decision.ADMIT
-        return Decision.REFUSE if self.default_low else Decision.ADMIT
+        if self.in_flight < self.max_low_priority or not is_inference(method, path):
+            return Decision.ADMIT  # the common case: no header is read
+        low = next((v.lower() == b"low" for n, v in headers if n == PRIORITY_HEADER_BYTES), None)
+        return self.decide_call(low)
 
     def decide_call(self, low_priority: bool | None) -> Decision:
-        """The same rule for an inference call of another transport (gRPC); `low_priority`
+        """The rule for an inference request of any transport (HTTP, gRPC); `low_priority`
         None: the default priority."""
         count = self.in_flight
         if count < self.max_low_priority:

@@ -34,6 +34,7 @@ from app.registry import ModelRegistry
 from app.serving import Serving
 from app.v2_codec import DTYPES
 from config.settings import Settings
+from models.signature import V2_DATATYPES
 from scheduler.errors import InvalidInput, NotReady, ServingError
 
 log = logging.getLogger(__name__)
@@ -113,6 +114,12 @@ def decode(request: pb.ModelInferRequest) -> dict[str, np.ndarray]:
     return tensors
 
 
+def requested_priority(request: pb.ModelInferRequest) -> int:
+    """Triton's `priority` parameter: 1 highest, 2 or more low, 0 (or none) the default."""
+    parameters = request.parameters
+    return int(parameters["priority"].int64_param) if "priority" in parameters else 0
+
+
 def call_options(request: pb.ModelInferRequest, context: grpc.aio.ServicerContext,
                  settings: Settings, serving: Serving) -> tuple[float, int]:  # fmt: skip
     """Deadline (seconds) and priority of a call: the `timeout` parameter (microseconds) or the
@@ -125,8 +132,7 @@ def call_options(request: pb.ModelInferRequest, context: grpc.aio.ServicerContex
     remaining = context.time_remaining()
     if remaining is not None:
         asked.append(remaining * 1000)
-    priority = parameters["priority"].int64_param if "priority" in parameters else 0
-    level = v2_priority(int(priority), default_priority)
+    level = v2_priority(requested_priority(request), default_priority)
     return effective_timeout(default_ms, min(asked) if asked else None), level
 
 
@@ -202,8 +208,7 @@ class InferenceService(rpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
     async def ModelInfer(self, request: pb.ModelInferRequest,
                          context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:  # fmt: skip
         admission = self.app.state.admission
-        parameters = request.parameters
-        priority = int(parameters["priority"].int64_param) if "priority" in parameters else 0
+        priority = requested_priority(request)
         if admission.decide_call(None if not priority else priority >= 2) is Decision.REFUSE:
             if admission.on_refusal:
                 admission.on_refusal()
@@ -234,13 +239,12 @@ class InferenceService(rpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
         timeout_seconds, level = call_options(request, context, self.settings, serving)
         outputs = await v2.score(serving, tensors, wanted, self.settings, timeout_seconds, level,
                                  started)  # fmt: skip
-        datatypes = {v: k for k, v in reversed(DTYPES.items())}
         response = pb.ModelInferResponse(
             model_name=request.model_name, model_version=str(serving.version.number),
             id=request.id,
         )  # fmt: skip
         for name, array in outputs.items():
-            response.outputs.add(name=name, datatype=datatypes[array.dtype], shape=array.shape)
+            response.outputs.add(name=name, datatype=V2_DATATYPES[array.dtype], shape=array.shape)
             response.raw_output_contents.append(np.ascontiguousarray(array).tobytes())
         return response
 

@@ -15,7 +15,7 @@ import orjson
 
 from app.errors import Unprocessable
 from app.v2_schema import InferenceRequest, decode_request
-from models.signature import NUMPY_DTYPES
+from models.signature import NUMPY_DTYPES, V2_DATATYPES
 from scheduler.errors import InvalidInput
 
 HEADER_LENGTH = "inference-header-content-length"
@@ -124,7 +124,7 @@ def encode_response(
     for name, array in outputs.items():
         description: dict[str, Any] = {
             "name": name,
-            "datatype": next(k for k, v in DTYPES.items() if v == array.dtype),
+            "datatype": V2_DATATYPES[array.dtype],
             "shape": list(array.shape),
         }
         if name in binary:

@@ -352,6 +352,25 @@ def default_variants(candidates: list[Candidate], timings: list[Timing]) -> dict
     return {"cpu": cpu.variant, "gpu": gpu or float_default}
 
 
+def new_staging(settings: Settings) -> Path:
+    """An empty staging folder beside the version the build writes: nothing half-written is
+    ever at the version's own path."""
+    s_repo = settings.repository
+    staging = s_repo.root / s_repo.model_name / f".staging-{s_repo.version}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    return staging
+
+
+def publish(staging: Path, settings: Settings) -> Path:
+    """The staged version moved into place, replacing any earlier build of it."""
+    s_repo = settings.repository
+    final = s_repo.root / s_repo.model_name / str(s_repo.version)
+    shutil.rmtree(final, ignore_errors=True)
+    staging.rename(final)
+    return final
+
+
 def build(
     settings: Settings, movielens_path: Path | None = None, allow_download: bool = True
 ) -> Path:
@@ -374,9 +393,7 @@ def build(
     references = [popularity_reference(data, splits), logistic_reference(settings, sizes, splits)]
     trained = train_all(settings, sizes, splits)
 
-    staging = s_repo.root / s_repo.model_name / f".staging-{s_repo.version}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    staging = new_staging(settings)
     log.info("stage 3/6: ONNX export and runtime parity")
     floats = export_floats(settings, trained, splits, staging)
     best_float = next(c for c in reversed(floats) if c.servable)
@@ -416,9 +433,7 @@ def build(
     (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     (staging / "report.md").write_text(render_markdown(report), encoding="utf-8")
 
-    final = s_repo.root / s_repo.model_name / str(s_repo.version)
-    shutil.rmtree(final, ignore_errors=True)
-    staging.rename(final)
+    final = publish(staging, settings)
     repository.open_version(s_repo.root, s_repo.model_name, s_repo.version)  # validate the result
     return final
 

@@ -143,7 +143,7 @@ def encode(table: RawTable, train_rows: npt.NDArray[np.int64], settings: TableSe
         column = table.token_ids[:, f]
         present = column[train_rows]
         counts = np.bincount(present[present >= 0], minlength=len(table.tokens[f]))
-        kept = [i for i in np.flatnonzero(counts >= settings.min_token_count)]
+        kept = np.flatnonzero(counts >= settings.min_token_count).tolist()
         order = sorted(kept, key=lambda i: table.tokens[f][i])
         index = np.zeros(len(table.tokens[f]) + 1, dtype=np.int64)  # the last slot: missing
         index[order] = np.arange(1, len(order) + 1)

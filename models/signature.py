@@ -23,6 +23,7 @@ NUMPY_DTYPES: dict[str, np.dtype[Any]] = {
     "INT16": np.dtype(np.int16), "INT32": np.dtype(np.int32), "INT64": np.dtype(np.int64),
     "FP16": np.dtype(np.float16), "FP32": np.dtype(np.float32), "FP64": np.dtype(np.float64),
 }  # fmt: skip
+V2_DATATYPES = {dtype: name for name, dtype in NUMPY_DTYPES.items()}  # numpy dtype -> V2 name
 # The same datatypes as each runtime names them.
 ONNX_TYPES = {
     "tensor(bool)": "BOOL", "tensor(uint8)": "UINT8", "tensor(int8)": "INT8",

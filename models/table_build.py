@@ -25,14 +25,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from config.settings import Settings
 from models import ctr_table
 from models.accelerate import BUILD_REPORT, SOURCE, accelerate, render_report
 from models.acceleration_record import read_record
 from models.benchmark import Runner, Timing, benchmark
-from models.build import Splits, Trained, export_floats, logistic_reference, train_all
+from models.build import (
+    Splits,
+    Trained,
+    export_floats,
+    logistic_reference,
+    new_staging,
+    publish,
+    train_all,
+)
 from models.candidates import Candidate
 from models.runtime import OnnxRuntimeSession, OpenVinoSession
 from models.servable import open_servable
@@ -70,9 +77,7 @@ def build_from_table(settings: Settings, data_path: Path) -> Path:
     references = [logistic_reference(settings, sizes, splits)]
     trained = train_all(settings, sizes, splits)
 
-    staging = s_repo.root / s_repo.model_name / f".staging-{s_repo.version}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    staging = new_staging(settings)
     log.info("stage 3/5: ONNX export, runtime parity, structural gate")
     floats = export_floats(settings, trained, splits, staging)
     for c in floats[1:]:
@@ -91,9 +96,7 @@ def build_from_table(settings: Settings, data_path: Path) -> Path:
     log.info("stage 4/5: INT8, FP16 and BF16 variants of %s, gated on the test split", SOURCE)
     accelerate(staging, staging / TEST_ROWS, staging / CALIBRATION_ROWS, settings)
     log.info("stage 5/5: publishing (%.0f s in all)", time.monotonic() - started)
-    final = s_repo.root / s_repo.model_name / str(s_repo.version)
-    shutil.rmtree(final, ignore_errors=True)
-    staging.rename(final)
+    final = publish(staging, settings)
     # The report again, now titled by the version's own folder; then open it as the server would.
     (final / "report.md").write_text(render_report(final, read_record(final)), encoding="utf-8")
     open_servable(s_repo.root, s_repo.model_name, s_repo.version)
@@ -128,12 +131,7 @@ def float_latency(floats: list[Candidate], test: Examples, settings: Settings) -
                               OpenVinoSession(c.path, "f32", threads=1).run))  # fmt: skip
     log.info("timing the float models at %s rows, single-threaded",
              ", ".join(map(str, settings.benchmark.batch_rows)))  # fmt: skip
-    torch_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return benchmark(runners, inputs, settings.benchmark)
-    finally:
-        torch.set_num_threads(torch_threads)
+    return benchmark(runners, inputs, settings.benchmark)
 
 
 def summary(records: list[dict[str, Any]]) -> dict[str, float]:
