@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel
 
 from app import dependencies
+from app.engine_link import RemoteModelRegistry
 from app.errors import Unauthorized
 from app.registry import ModelRegistry
 from scheduler.errors import UnknownModel
@@ -38,6 +39,10 @@ async def set_fault(
     models: Annotated[ModelRegistry, Depends(dependencies.accepting)],
 ) -> dict[str, str]:  # fmt: skip
     """Every served model's session on that device fails or stalls (they share the device)."""
+    if isinstance(models, RemoteModelRegistry):  # a worker: the engine has the sessions
+        if not await models.set_fault(device, body.mode):
+            raise UnknownModel(f"device {device!r} is not served here")
+        return {"device": device, "mode": body.mode}
     found = [
         candidate.backend
         for serving in models.serving()

@@ -256,7 +256,7 @@ async def start_grpc(app: FastAPI, settings: Settings) -> grpc.aio.Server:
         ("grpc.max_receive_message_length", limit),
         ("grpc.max_send_message_length", limit),
         ("grpc.max_concurrent_streams", settings.grpc.max_concurrent_streams),
-        ("grpc.so_reuseport", 0),
+        ("grpc.so_reuseport", int(settings.server.workers != 1)),  # workers share the port
     ])  # fmt: skip
     rpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(app), server)
     address = f"{settings.server.host}:{settings.grpc.port}"

@@ -26,8 +26,9 @@ class ConnectionMetrics:
             "header_timeout, body_timeout", ["reason"], registry=registry,
         )  # fmt: skip
         self.open = Gauge(
-            f"{prefix}_http_open_connections", "Open HTTP connections", registry=registry
-        )
+            f"{prefix}_http_open_connections", "Open HTTP connections", registry=registry,
+            multiprocess_mode="livesum",  # with workers: theirs, added up
+        )  # fmt: skip
 
 
 class RequestMetrics:

@@ -61,7 +61,10 @@ def agent_reply(app: FastAPI) -> str:
     return f"up {max(1, headroom)}%\n"
 
 
-async def start_agent_check(app: FastAPI, host: str, port: int) -> asyncio.Server:
+async def start_agent_check(app: FastAPI, host: str, port: int,
+                            shared: bool = False) -> asyncio.Server:  # fmt: skip
+    """`shared`: every worker process of the server listens on the port (SO_REUSEPORT)."""
+
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             writer.write(agent_reply(app).encode())
@@ -69,6 +72,6 @@ async def start_agent_check(app: FastAPI, host: str, port: int) -> asyncio.Serve
         finally:
             writer.close()
 
-    server = await asyncio.start_server(answer, host, port)
+    server = await asyncio.start_server(answer, host, port, reuse_port=shared)
     log.info("HAProxy agent-check listening on %s:%d", host, port)
     return server

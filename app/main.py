@@ -15,6 +15,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from app import admin, errors, load, repository_api, v1, v2
 from app.admission import Admission, AdmissionMiddleware
+from app.engine_link import EngineLink, RemoteModelRegistry
 from app.http_metrics import ConnectionMetrics, RequestMetrics
 from app.http_protocol import ConnectionCap, connection_limit, guarded_protocol
 from app.registry import ModelRegistry, OpenedModel
@@ -35,8 +36,10 @@ def threads_line(settings: Settings) -> str:
 
 
 def create_app(settings: Settings, registry: CollectorRegistry | None = None,
-               checked: Sequence[OpenedModel] = ()) -> FastAPI:  # fmt: skip
-    """`checked`: what check_repository opened, so the lifespan does not open it again."""
+               checked: Sequence[OpenedModel] = (), link: EngineLink | None = None,
+               ) -> FastAPI:  # fmt: skip
+    """`checked`: what check_repository opened, so the lifespan does not open it again.
+    `link`: an HTTP worker's engine (`[server] workers` > 1), which scores its requests."""
     registry = registry or CollectorRegistry()
     scheduler_metrics = SchedulerMetrics(registry, settings.metrics.prefix)
     load_failures = Counter(
@@ -44,22 +47,35 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None,
         "Model loads and reloads that failed (what served before kept serving)",
         ["model"], registry=registry,
     )  # fmt: skip
-    models = ModelRegistry(
-        settings, scheduler_metrics, lambda name: load_failures.labels(model=name).inc(), checked
+    models = (
+        ModelRegistry(
+            settings,
+            scheduler_metrics,
+            lambda name: load_failures.labels(model=name).inc(),
+            checked,
+        )
+        if link is None
+        else RemoteModelRegistry(settings, link, checked)
     )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         try:
+            if link is not None:
+                await link.start()
             await models.start()
         except BaseException:
             await models.close()
+            if link is not None:
+                await link.close()
             raise
         app.state.started = True
         lb = settings.load_balancing
         agent = grpc_server = None
         if lb.agent_check_port:
-            agent = await load.start_agent_check(app, lb.agent_check_host, lb.agent_check_port)
+            agent = await load.start_agent_check(
+                app, lb.agent_check_host, lb.agent_check_port, shared=link is not None
+            )
         if settings.grpc.port:
             from app.grpc_service import start_grpc  # grpcio only where gRPC is served
 
@@ -79,6 +95,8 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None,
                 await grpc_server.stop(settings.server.graceful_shutdown_seconds)
             app.state.started = False
             await models.close()
+            if link is not None:
+                await link.close()
 
     app = FastAPI(
         title="recsys-serve",
@@ -106,6 +124,8 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None,
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
+        if link is not None:  # every process's files, summed; the engine refreshes its gauges
+            return Response(generate_latest(server_wide()), media_type=CONTENT_TYPE_LATEST)
         served = models.serving()
         for serving in served:
             if serving.scheduler.metrics is not None:
@@ -123,6 +143,16 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None,
     app.add_middleware(AdmissionMiddleware, admission=admission)
     app.add_middleware(RequestMetrics, registry=registry, prefix=settings.metrics.prefix)
     return app
+
+
+def server_wide() -> CollectorRegistry:
+    """The metrics of every process of a server with workers (prometheus_client's multiprocess
+    files, PROMETHEUS_MULTIPROC_DIR)."""
+    from prometheus_client import multiprocess
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return registry
 
 
 def http_protocol(app: FastAPI) -> type[HttpToolsProtocol]:

@@ -31,6 +31,22 @@ class ServerSettings(Section):
     graceful_shutdown_seconds: float = Field(
         30.0, gt=0, description="time accepted requests have to finish once the listener closed"
     )
+    workers: int = Field(
+        1, ge=0, le=64, description="HTTP worker processes on the one port, feeding one engine "
+        "process that owns the schedulers and devices (batches form across all their requests); "
+        "1: one process does both; 0: the cores this process may use, at most 16",
+    )  # fmt: skip
+    engine: Literal["auto", "process", "per_worker"] = Field(
+        "auto", description="auto: the engine has its own process when workers > 1; process: "
+        "even with one worker (what the split costs); per_worker: each worker is a whole server "
+        "with its own schedulers and sessions, as `uvicorn --workers` gives (batches form per "
+        "worker; its gauges in /metrics are one worker's)",
+    )  # fmt: skip
+    shared_memory_slot_kib: int = Field(
+        256, ge=4, le=65536, description="workers > 1: a request's arrays cross to the engine in "
+        "a slot of this size in shared memory (one slot per request a worker may have in "
+        "flight); larger requests cross inline, over the socket",
+    )  # fmt: skip
 
 
 class GrpcSettings(Section):

@@ -92,6 +92,17 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _check_workers(self) -> Settings:
+        several = self.server.workers != 1 or self.server.engine == "process"
+        if several and self.model_control.mode != "none":
+            raise ValueError(
+                f"server.workers: {self.server.workers} worker processes serve the repository "
+                f"as start-up loaded it; model_control.mode {self.model_control.mode!r} needs "
+                "workers = 1"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _check_devices(self) -> Settings:
         names = [d.name for d in self.devices]
         if not names:

@@ -9,6 +9,7 @@ Queue depth, refusals and the load figures are the server's, across its models.
 from __future__ import annotations
 
 import contextlib
+from functools import partial
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -23,6 +24,9 @@ LATENCY_BUCKETS = (
 )  # fmt: skip
 ROW_BUCKETS = (1, 8, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 FILL_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
+# One process sets these: the server, or the engine of a server with workers, whose gauges every
+# worker's /metrics reads from prometheus_client's multiprocess files (a dead engine's vanish).
+OneWriterGauge = partial(Gauge, multiprocess_mode="livemostrecent")
 
 
 class SchedulerMetrics:
@@ -64,47 +68,47 @@ class SchedulerMetrics:
             f"{prefix}_batch_retries", "Batches retried on another device", ["model"],
             registry=registry,
         )  # fmt: skip
-        self.device_healthy = Gauge(
+        self.device_healthy = OneWriterGauge(
             f"{prefix}_device_healthy", "1 while a device is in routing, 0 while it is out",
             ["model", "device"], registry=registry,
         )  # fmt: skip
-        self.predicted_wait = Gauge(
+        self.predicted_wait = OneWriterGauge(
             f"{prefix}_predicted_wait_seconds", "Predicted time to score every queued row",
             registry=registry,
         )  # fmt: skip
-        self.headroom = Gauge(
+        self.headroom = OneWriterGauge(
             f"{prefix}_headroom", "0 (saturated) to 100 (idle)", registry=registry
         )
-        self.recent_throughput = Gauge(
+        self.recent_throughput = OneWriterGauge(
             f"{prefix}_recent_rows_per_second",
             "Rows scored per second, last 5 s",
             registry=registry,
         )
-        self.queue_compute_ratio = Gauge(
+        self.queue_compute_ratio = OneWriterGauge(
             f"{prefix}_queue_to_compute_ratio",
             "Recent mean queue wait over mean batch compute time (an autoscaling target)",
             registry=registry,
         )
-        self.saturated = Gauge(
+        self.saturated = OneWriterGauge(
             f"{prefix}_saturated",
             "1 while the predicted wait is over the threshold",
             registry=registry,
         )
-        self.queue_requests = Gauge(
+        self.queue_requests = OneWriterGauge(
             f"{prefix}_queue_requests", "Requests waiting in the queue", registry=registry
         )
-        self.queue_rows = Gauge(
+        self.queue_rows = OneWriterGauge(
             f"{prefix}_queue_rows", "Rows waiting in the queue", registry=registry
         )
-        self.in_flight = Gauge(
+        self.in_flight = OneWriterGauge(
             f"{prefix}_device_batches_in_flight", "Batches running or waiting on a device",
             ["model", "device"], registry=registry,
         )  # fmt: skip
-        self.fixed_seconds = Gauge(
+        self.fixed_seconds = OneWriterGauge(
             f"{prefix}_device_latency_fixed_seconds", "Latency model: a in a + b * rows",
             ["model", "device"], registry=registry,
         )  # fmt: skip
-        self.seconds_per_row = Gauge(
+        self.seconds_per_row = OneWriterGauge(
             f"{prefix}_device_latency_seconds_per_row", "Latency model: b in a + b * rows",
             ["model", "device"], registry=registry,
         )  # fmt: skip

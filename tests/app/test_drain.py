@@ -18,10 +18,11 @@ CLIENTS = 4
 MAX_REQUESTS_PER_CLIENT = 400
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])  # 2: HTTP workers feeding an engine process
 def test_sigterm_drains_without_losing_accepted_requests(
-    built_repository: Path, tmp_path: Path
+    built_repository: Path, tmp_path: Path, workers: str
 ) -> None:
-    settings = {"SERVER__DRAIN_DELAY_SECONDS": "1.0"}
+    settings = {"SERVER__DRAIN_DELAY_SECONDS": "1.0", "SERVER__WORKERS": workers}
     process, url = start_server(built_repository, settings, tmp_path / "server.log")
     try:
         outcomes: Counter[str] = Counter()

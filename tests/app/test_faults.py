@@ -33,8 +33,9 @@ def metric(text: str, name: str, device: str | None = None) -> float:
     raise KeyError(name)
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])  # 2: the faults injected in the engine process
 def test_a_failing_then_stalling_device_loses_no_request(
-    built_repository: Path, tmp_path: Path
+    built_repository: Path, tmp_path: Path, workers: str
 ) -> None:
     version = repository.open_version(built_repository, MODEL_NAME)
     split = version.load_test_split()
@@ -49,7 +50,7 @@ def test_a_failing_then_stalling_device_loses_no_request(
         "FAULTS__COOL_DOWN_SECONDS": "0.5", "FAULTS__PROBE_INTERVAL_SECONDS": "0.1",
         "ADMISSION__DEFAULT_TIMEOUT_MS": "5000",
         # Round robin, so the faulty device is offered batches whenever it is in routing.
-        "ROUTING__POLICY": "round-robin",
+        "ROUTING__POLICY": "round-robin", "SERVER__WORKERS": workers,
     }  # fmt: skip
     outcomes: Counter[str] = Counter()
     lock = threading.Lock()

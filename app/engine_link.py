@@ -1,0 +1,327 @@
+"""An HTTP worker's side of the engine (`[server] workers` > 1): the connection, the slots of shared
+memory its requests' arrays cross in, and what the app sees in place of a scheduler.
+
+`RemoteScheduler` has the face of `scheduler.Scheduler` the app uses (submit, load, running,
+devices, batching), so routes, admission, readiness and the load figures run unchanged; its load
+and health are the engine's last status push (at most `app.engine.STATUS_SECONDS` old). While the
+engine is away (it died; the supervisor restarts it) the worker is not ready, new requests are
+refused with 503 and the requests it had sent fail with a 503 that says so; the link reconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import mmap
+import os
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, cast
+
+from app.engine_wire import (
+    FrameReader,
+    Outbox,
+    error_of,
+    frame,
+    inline_bytes,
+    layout_of,
+    read_arrays,
+    write_arrays,
+)
+from app.registry import ModelRegistry, OpenedModel, open_model
+from app.serving import Serving, ranker_for
+from config.settings import Settings
+from scheduler.batch import Inputs, Scored
+from scheduler.errors import NotReady, UnknownModel
+from scheduler.load import LoadReport
+from scheduler.scheduler import HIGH, BatchingConfig
+
+log = logging.getLogger(__name__)
+RECONNECT_SECONDS = 0.1
+ENGINE_GONE = "the engine process exited (the supervisor restarts it)"
+
+
+class Slots:
+    """Fixed slots in one memfd, the lowest free first (the pages in use stay few)."""
+
+    def __init__(self, count: int, slot_bytes: int) -> None:
+        self.slot_bytes = slot_bytes
+        self.fd = os.memfd_create("recsys-worker-slots", os.MFD_CLOEXEC)
+        os.ftruncate(self.fd, count * slot_bytes)  # pages are only committed once written
+        self.memory = memoryview(mmap.mmap(self.fd, count * slot_bytes))
+        self.free = list(range(count - 1, -1, -1))
+
+    def view(self, index: int) -> memoryview:
+        return self.memory[index * self.slot_bytes : (index + 1) * self.slot_bytes]
+
+
+@dataclass
+class Status:
+    ready: bool = False
+    running: bool = False
+    healthy: dict[str, bool] = field(default_factory=dict)
+    load: LoadReport = field(
+        default_factory=lambda: LoadReport(0, 0, float("inf"), {}, [], 0.0, 0.0, 0.0, 0, True)
+    )
+
+
+class EngineLink:
+    def __init__(self, settings: Settings, socket_path: Path) -> None:
+        self.socket_path = socket_path
+        server = settings.server
+        self.slots = Slots(settings.admission.max_in_flight_requests, server.shared_memory_slot_kib
+                           * 1024)  # fmt: skip
+        self.transport: asyncio.Transport | None = None
+        self.outbox = Outbox()
+        self.described: dict[str, Any] | None = None
+        self.statuses: dict[tuple[str, int], Status] = {}
+        self.pending: dict[int, tuple[asyncio.Future[Any], int]] = {}
+        self.ids = itertools.count()
+        self.connected = asyncio.Event()
+        self.servings: list[Serving] = []  # to update in place when the engine comes back
+        self._task: asyncio.Task[None] | None = None
+        self.stats: dict[tuple[str, int], dict[str, float]] = {}
+
+    async def start(self) -> None:
+        """Connect, and keep reconnecting; returns once the engine described its models."""
+        self._task = asyncio.create_task(self._keep_connected(), name="engine-link")
+        await self.connected.wait()
+
+    async def _keep_connected(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            lost = loop.create_future()
+            try:
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock.setblocking(False)
+                await loop.sock_connect(sock, str(self.socket_path))
+            except OSError:
+                sock.close()
+                await asyncio.sleep(RECONNECT_SECONDS)
+                continue
+            sock.setblocking(True)
+            socket.send_fds(sock, [b"hello"], [self.slots.fd])
+            sock.setblocking(False)
+            await loop.create_unix_connection(partial(EngineProtocol, self, lost), sock=sock)
+            await lost
+            self.disconnected()
+            await asyncio.sleep(RECONNECT_SECONDS)
+
+    def disconnected(self) -> None:
+        self.transport = self.outbox.transport = None
+        self.connected.clear()
+        for status in self.statuses.values():
+            status.running = status.ready = False
+        pending, self.pending = self.pending, {}
+        for future, slot in pending.values():
+            if slot >= 0:
+                self.slots.free.append(slot)
+            if not future.done():
+                future.set_exception(NotReady(f"{ENGINE_GONE}; this request was not answered"))
+        log.error("lost the engine: %s", ENGINE_GONE)
+
+    def received(self, message: dict[str, Any], inline: bytes) -> None:
+        op = message.get("op")
+        if op == "status":
+            self.update_status(message["models"])
+        elif op == "describe":
+            self.described = message["models"]
+            for serving in self.servings:
+                describe(serving, self.described)
+            self.connected.set()
+        else:
+            self.answered(message, inline)
+
+    def update_status(self, models: dict[str, Any]) -> None:
+        for name, versions in models.items():
+            for number, reported in versions.items():
+                status = self.statuses.setdefault((name, int(number)), Status())
+                status.ready, status.running = reported["ready"], reported["running"]
+                status.healthy = reported["healthy"]
+                load = reported["load"]
+                if load["predicted_wait_seconds"] is None:
+                    load["predicted_wait_seconds"] = float("inf")
+                status.load = LoadReport(**load)
+                self.stats[(name, int(number))] = reported["stats"]
+        for serving in self.servings:
+            serving.stats = self.stats.get((serving.version.model, serving.version.number), {})
+
+    def answered(self, message: dict[str, Any], inline: bytes) -> None:
+        entry = self.pending.pop(message["id"], None)
+        if entry is None:
+            return
+        future, slot = entry
+        try:
+            if "error" in message:
+                result: Any = error_of(message)
+            elif "outputs" in message:
+                source = inline if message["inline"] else self.slots.view(slot)
+                outputs = read_arrays(source, message["outputs"], copy=True)
+                result = Scored(outputs, tuple(message["devices"]), message["queue"],
+                                message["compute"])  # fmt: skip
+            else:
+                result = message
+        finally:
+            if slot >= 0:
+                self.slots.free.append(slot)
+        if future.done():  # the caller went away; the slot is free again all the same
+            return
+        if isinstance(result, Exception):
+            future.set_exception(result)
+        else:
+            future.set_result(result)
+
+    def submit(self, model: str, version: int, inputs: Inputs, timeout_seconds: float | None,
+               priority: int) -> asyncio.Future[Scored]:  # fmt: skip
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            raise NotReady(f"{ENGINE_GONE}; not connected to it yet")
+        layout, total = layout_of(inputs)
+        request_id = next(self.ids)
+        slot = self.slots.free.pop() if total <= self.slots.slot_bytes and self.slots.free else -1
+        message = {"op": "infer", "id": request_id, "model": model, "version": str(version),
+                   "timeout": timeout_seconds, "priority": priority, "slot": slot,
+                   "inputs": layout}  # fmt: skip
+        if slot >= 0:
+            write_arrays(inputs, layout, self.slots.view(slot))
+            self.outbox.put(frame(message))
+        else:
+            self.outbox.put(frame(message, inline_bytes(inputs, layout, total)))
+        future: asyncio.Future[Scored] = asyncio.get_running_loop().create_future()
+        self.pending[request_id] = (future, slot)
+        return future
+
+    async def call(self, message: dict[str, Any]) -> dict[str, Any]:
+        """A control call (fault injection) answered by the engine."""
+        if self.transport is None:
+            raise NotReady(f"{ENGINE_GONE}; not connected to it yet")
+        request_id = next(self.ids)
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.pending[request_id] = (future, -1)
+        self.outbox.put(frame({**message, "id": request_id}))
+        return await asyncio.wait_for(future, 10)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self.transport is not None:
+            self.transport.close()
+
+
+class EngineProtocol(asyncio.Protocol):
+    def __init__(self, link: EngineLink, lost: asyncio.Future[None]) -> None:
+        self.link = link
+        self.lost = lost
+        self.reader = FrameReader()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        link = self.link
+        link.transport = link.outbox.transport = cast(asyncio.Transport, transport)  # uvloop's
+
+    def data_received(self, data: bytes) -> None:
+        for message, inline in self.reader.feed(data):
+            self.link.received(message, inline)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+
+@dataclass
+class RemoteDevice:
+    name: str
+    parallel_batches: int
+    status: Status
+
+    @property
+    def healthy(self) -> bool:
+        return self.status.healthy.get(self.name, False)
+
+    def close(self) -> None:  # the engine owns the session
+        pass
+
+
+class RemoteScheduler:
+    """A version's scheduler in the engine, as the routes see it."""
+
+    metrics = None  # the engine records the scheduler's metrics
+
+    def __init__(self, link: EngineLink, model: str, version: int,
+                 devices: Sequence[RemoteDevice], batching: BatchingConfig) -> None:  # fmt: skip
+        self.link, self.model, self.version = link, model, version
+        self.status = link.statuses.setdefault((model, version), Status())
+        self.devices = list(devices)
+        self.batching = batching
+
+    @property
+    def running(self) -> bool:
+        return self.link.transport is not None and self.status.running
+
+    def load(self) -> LoadReport:
+        return self.status.load
+
+    async def submit(self, inputs: Inputs, timeout_seconds: float | None = None,
+                     priority: int = HIGH) -> Scored:  # fmt: skip
+        future = self.link.submit(self.model, self.version, inputs, timeout_seconds, priority)
+        return await future
+
+    async def drain(self, limit_seconds: float) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+
+def describe(serving: Serving, described: dict[str, Any]) -> None:
+    """Set a version's devices, variants and reasons as the engine described them."""
+    version = serving.version
+    entry = described.get(version.model, {}).get(str(version.number))
+    if entry is None:
+        return
+    scheduler = serving.scheduler
+    assert isinstance(scheduler, RemoteScheduler)
+    scheduler.devices = [RemoteDevice(n, p, scheduler.status) for n, p in entry["devices"]]
+    scheduler.batching = BatchingConfig(**entry["batching"])
+    serving.variants = {d: version.variants[v] for d, v in entry["variants"].items()}
+    serving.reasons, serving.backends = entry["reasons"], entry["backends"]
+
+
+class RemoteModelRegistry(ModelRegistry):
+    """The registry of a worker: the versions the engine serves, opened here for their
+    signatures and feature tables (a worker parses, validates and looks features up), scored
+    in the engine. Model control stays at start-up ([model_control] mode = "none")."""
+
+    def __init__(self, settings: Settings, link: EngineLink,
+                 checked: Sequence[OpenedModel] = ()) -> None:  # fmt: skip
+        super().__init__(settings, None, checked=checked)
+        self.link = link
+
+    async def _build(self, name: str, opened: OpenedModel | None = None,
+                     ) -> tuple[str, list[Serving]]:  # fmt: skip
+        if opened is None:
+            opened = await asyncio.to_thread(open_model, self.settings, name)
+        described = self.link.described or {}
+        if name not in described:
+            raise UnknownModel(f"model {name!r}: the engine does not serve it")
+        built = []
+        for version in opened.versions:
+            if str(version.number) not in described[name]:
+                continue
+            entry = described[name][str(version.number)]
+            scheduler = RemoteScheduler(self.link, name, version.number, [],
+                                        BatchingConfig(**entry["batching"]))  # fmt: skip
+            ranker = await asyncio.to_thread(ranker_for, version, self.settings)
+            serving = Serving(version, scheduler, {}, ranker, ready=True)  # type: ignore[arg-type]
+            describe(serving, described)
+            self.link.servings.append(serving)
+            built.append(serving)
+        return opened.fingerprint, built
+
+    async def set_fault(self, device: str, mode: str) -> bool:
+        answer = await self.link.call({"op": "fault", "device": device, "mode": mode})
+        return bool(answer["found"])
