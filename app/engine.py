@@ -165,6 +165,8 @@ class WorkerConnection(asyncio.Protocol):
         self.pending -= 1
         if not self.engine.pending():
             self.engine.idle.set()
+        if self.transport is None:  # the worker is gone (or reconnected): its slots are not ours
+            return
         if future.cancelled() or future.exception() is not None:
             error = future.exception() if not future.cancelled() else None
             record(serving, rows, None, 0.0)

@@ -19,7 +19,7 @@ from app.engine_link import EngineLink, RemoteModelRegistry
 from app.http_metrics import ConnectionMetrics, RequestMetrics
 from app.http_protocol import ConnectionCap, connection_limit, guarded_protocol
 from app.registry import ModelRegistry, OpenedModel
-from app.serving import cpu_budget, inference_threads
+from app.serving import cpu_budget, inference_threads, runtime_cores
 from config.settings import Settings
 from scheduler.load import combine
 from scheduler.metrics import SchedulerMetrics
@@ -28,9 +28,9 @@ log = logging.getLogger(__name__)
 
 
 def threads_line(settings: Settings) -> str:
-    budget = cpu_budget()
+    budget, cores = cpu_budget(), runtime_cores(settings)
     each = ", ".join(
-        f"{d.name} {inference_threads(d, settings.devices, budget.cores)}" for d in settings.devices
+        f"{d.name} {inference_threads(d, settings.devices, cores)}" for d in settings.devices
     )
     return f"{budget.describe()}; runtime threads: {each}"
 

@@ -38,6 +38,16 @@ def cpu_budget() -> CpuBudget:
     return this_process()
 
 
+def runtime_cores(settings: Settings) -> int:
+    """The cores the runtimes may use: this process's, less one per HTTP worker where an engine
+    process serves workers (each worker's event loop keeps a core)."""
+    cores = cpu_budget().cores
+    server = settings.server
+    if server.engine != "per_worker" and (server.workers > 1 or server.engine == "process"):
+        cores = max(1, cores - server.workers)
+    return cores
+
+
 RUNTIME_OF_BACKEND = {
     "openvino-cpu": "openvino",
     "onnxruntime-cpu": "onnxruntime",
@@ -143,7 +153,7 @@ def create_device(
     settings: Settings,
     slots: asyncio.Semaphore | None = None,
 ) -> Device:
-    threads = inference_threads(config, settings.devices, cpu_budget().cores)
+    threads = inference_threads(config, settings.devices, runtime_cores(settings))
     backend: Backend = create_backend(
         config.backend,
         config.name,

@@ -43,12 +43,14 @@ def worker_count(setting: int, cores: int) -> int:
 
 
 def worker_settings(settings: Settings, workers: int) -> Settings:
-    """A worker's settings: its share of the server's in-flight limit."""
+    """A worker's settings: its share of the server's in-flight limit, the worker count resolved
+    (the runtime threads it reports are the engine's: `app.serving.runtime_cores`)."""
     admission = settings.admission
     share = max(1, -(-admission.max_in_flight_requests // workers))
-    return settings.model_copy(
-        update={"admission": admission.model_copy(update={"max_in_flight_requests": share})}
-    )
+    return settings.model_copy(update={
+        "admission": admission.model_copy(update={"max_in_flight_requests": share}),
+        "server": settings.server.model_copy(update={"workers": workers}),
+    })  # fmt: skip
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
@@ -129,7 +131,9 @@ class Supervisor:
         server = self.settings.server
         listener = listening_socket(server.host, server.port)
         engine_json = self.workdir / "engine.json"
-        engine_json.write_text(self.settings.model_dump_json())
+        resolved = self.settings.server.model_copy(update={"workers": self.workers})
+        engine_json.write_text(self.settings.model_copy(update={"server": resolved})
+                               .model_dump_json())  # fmt: skip
         worker_json = self.workdir / "worker.json"
         worker_json.write_text(worker_settings(self.settings, self.workers).model_dump_json())
         base = [sys.executable, "-m", "app", "--engine-socket", str(self.socket_path)]

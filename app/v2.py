@@ -15,7 +15,7 @@ from app.dependencies import effective_timeout, model_defaults
 from app.errors import ERROR_RESPONSES, json_response
 from app.openapi import inline_schema
 from app.registry import ModelRegistry
-from app.serving import DEVICE_KIND_OF_BACKEND, Serving, cpu_budget, inference_threads
+from app.serving import DEVICE_KIND_OF_BACKEND, Serving, inference_threads, runtime_cores
 from app.v1 import check_inputs
 from app.v2_codec import (
     HEADER_LENGTH,
@@ -158,7 +158,7 @@ def config_document(serving: Serving, settings: Settings) -> dict[str, Any]:
                 "variant": serving.variants[device.name].name,
                 "variant_reason": serving.reasons.get(device.name, ""),
                 "backend": serving.backends.get(device.name, config.backend),
-                "threads": inference_threads(config, settings.devices, cpu_budget().cores),
+                "threads": inference_threads(config, settings.devices, runtime_cores(settings)),
             }
             for device in serving.scheduler.devices
             for config in settings.devices

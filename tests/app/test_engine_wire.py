@@ -17,6 +17,7 @@ from app.engine_wire import (
     read_arrays,
     write_arrays,
 )
+from app.serving import cpu_budget, runtime_cores
 from app.supervisor import worker_count, worker_settings
 from config.settings import SettingsError, load_settings
 from scheduler.errors import BatchFailed, DeadlineExceeded, InvalidInput, NotReady, Overloaded
@@ -85,6 +86,7 @@ def test_worker_count_and_each_workers_share_of_the_in_flight_limit() -> None:
     assert worker_count(0, 6) == 6 and worker_count(0, 64) == 16 and worker_count(0, 0) == 1
     settings = load_settings(admission={"max_in_flight_requests": 5})
     assert worker_settings(settings, 2).admission.max_in_flight_requests == 3
+    assert worker_settings(settings, 2).server.workers == 2  # `workers = 0` resolved
     assert worker_settings(settings, 8).admission.max_in_flight_requests == 1
 
 
@@ -93,3 +95,12 @@ def test_workers_serve_the_repository_as_loaded_at_start_up() -> None:
         load_settings(server={"workers": 2}, model_control={"mode": "poll"})
     with pytest.raises(SettingsError, match=r"server\.workers"):
         load_settings(server={"engine": "process"}, model_control={"mode": "explicit"})
+
+
+def test_an_engines_runtimes_leave_each_worker_a_core() -> None:
+    cores = cpu_budget().cores
+    assert runtime_cores(load_settings()) == cores
+    assert runtime_cores(load_settings(server={"workers": 2})) == max(1, cores - 2)
+    assert runtime_cores(load_settings(server={"engine": "process"})) == max(1, cores - 1)
+    # Independent servers each fit to the whole machine, as `uvicorn --workers` would.
+    assert runtime_cores(load_settings(server={"workers": 2, "engine": "per_worker"})) == cores
