@@ -89,8 +89,7 @@ def layout_of(arrays: Mapping[str, np.ndarray]) -> tuple[Layout, int]:
 
 def write_arrays(arrays: Mapping[str, np.ndarray], layout: Layout, buffer: memoryview) -> None:
     for (_, dtype, shape, offset), array in zip(layout, arrays.values(), strict=True):
-        target = np.frombuffer(buffer, dtype, int(np.prod(shape)), offset).reshape(shape)
-        target[...] = array
+        np.ndarray(shape, dtype, buffer, offset)[...] = array
 
 
 def inline_bytes(arrays: Mapping[str, np.ndarray], layout: Layout, total: int) -> bytes:
@@ -104,7 +103,7 @@ def read_arrays(buffer: memoryview | bytes, layout: Layout, copy: bool) -> dict[
     `copy` arrays of their own (the worker, before its slot is reused)."""
     arrays = {}
     for name, dtype, shape, offset in layout:
-        array = np.frombuffer(buffer, dtype, int(np.prod(shape)), offset).reshape(shape)
+        array = np.ndarray(shape, dtype, buffer, offset)
         arrays[name] = array.copy() if copy else array
     return arrays
 
