@@ -67,14 +67,15 @@ class Status:
     load: LoadReport = field(
         default_factory=lambda: LoadReport(0, 0, float("inf"), {}, [], 0.0, 0.0, 0.0, 0, True)
     )
+    stats: dict[str, float] = field(default_factory=dict)  # Triton's statistics, the engine's
 
 
 class EngineLink:
     def __init__(self, settings: Settings, socket_path: Path) -> None:
         self.socket_path = socket_path
-        server = settings.server
-        self.slots = Slots(settings.admission.max_in_flight_requests, server.shared_memory_slot_kib
-                           * 1024)  # fmt: skip
+        # A slot for each request this worker may have in flight (its share of the limit).
+        slot_bytes = settings.server.shared_memory_slot_kib * 1024
+        self.slots = Slots(settings.admission.max_in_flight_requests, slot_bytes)
         self.transport: asyncio.Transport | None = None
         self.outbox = Outbox()
         self.described: dict[str, Any] | None = None
@@ -84,7 +85,6 @@ class EngineLink:
         self.connected = asyncio.Event()
         self.servings: list[Serving] = []  # to update in place when the engine comes back
         self._task: asyncio.Task[None] | None = None
-        self.stats: dict[tuple[str, int], dict[str, float]] = {}
 
     async def start(self) -> None:
         """Connect, and keep reconnecting; returns once the engine described its models."""
@@ -146,9 +146,10 @@ class EngineLink:
                 if load["predicted_wait_seconds"] is None:
                     load["predicted_wait_seconds"] = float("inf")
                 status.load = LoadReport(**load)
-                self.stats[(name, int(number))] = reported["stats"]
+                status.stats = reported["stats"]
         for serving in self.servings:
-            serving.stats = self.stats.get((serving.version.model, serving.version.number), {})
+            key = (serving.version.model, serving.version.number)
+            serving.stats = self.statuses[key].stats if key in self.statuses else {}
 
     def answered(self, message: dict[str, Any], inline: bytes) -> None:
         entry = self.pending.pop(message["id"], None)

@@ -47,7 +47,12 @@ SERVERS = {
     "baseline": ["-m", "bench.apps", "baseline"],
     "optimized": ["-m", "app"],
     "frontend": ["-m", "bench.apps", "frontend"],
+    "system": ["-m", "app"],  # the system level alone: this server on the baseline's model
 }
+# RECSYS_* settings per server: "system" serves baseline-fp32 on the default CPU device.
+HEAVY_DEVICE = {"name": "cpu", "backend": "cpu", "variant": "baseline-fp32"}
+SERVER_SETTINGS = {"system": {"RECSYS_DEVICES": json.dumps([HEAVY_DEVICE])}}
+HEADLINE = ["baseline", "optimized", "frontend"]
 
 
 def measure(port: int, bodies: list[str], rate: float, *, seconds: float,
@@ -82,9 +87,9 @@ def run_server(name: str, root: Path, bodies: dict[int, list[str]], args: argpar
                ) -> dict[str, object]:  # fmt: skip
     port = processes.free_port()
     command = [sys.executable, *SERVERS[name], "--port", str(port)]
-    if name != "optimized":
+    if SERVERS[name][1] != "app":
         command += ["--repository", str(root)]
-    env = {**os.environ, "RECSYS_MODEL__REPOSITORY": str(root)}
+    env = {**os.environ, "RECSYS_MODEL__REPOSITORY": str(root), **SERVER_SETTINGS.get(name, {})}
     log = args.out / f"{name}.log"
     mixes: dict[str, object] = {}
     with processes.running(command, port, env, log, processes.SERVER_CPUS):
@@ -123,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     parser.add_argument("--repository", type=Path, help="model repository (default: settings)")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
-    parser.add_argument("--servers", nargs="+", choices=list(SERVERS), default=list(SERVERS))
+    parser.add_argument("--servers", nargs="+", choices=list(HEADLINE), default=HEADLINE)
     parser.add_argument("--p99-ms", type=float, default=50.0)
     parser.add_argument("--max-error-rate", type=float, default=0.001)
     parser.add_argument("--factor", type=float, default=1.5, help="rate growth per step")
