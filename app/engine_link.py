@@ -3,9 +3,11 @@ memory its requests' arrays cross in, and what the app sees in place of a schedu
 
 `RemoteScheduler` has the face of `scheduler.Scheduler` the app uses (submit, load, running,
 devices, batching), so routes, admission, readiness and the load figures run unchanged; its load
-and health are the engine's last status push (at most `app.engine.STATUS_SECONDS` old). While the
+and health are the engine's last status push (every `app.engine.STATUS_SECONDS`). While the
 engine is away (it died; the supervisor restarts it) the worker is not ready, new requests are
 refused with 503 and the requests it had sent fail with a 503 that says so; the link reconnects.
+An engine that stops pushing (its event loop hung or stopped) makes the worker not ready after
+`STALE_SECONDS`, and each request it holds fails with 504 that long after its deadline.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import logging
 import mmap
 import os
 import socket
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -36,13 +39,17 @@ from app.registry import ModelRegistry, OpenedModel, open_model
 from app.serving import Serving, ranker_for
 from config.settings import Settings
 from scheduler.batch import Inputs, Scored
-from scheduler.errors import NotReady, UnknownModel
+from scheduler.errors import DeadlineExceeded, NotReady, UnknownModel
 from scheduler.load import LoadReport
 from scheduler.scheduler import HIGH, BatchingConfig
 
 log = logging.getLogger(__name__)
 RECONNECT_SECONDS = 0.1
 ENGINE_GONE = "the engine process exited (the supervisor restarts it)"
+# An engine whose event loop stops (hung, stopped) sends no status: past this the worker is not
+# ready, and a request it holds fails this long after its deadline, which the engine missed.
+STALE_SECONDS = 1.0
+Pending = tuple["asyncio.Future[Any]", int, "asyncio.TimerHandle | None"]  # future, slot, timer
 
 
 class Slots:
@@ -80,7 +87,8 @@ class EngineLink:
         self.outbox = Outbox()
         self.described: dict[str, Any] | None = None
         self.statuses: dict[tuple[str, int], Status] = {}
-        self.pending: dict[int, tuple[asyncio.Future[Any], int]] = {}
+        self.pending: dict[int, Pending] = {}
+        self.last_status = 0.0  # monotonic time of the engine's last status push
         self.ids = itertools.count()
         self.connected = asyncio.Event()
         self.servings: list[Serving] = []  # to update in place when the engine comes back
@@ -117,7 +125,9 @@ class EngineLink:
         for status in self.statuses.values():
             status.running = status.ready = False
         pending, self.pending = self.pending, {}
-        for future, slot in pending.values():
+        for future, slot, timer in pending.values():
+            if timer is not None:
+                timer.cancel()
             if slot >= 0:
                 self.slots.free.append(slot)
             if not future.done():
@@ -136,7 +146,13 @@ class EngineLink:
         else:
             self.answered(message, inline)
 
+    @property
+    def fresh(self) -> bool:
+        """The engine's last status is recent: its event loop is turning."""
+        return time.monotonic() - self.last_status < STALE_SECONDS
+
     def update_status(self, models: dict[str, Any]) -> None:
+        self.last_status = time.monotonic()
         for name, versions in models.items():
             for number, reported in versions.items():
                 status = self.statuses.setdefault((name, int(number)), Status())
@@ -155,7 +171,9 @@ class EngineLink:
         entry = self.pending.pop(message["id"], None)
         if entry is None:
             return
-        future, slot = entry
+        future, slot, timer = entry
+        if timer is not None:
+            timer.cancel()
         try:
             if "error" in message:
                 result: Any = error_of(message)
@@ -192,9 +210,24 @@ class EngineLink:
             self.outbox.put(frame(message))
         else:
             self.outbox.put(frame(message, inline_bytes(inputs, layout, total)))
-        future: asyncio.Future[Scored] = asyncio.get_running_loop().create_future()
-        self.pending[request_id] = (future, slot)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Scored] = loop.create_future()
+        timer = None
+        if timeout_seconds is not None:
+            timer = loop.call_later(timeout_seconds + STALE_SECONDS, self.overdue, future,
+                                    timeout_seconds)  # fmt: skip
+        self.pending[request_id] = (future, slot, timer)
         return future
+
+    @staticmethod
+    def overdue(future: asyncio.Future[Scored], timeout_seconds: float) -> None:
+        """The engine missed a deadline it owns: fail the request here. Its slot stays taken
+        until the engine answers or the connection drops."""
+        if not future.done():
+            future.set_exception(DeadlineExceeded(
+                f"deadline of {timeout_seconds * 1000:.0f} ms passed with no answer from the "
+                "engine process (its event loop is not turning)"
+            ))  # fmt: skip
 
     async def call(self, message: dict[str, Any]) -> dict[str, Any]:
         """A control call (fault injection) answered by the engine."""
@@ -202,7 +235,7 @@ class EngineLink:
             raise NotReady(f"{ENGINE_GONE}; not connected to it yet")
         request_id = next(self.ids)
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self.pending[request_id] = (future, -1)
+        self.pending[request_id] = (future, -1, None)
         self.outbox.put(frame({**message, "id": request_id}))
         return await asyncio.wait_for(future, 10)
 
@@ -261,7 +294,8 @@ class RemoteScheduler:
 
     @property
     def running(self) -> bool:
-        return self.link.transport is not None and self.status.running
+        link = self.link
+        return link.transport is not None and link.fresh and self.status.running
 
     def load(self) -> LoadReport:
         return self.status.load

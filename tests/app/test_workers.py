@@ -244,3 +244,32 @@ def test_the_in_flight_limit_is_the_servers_shared_among_workers(
         in_flight = [v for labels, v in samples(text, "recsys_refused_requests_total")
                      if labels["reason"] == "in_flight"]  # fmt: skip
         assert in_flight == [refused]
+
+
+def test_a_stopped_engine_turns_readiness_false_and_its_requests_fail_past_their_deadline(
+    built_repository: Path, tmp_path: Path
+) -> None:
+    """SIGSTOP: the engine's event loop stops turning (as a hung one would); nothing answers,
+    but no request is left hanging: it fails 504 a second past its deadline."""
+    settings = {"SERVER__WORKERS": "2", "ADMISSION__DEFAULT_TIMEOUT_MS": "5000"}
+    body = {"user_id": 1, "candidates": [1, 2, 3], "k": 2}
+    with running_server(built_repository, settings, tmp_path / "server.log", DEVICE) as (
+        process,
+        url,
+    ):
+        (engine,) = children(process.pid)["engine"]
+        os.kill(engine, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            answer = httpx.post(f"{url}/v1/rank", json=body, timeout=30,
+                                headers={"X-Request-Timeout-Ms": "500"})  # fmt: skip
+            elapsed = time.monotonic() - started
+            assert answer.status_code == 504, answer.text
+            assert "no answer from the engine process" in answer.json()["error"]
+            assert 1.4 < elapsed < 4.0
+            until(lambda: httpx.get(f"{url}/v2/health/ready").status_code == 503, 3, "not ready")
+        finally:
+            os.kill(engine, signal.SIGCONT)
+        until(lambda: httpx.get(f"{url}/v2/health/ready").status_code == 200, 5, "ready again")
+        assert httpx.post(f"{url}/v1/rank", json=body).status_code == 200
+        assert children(process.pid)["engine"] == [engine]  # the same engine, going on
