@@ -28,18 +28,19 @@ from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry
 
 from app.engine_wire import (
     FrameReader,
     Outbox,
     error_message,
     frame,
+    inline_bytes,
     layout_of,
     read_arrays,
     write_arrays,
 )
-from app.registry import ModelRegistry, OpenedModel
+from app.registry import ModelRegistry, OpenedModel, load_failure_counter
 from app.serving import Serving
 from config.settings import Settings
 from scheduler.batch import Scored
@@ -185,10 +186,8 @@ class WorkerConnection(asyncio.Protocol):
             reply["inline"] = False
             self.send(reply)
             return
-        blob = bytearray(total)
-        write_arrays(outputs, layout, memoryview(blob))
         reply["inline"] = True
-        self.send(reply, bytes(blob))
+        self.send(reply, inline_bytes(outputs, layout, total))
 
 
 class Engine:
@@ -258,14 +257,8 @@ def receive_memory(connection: socket.socket) -> mmap.mmap:
 async def serve(settings: Settings, socket_path: Path, checked: list[OpenedModel]) -> None:
     registry = CollectorRegistry()
     scheduler_metrics = SchedulerMetrics(registry, settings.metrics.prefix)
-    load_failures = Counter(
-        f"{settings.metrics.prefix}_model_load_failures",
-        "Model loads and reloads that failed (what served before kept serving)",
-        ["model"], registry=registry,
-    )  # fmt: skip
-    models = ModelRegistry(
-        settings, scheduler_metrics, lambda name: load_failures.labels(model=name).inc(), checked
-    )
+    on_failure = load_failure_counter(registry, settings.metrics.prefix)
+    models = ModelRegistry(settings, scheduler_metrics, on_failure, checked)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)

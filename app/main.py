@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from app import admin, errors, load, repository_api, v1, v2
@@ -18,7 +18,7 @@ from app.admission import Admission, AdmissionMiddleware
 from app.engine_link import EngineLink, RemoteModelRegistry
 from app.http_metrics import ConnectionMetrics, RequestMetrics
 from app.http_protocol import ConnectionCap, connection_limit, guarded_protocol
-from app.registry import ModelRegistry, OpenedModel
+from app.registry import ModelRegistry, OpenedModel, load_failure_counter
 from app.serving import cpu_budget, inference_threads, runtime_cores
 from config.settings import Settings
 from scheduler.load import combine
@@ -42,18 +42,9 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None,
     `link`: an HTTP worker's engine (`[server] workers` > 1), which scores its requests."""
     registry = registry or CollectorRegistry()
     scheduler_metrics = SchedulerMetrics(registry, settings.metrics.prefix)
-    load_failures = Counter(
-        f"{settings.metrics.prefix}_model_load_failures",
-        "Model loads and reloads that failed (what served before kept serving)",
-        ["model"], registry=registry,
-    )  # fmt: skip
+    on_failure = load_failure_counter(registry, settings.metrics.prefix)
     models = (
-        ModelRegistry(
-            settings,
-            scheduler_metrics,
-            lambda name: load_failures.labels(model=name).inc(),
-            checked,
-        )
+        ModelRegistry(settings, scheduler_metrics, on_failure, checked)
         if link is None
         else RemoteModelRegistry(settings, link, checked)
     )

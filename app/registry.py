@@ -17,6 +17,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from prometheus_client import CollectorRegistry, Counter
+
 from app.serving import Serving, plan_devices, ranker_for, start_serving
 from config.settings import Settings
 from models.model_config import CONFIG_FILE, ModelConfig, read_model_config
@@ -56,6 +58,16 @@ def folder_fingerprint(model_path: Path) -> str:
             seen = f"{path.relative_to(model_path)}:{stat.st_size}:{stat.st_mtime_ns};"
             digest.update(seen.encode())
     return digest.hexdigest()
+
+
+def load_failure_counter(registry: CollectorRegistry, prefix: str) -> Callable[[str], None]:
+    """What a registry calls when a model fails to load: a counter by model."""
+    failures = Counter(
+        f"{prefix}_model_load_failures",
+        "Model loads and reloads that failed (what served before kept serving)",
+        ["model"], registry=registry,
+    )  # fmt: skip
+    return lambda name: failures.labels(model=name).inc()
 
 
 class ModelRegistry:

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from bench import loadgen, processes
+from bench.crossing import process_cpu
 from bench.multi_model import USER_MODEL, user_bodies
 from bench.plain_models import user_sized_ranker
 from bench.stats import Summary, summarize
@@ -51,17 +52,7 @@ CONFIGS: dict[str, tuple[dict[str, str], set[int]]] = {
 
 def tree_cpu_seconds(pid: int) -> float:
     """CPU seconds of a process and every descendant alive now."""
-    total, stack = 0.0, [pid]
-    while stack:
-        current = stack.pop()
-        try:
-            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
-            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        stack += [int(c) for c in children]
-    return total
+    return sum(process_cpu(pid).values())
 
 
 def meets(s: Summary, step_seconds: float, p99_ms: float) -> bool:
