@@ -14,6 +14,7 @@ binds and hands them, and this process watching them.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import shutil
@@ -69,6 +70,16 @@ def listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """In a child, before it runs: SIGTERM once the supervisor is gone, even killed with
+    SIGKILL, so no engine or worker outlives it (it drains, then exits)."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 @dataclass
 class Child:
     role: str
@@ -80,7 +91,11 @@ class Child:
     pids: list[int] = field(default_factory=list)
 
     def start(self, env: dict[str, str]) -> None:
-        self.process = subprocess.Popen(self.command, env=env, pass_fds=self.pass_fds)
+        # preexec_fn is unsafe in a process with threads; the supervisor starts none.
+        self.process = subprocess.Popen(
+            self.command, env=env, pass_fds=self.pass_fds,
+            preexec_fn=die_with_parent,  # noqa: PLW1509
+        )  # fmt: skip
         self.started_at = time.monotonic()
         self.pids.append(self.process.pid)
 
@@ -128,6 +143,12 @@ class Supervisor:
             self.stopping = 1
 
     def run(self) -> int:
+        try:
+            return self._run()
+        finally:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def _run(self) -> int:
         server = self.settings.server
         listener = listening_socket(server.host, server.port)
         engine_json = self.workdir / "engine.json"
@@ -162,7 +183,6 @@ class Supervisor:
             for child in (engine, *workers):
                 child.signal(signal.SIGKILL)
             listener.close()
-            shutil.rmtree(self.workdir, ignore_errors=True)
 
     def watch(self, engine: Child, workers: list[Child]) -> int:
         """Restart what exits until a signal; nonzero: the server cannot start."""

@@ -273,3 +273,13 @@ def test_a_stopped_engine_turns_readiness_false_and_its_requests_fail_past_their
         until(lambda: httpx.get(f"{url}/v2/health/ready").status_code == 200, 5, "ready again")
         assert httpx.post(f"{url}/v1/rank", json=body).status_code == 200
         assert children(process.pid)["engine"] == [engine]  # the same engine, going on
+
+
+def test_nothing_outlives_a_killed_supervisor(built_repository: Path, tmp_path: Path) -> None:
+    with running_server(built_repository, {"SERVER__WORKERS": "2"}, tmp_path / "server.log",
+                        DEVICE) as (process, _):  # fmt: skip
+        roles = children(process.pid)
+        os.kill(process.pid, signal.SIGKILL)
+        orphans = [pid for pids in roles.values() for pid in pids]
+        until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in orphans), 30,
+              "the engine and the workers exited")  # fmt: skip
