@@ -77,7 +77,6 @@ def status(models: ModelRegistry) -> dict[str, Any]:
             if math.isinf(load["predicted_wait_seconds"]):
                 load["predicted_wait_seconds"] = None  # JSON has no infinity
             reported.setdefault(name, {})[str(number)] = {
-                "ready": serving.ready,
                 "running": serving.scheduler.running,
                 "healthy": {d.name: d.healthy for d in serving.scheduler.devices},
                 "load": load,
@@ -164,8 +163,6 @@ class WorkerConnection(asyncio.Protocol):
     def answer(self, request_id: int, slot: int, serving: Serving, rows: int, started: float,
                future: asyncio.Future[Scored]) -> None:  # fmt: skip
         self.pending -= 1
-        if not self.engine.pending():
-            self.engine.idle.set()
         if self.transport is None:  # the worker is gone (or reconnected): its slots are not ours
             return
         if future.cancelled() or future.exception() is not None:
@@ -197,7 +194,6 @@ class Engine:
         self.models = models
         self.metrics = metrics
         self.connections: set[WorkerConnection] = set()
-        self.idle = asyncio.Event()
 
     def pending(self) -> int:
         return sum(c.pending for c in self.connections)
@@ -288,9 +284,7 @@ async def serve(settings: Settings, socket_path: Path, checked: list[OpenedModel
         accepting.cancel()
         listener.close()
         deadline = time.monotonic() + settings.server.graceful_shutdown_seconds
-        while engine.pending() and time.monotonic() < deadline:
-            engine.idle.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(engine.idle.wait(), 0.1)
+        while engine.pending() and time.monotonic() < deadline:  # what workers sent, answered
+            await asyncio.sleep(0.005)
         await models.close()
         log.info("engine stopped")

@@ -68,7 +68,6 @@ class Slots:
 
 @dataclass
 class Status:
-    ready: bool = False
     running: bool = False
     healthy: dict[str, bool] = field(default_factory=dict)
     load: LoadReport = field(
@@ -123,7 +122,7 @@ class EngineLink:
         self.transport = self.outbox.transport = None
         self.connected.clear()
         for status in self.statuses.values():
-            status.running = status.ready = False
+            status.running = False
         pending, self.pending = self.pending, {}
         for future, slot, timer in pending.values():
             if timer is not None:
@@ -156,7 +155,7 @@ class EngineLink:
         for name, versions in models.items():
             for number, reported in versions.items():
                 status = self.statuses.setdefault((name, int(number)), Status())
-                status.ready, status.running = reported["ready"], reported["running"]
+                status.running = reported["running"]
                 status.healthy = reported["healthy"]
                 load = reported["load"]
                 if load["predicted_wait_seconds"] is None:
