@@ -1,5 +1,7 @@
-"""`python -m app [--settings PATH]`: serve the configured model with uvicorn and uvloop; with
-`[server] workers` > 1, an engine process and that many HTTP workers (`app.supervisor`)."""
+"""`python -m app [--settings PATH]`: serve the model repository with uvicorn and uvloop. The one
+place that picks the process model: one process (REST and gRPC over a data plane whose sessions
+are here), or with `[server] workers` > 1 a supervisor (`app.workers.supervisor`) starting an
+engine process (the sessions) and HTTP workers (data planes scoring through the engine)."""
 
 from __future__ import annotations
 
@@ -9,17 +11,13 @@ import socket
 import sys
 from pathlib import Path
 
-import uvicorn
 import uvloop
 
-from app.engine_link import EngineLink
-from app.main import create_app, http_protocol
-from app.registry import OpenedModel, check_repository
-from app.server import DrainingServer
-from app.supervisor import Supervisor, worker_count
+from app.assembly import cpu_budget, in_process, through_engine
+from app.dataplane.registry import check_repository
+from app.workers.supervisor import Supervisor, worker_count
 from config.settings import Settings, SettingsError, load_settings
 from models.repository import RepositoryError
-from scheduler.cpu_budget import this_process
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     except (RepositoryError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    workers = worker_count(settings.server.workers, this_process().cores)
+    workers = worker_count(settings.server.workers, cpu_budget().cores)
     engine = settings.server.engine
     if workers > 1 or engine == "process":
         try:
@@ -57,7 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-    serve_http(settings, checked)
+    from app.serve import serve_http
+
+    serve_http(settings, in_process(settings, checked))
     return 0
 
 
@@ -68,38 +68,27 @@ def configure_logging(settings: Settings) -> None:
     )
 
 
-def serve_http(settings: Settings, checked: list[OpenedModel], link: EngineLink | None = None,
-               sockets: list[socket.socket] | None = None) -> None:  # fmt: skip
-    app = create_app(settings, checked=checked, link=link)
-    config = uvicorn.Config(
-        app,
-        host=settings.server.host,
-        port=settings.server.port,
-        loop="uvloop",
-        http=http_protocol(app),
-        timeout_keep_alive=settings.http.keep_alive_timeout_seconds,  # type: ignore[arg-type]
-        log_level=settings.server.log_level,
-        access_log=False,
-        proxy_headers=False,  # client addresses are not used; one layer less per request
-        timeout_graceful_shutdown=int(settings.server.graceful_shutdown_seconds),
-    )
-    DrainingServer(config, app, settings.server.drain_delay_seconds).run(sockets=sockets)
-
-
 def child(args: argparse.Namespace) -> int:
     """An engine, an HTTP worker, or a whole server (`engine = "per_worker"`), started by the
-    supervisor with its settings as JSON."""
+    supervisor with its settings as JSON; the supervisor has checked the repository."""
     settings = Settings.model_validate_json(args.settings_json.read_text())
     configure_logging(settings)
     checked = check_repository(settings)
     if args.role == "engine":
-        from app import engine
+        from app.workers import engine
 
-        uvloop.run(engine.serve(settings, args.engine_socket, checked))
+        uvloop.run(engine.serve(settings, args.engine_socket, in_process(settings, checked).plane))
         return 0
+    from app.serve import serve_http
+
     listener = socket.socket(fileno=args.listen_fd)
-    link = EngineLink(settings, args.engine_socket) if args.role == "worker" else None
-    serve_http(settings, checked, link, [listener])
+    if args.role == "server":
+        serve_http(settings, in_process(settings, checked), sockets=[listener])
+        return 0
+    from app.workers.supervisor import server_wide
+
+    assembled = through_engine(settings, args.engine_socket, checked)
+    serve_http(settings, assembled, server_wide(), [listener])
     return 0
 
 

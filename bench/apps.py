@@ -22,9 +22,9 @@ import uvicorn
 from fastapi import FastAPI, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app import errors
-from app.ranking import Ranker
-from app.v1_schema import RankRequest, RankResponse
+from app.dataplane.ranking import Ranker
+from app.dataplane.schemas import RankRequest, RankResponse
+from app.http import errors
 from config.settings import Settings, load_settings
 from models.repository import ModelVersion, open_version
 
@@ -109,7 +109,9 @@ def baseline_app(settings: Settings, version: ModelVersion) -> FastAPI:
             with torch.inference_mode():
                 scores = model(*(torch.from_numpy(inputs[k]) for k in ("categorical", "dense")))
             scores = scores.numpy()
-        return ranker.response(candidates, scores, {"cpu": BASELINE_VARIANT}, body.k)
+        return errors.json_response(
+            ranker.response(candidates, scores, {"cpu": BASELINE_VARIANT}, body.k)
+        )
 
     return app
 
@@ -122,7 +124,7 @@ def frontend_app(settings: Settings, version: ModelVersion) -> FastAPI:
     async def rank(body: RankRequest) -> Response:
         candidates = ranker.candidates(body, with_inputs=False)
         scores = np.linspace(1.0, 0.0, len(candidates.ids), dtype=np.float32)  # no model runs
-        return ranker.response(candidates, scores, {}, body.k)
+        return errors.json_response(ranker.response(candidates, scores, {}, body.k))
 
     return app
 

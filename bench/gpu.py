@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from app.serving import backend_config
+from app.dataplane.devices import backend_config
 from bench import loadgen, processes
 from bench.stats import summarize
 from bench.workload import WHOLE_CATALOG, label, rank_bodies

@@ -18,7 +18,9 @@ DeviceKind = Literal["cpu", "gpu"]
 @dataclass(frozen=True)
 class BackendConfig:
     model_path: Path
-    threads: int = 0  # 0: the runtime's default (app.serving fits it to the process's cores)
+    threads: int = (
+        0  # 0: the runtime's default (app.dataplane.serving fits them to the process's cores)
+    )
     streams: int = 1  # OpenVINO infer requests / parallel batches
     precision_hint: str | None = None  # OpenVINO: "f32" for FP32 files; None = its default
     # False for a graph without a batch axis: the scheduler's leading axis of one row is taken

@@ -11,6 +11,7 @@ exactly once: scores, or an error naming the cause.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -26,6 +27,7 @@ from scheduler.errors import BatchFailed, DeadlineExceeded, NotReady, Overloaded
 from scheduler.load import LoadReport, RecentWork, Saturation, headroom
 from scheduler.metrics import ModelMetrics
 from scheduler.router import DeviceSnapshot, Router
+from scheduler.served import Served
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +87,7 @@ class Scheduler:
         self._task: asyncio.Task[None] | None = None
         self._prober: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None
+        self.served = Served()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._batch_loop(), name="batcher")
@@ -127,6 +130,7 @@ class Scheduler:
         queued = self._batcher.total_queued_rows
         if queued + rows > self._config.max_queue_rows:
             self._count_refusal("queue_full")
+            self.served.failed()
             raise Overloaded(
                 f"queue full: {queued} rows queued, limit {self._config.max_queue_rows}",
                 retry_after_seconds=self.predicted_completion(0, LOW),
@@ -138,6 +142,7 @@ class Scheduler:
                 budget *= self._config.low_priority_deadline_fraction
             if predicted > budget:
                 self._count_refusal("deadline" if priority == HIGH else "deadline_low_priority")
+                self.served.failed()
                 raise Overloaded(
                     f"cannot finish within {timeout_seconds * 1000:.0f} ms: predicted "
                     f"{predicted * 1000:.1f} ms",
@@ -145,7 +150,9 @@ class Scheduler:
                 )
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Scored] = loop.create_future()
-        request = Request(inputs, rows, future, self._clock(), priority)
+        now = self._clock()
+        request = Request(inputs, rows, future, now, priority)
+        future.add_done_callback(functools.partial(self.served.done, rows, now, self._clock))
         if timeout_seconds is not None:
             request.timer = loop.call_later(timeout_seconds, self._expire, request, timeout_seconds)
         self._batcher.put(request)

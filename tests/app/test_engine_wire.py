@@ -1,4 +1,4 @@
-"""What crosses between a worker and the engine (`app.engine_wire`), and the supervisor's pure
+"""What crosses between a worker and the engine (`app.workers.wire`), and the supervisor's pure
 decisions: no processes here."""
 
 from __future__ import annotations
@@ -6,7 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from app.engine_wire import (
+from app.assembly import cpu_budget, runtime_cores
+from app.workers.supervisor import worker_count, worker_settings
+from app.workers.wire import (
     ALIGN,
     FrameReader,
     error_message,
@@ -17,8 +19,6 @@ from app.engine_wire import (
     read_arrays,
     write_arrays,
 )
-from app.serving import cpu_budget, runtime_cores
-from app.supervisor import worker_count, worker_settings
 from config.settings import SettingsError, load_settings
 from scheduler.errors import BatchFailed, DeadlineExceeded, InvalidInput, NotReady, Overloaded
 

@@ -8,7 +8,7 @@ import json
 import pytest
 from starlette.requests import Request
 
-from app import errors
+from app.http import errors
 
 
 async def test_an_unexpected_exception_is_a_json_500(caplog: pytest.LogCaptureFixture) -> None:

@@ -136,6 +136,50 @@ def test_mistakes_get_their_code_and_name_the_field(server: str) -> None:
         rpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=10)
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "inputs.dense: 7 bytes of raw contents" in str(raised.value.details())
+    for raw in (True, False):  # more dimensions than numpy allows (64), raw or typed
+        request = pb.ModelInferRequest(model_name=MODEL)
+        request.inputs.add(name="cat", datatype="INT64", shape=[1] * 65)
+        request.inputs.add(name="dense", datatype="FP32", shape=[1, 4])
+        if raw:
+            request.raw_input_contents.extend([b"\0" * 8, b"\0" * 16])
+        else:
+            request.inputs[0].contents.int64_contents.append(0)
+            request.inputs[1].contents.fp32_contents.extend([0.0] * 4)
+        with grpc.insecure_channel(server) as channel, pytest.raises(grpc.RpcError) as raised:
+            rpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=10)
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT, raised.value
+        assert "inputs.cat.shape: 65 dimensions, at most 16" in str(raised.value.details())
+
+
+def test_the_repository_calls_load_unload_and_index_with_the_admin_token(
+    repository: Path, tmp_path: Path
+) -> None:
+    port = free_port()
+    token = "sixteen-or-more-characters"
+    settings = {"GRPC__PORT": str(port), "MODEL_CONTROL__MODE": "explicit",
+                "FAULTS__ADMIN_TOKEN": token}  # fmt: skip
+    process, url = start_server(repository, settings, tmp_path / "server.log")
+    client = triton.InferenceServerClient(f"127.0.0.1:{port}")
+    admin = {"authorization": f"Bearer {token}"}
+    try:
+        index = client.get_model_repository_index(as_json=True)["models"]
+        assert index == [{"name": MODEL, "version": "1", "state": "READY"}]
+        code, message = code_of(lambda: client.unload_model(MODEL))
+        assert code == "StatusCode.UNAUTHENTICATED" and "bearer token" in message
+        client.unload_model(MODEL, headers=admin)
+        (row,) = client.get_model_repository_index(as_json=True)["models"]
+        assert (row["name"], row["state"], row["reason"]) == (MODEL, "UNAVAILABLE", "unloaded")
+        code, _ = code_of(lambda: client.infer(MODEL, infer_inputs(rows(4))))
+        assert code == "StatusCode.NOT_FOUND"
+        client.load_model(MODEL, headers=admin)
+        assert client.is_model_ready(MODEL)
+        assert client.infer(MODEL, infer_inputs(rows(4))).as_numpy("score").shape == (4,)
+        # gRPC calls land in the latency histogram REST requests do.
+        endpoint = 'endpoint="/inference.GRPCInferenceService/ModelInfer",status="200"'
+        assert endpoint in httpx.get(f"{url}/metrics").text
+    finally:
+        client.close()
+        stop(process)
 
 
 def test_a_message_over_the_body_limit_is_refused(server: str) -> None:

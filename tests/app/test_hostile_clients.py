@@ -216,3 +216,16 @@ def resident_bytes(pid: int) -> int:
     match = re.search(r"^VmRSS:\s+(\d+) kB$", status, re.MULTILINE)
     assert match, status
     return int(match[1]) * 1024
+
+
+def test_complete_requests_before_bytes_that_are_not_http_are_answered_first(guarded: str) -> None:
+    """Three requests pipelined in one write, then garbage: three answers in order, then 400."""
+    request = head() + BODY
+    live = b"GET /v2/health/live HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    with connect(guarded) as connection:
+        connection.sendall(request + live + request + b"\x16\x03\x01 not HTTP at all\r\n\r\n")
+        received = read_all(connection)
+    statuses = [int(s) for s in re.findall(rb"HTTP/1\.1 (\d{3}) ", received)]
+    assert statuses == [200, 200, 200, 400], received[-400:]
+    assert received.count(b'"items"') == 2 and b'{"live":true}' in received
+    assert b"not a valid HTTP/1.1 request" in received

@@ -15,7 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.main import create_app
+from app.assembly import in_process
+from app.serve import rest_app
 from bench.processes import ADMIN_HEADERS, ADMIN_TOKEN
 from config.settings import load_settings
 from tests.app.servers import running_server
@@ -159,7 +160,7 @@ async def test_under_any_asgi_server_the_app_applies_the_same_limit(built_reposi
         faults={"admin_enabled": True, "admin_token": ADMIN_TOKEN, "batch_timeout_ms": 30000},
         admission={"max_in_flight_requests": 1, "default_timeout_ms": 30000},
     )
-    app = create_app(settings)
+    app = rest_app(settings, in_process(settings))
     body = {"user_id": 1, "candidates": [1, 2, 3], "k": 2}
     async with (
         app.router.lifespan_context(app),
@@ -174,7 +175,7 @@ async def test_under_any_asgi_server_the_app_applies_the_same_limit(built_reposi
         stalled = await client.post("/admin/faults/cpu", json={"mode": "stall"})
         assert stalled.status_code == 200
         held = asyncio.create_task(client.post("/v1/rank", json=body))
-        while app.state.admission.in_flight < 1:
+        while app.state.plane.admission.in_flight < 1:
             await asyncio.sleep(0.01)
         refused = await client.post("/v1/rank", json=body)
         assert refused.status_code == 503, refused.text
@@ -183,4 +184,4 @@ async def test_under_any_asgi_server_the_app_applies_the_same_limit(built_reposi
         await client.post("/admin/faults/cpu", json={"mode": "none"})
         answer = await held  # answered, not hung: the stalled batch itself fails
         assert answer.status_code == 500 and "injected stall" in answer.json()["error"]
-        assert app.state.admission.in_flight == 0
+        assert app.state.plane.admission.in_flight == 0

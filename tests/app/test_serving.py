@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.serving import choose_variant, plan_devices
+from app.dataplane.devices import choose_variant, plan_devices
 from bench.plain_models import user_sized_ranker
 from config.settings import load_settings
 from models.model_config import ModelConfig

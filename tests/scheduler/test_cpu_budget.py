@@ -12,7 +12,7 @@ import httpx
 import numpy as np
 import pytest
 
-from app.serving import inference_threads
+from app.dataplane.devices import inference_threads
 from bench import processes
 from bench.plain_models import user_sized_ranker
 from scheduler.backend import BackendConfig

@@ -2,12 +2,13 @@
 it and `tritonclient.grpc` calls it (the service definition is Triton's own, generated in
 tritonclient), on `[grpc] port`, in the REST server's process and event loop.
 
-Every call goes the way of its REST twin: the same registry of models and versions, the same
-admission (one count of requests in progress for both transports, refusals before any decoding),
-draining, deadlines (the call's gRPC deadline or its `timeout` parameter in microseconds, never
-past the model's default), `priority` (1 highest, 2 or more low), and `app.v2.score` into the
-scheduler. Tensors arrive as `raw_input_contents` or typed `contents`; outputs leave as
-`raw_output_contents`. Errors carry the gRPC code of their HTTP status and the same message.
+A thin transport over the data plane, as REST is: the same models, admission (one count of
+requests in progress for both transports, refusals before any decoding), draining, deadlines
+(the call's gRPC deadline or its `timeout` parameter in microseconds, never past the model's
+default), `priority` (1 highest, 2 or more low), the repository's index, load and unload, and
+the request latency histogram. Tensors arrive as `raw_input_contents` or typed `contents`;
+outputs leave as `raw_output_contents`. Errors carry the gRPC code of their HTTP status and the
+same message.
 """
 
 from __future__ import annotations
@@ -21,26 +22,26 @@ from typing import Any, TypeVar
 
 import grpc
 import numpy as np
-from fastapi import FastAPI
 from google.protobuf import json_format
+from prometheus_client import Histogram
 from tritonclient.grpc import model_config_pb2 as config_pb
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as rpc
 
-from app import v2
-from app.admission import Decision, v2_priority
-from app.dependencies import effective_timeout, model_defaults
-from app.registry import ModelRegistry
-from app.serving import Serving
-from app.v2_codec import DTYPES
+from app.dataplane import documents
+from app.dataplane.admission import numbered_priority
+from app.dataplane.plane import DataPlane
+from app.dataplane.tensors import check_shape
 from config.settings import Settings
-from models.signature import V2_DATATYPES
-from scheduler.errors import InvalidInput, NotReady, ServingError
+from models.signature import NUMPY_DTYPES, V2_DATATYPES
+from scheduler.errors import InvalidInput, ServingError
 
 log = logging.getLogger(__name__)
 Response = TypeVar("Response")
+MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"  # its endpoint in the histogram
 CODES = {
     HTTPStatus.BAD_REQUEST: grpc.StatusCode.INVALID_ARGUMENT,
+    HTTPStatus.UNAUTHORIZED: grpc.StatusCode.UNAUTHENTICATED,
     HTTPStatus.FORBIDDEN: grpc.StatusCode.PERMISSION_DENIED,
     HTTPStatus.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
     HTTPStatus.REQUEST_ENTITY_TOO_LARGE: grpc.StatusCode.INVALID_ARGUMENT,
@@ -81,12 +82,11 @@ def decode(request: pb.ModelInferRequest) -> dict[str, np.ndarray]:
         where = f"inputs.{tensor.name}"
         if tensor.name in tensors:
             raise InvalidInput(f"{where}: named twice")
-        dtype = DTYPES.get(tensor.datatype)
+        dtype = NUMPY_DTYPES.get(tensor.datatype)
         if dtype is None:
             raise InvalidInput(f"{where}.datatype: {tensor.datatype!r} is not served here")
         shape = tuple(tensor.shape)
-        if any(d < 0 for d in shape):
-            raise InvalidInput(f"{where}.shape: {list(shape)} has a negative dimension")
+        check_shape(shape, f"{where}.shape")
         count = math.prod(shape)
         if raw:
             buffer = raw[index]
@@ -114,77 +114,63 @@ def decode(request: pb.ModelInferRequest) -> dict[str, np.ndarray]:
     return tensors
 
 
-def requested_priority(request: pb.ModelInferRequest) -> int:
-    """Triton's `priority` parameter: 1 highest, 2 or more low, 0 (or none) the default."""
+def call_options(
+    request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
+) -> tuple[float | None, int | None]:
+    """The deadline (ms) a call asks for, the `timeout` parameter (microseconds) or its gRPC
+    deadline, whichever is sooner; and its `priority` parameter (1 highest, 2 or more low)."""
     parameters = request.parameters
-    return int(parameters["priority"].int64_param) if "priority" in parameters else 0
-
-
-def call_options(request: pb.ModelInferRequest, context: grpc.aio.ServicerContext,
-                 settings: Settings, serving: Serving) -> tuple[float, int]:  # fmt: skip
-    """Deadline (seconds) and priority of a call: the `timeout` parameter (microseconds) or the
-    call's gRPC deadline, whichever is sooner, never past the model's default."""
-    parameters = request.parameters
-    default_ms, default_priority = model_defaults(settings, serving.version.config)
     asked = []
     if "timeout" in parameters:
         asked.append(parameters["timeout"].int64_param / 1000)
     remaining = context.time_remaining()
     if remaining is not None:
         asked.append(remaining * 1000)
-    level = v2_priority(requested_priority(request), default_priority)
-    return effective_timeout(default_ms, min(asked) if asked else None), level
+    given = int(parameters["priority"].int64_param) if "priority" in parameters else None
+    return (min(asked) if asked else None), numbered_priority(given, "parameters.priority")
+
+
+def credential(context: grpc.aio.ServicerContext) -> str | None:
+    """The token of the call's `authorization: Bearer <token>` metadata."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
+            return value.removeprefix("Bearer ")
+    return None
 
 
 class InferenceService(rpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
-    """The service's calls; each looks the app's state up as the REST routes do."""
+    """The service's calls, each a few lines over the data plane."""
 
-    def __init__(self, app: FastAPI) -> None:
-        self.app = app
-        self.settings: Settings = app.state.settings
-
-    def models(self) -> ModelRegistry:
-        if not self.app.state.started:
-            raise NotReady("the models are not loaded yet")
-        models: ModelRegistry = self.app.state.models
-        return models
-
-    def serving(self, name: str, version: str) -> Serving:
-        return self.models().get(name, version or None)
+    def __init__(self, plane: DataPlane, latency: Histogram | None = None) -> None:
+        self.plane = plane
+        self.latency = latency
 
     async def ServerLive(self, request: Any, context: Any) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
 
     async def ServerReady(self, request: Any, context: Any) -> pb.ServerReadyResponse:
-        state = self.app.state
-        return pb.ServerReadyResponse(
-            ready=bool(state.started and not state.draining and state.models.ready())
-        )
+        return pb.ServerReadyResponse(ready=self.plane.ready())
 
     async def ModelReady(self, request: Any, context: Any) -> pb.ModelReadyResponse:
         async def call() -> pb.ModelReadyResponse:
-            return pb.ModelReadyResponse(ready=self.serving(request.name, request.version).ready)
+            ready = self.plane.model_ready(request.name, request.version or None)
+            return pb.ModelReadyResponse(ready=ready)
 
         return await answered(context, call())
 
     async def ServerMetadata(self, request: Any, context: Any) -> pb.ServerMetadataResponse:
-        return pb.ServerMetadataResponse(
-            name=v2.SERVER_NAME, version=v2.SERVER_VERSION,
-            extensions=["binary_tensor_data", "statistics", "model_repository"],
-        )  # fmt: skip
+        return json_format.ParseDict(documents.server_metadata(), pb.ServerMetadataResponse())
 
     async def ModelMetadata(self, request: Any, context: Any) -> pb.ModelMetadataResponse:
         async def call() -> pb.ModelMetadataResponse:
-            serving = self.serving(request.name, request.version)
-            document = v2.metadata_document(serving, self.models())
+            document = self.plane.metadata(request.name, request.version or None)
             return json_format.ParseDict(document, pb.ModelMetadataResponse())
 
         return await answered(context, call())
 
     async def ModelConfig(self, request: Any, context: Any) -> pb.ModelConfigResponse:
         async def call() -> pb.ModelConfigResponse:
-            document = v2.config_document(self.serving(request.name, request.version),
-                                          self.settings)  # fmt: skip
+            document = self.plane.config(request.name, request.version or None)
             config = json_format.ParseDict(document, config_pb.ModelConfig(),
                                            ignore_unknown_fields=True)  # fmt: skip
             # What Triton's schema has no field for: each device's variant and why.
@@ -197,59 +183,95 @@ class InferenceService(rpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
 
     async def ModelStatistics(self, request: Any, context: Any) -> pb.ModelStatisticsResponse:
         async def call() -> pb.ModelStatisticsResponse:
-            models = self.models()
-            served = ([self.serving(request.name, request.version)] if request.name
-                      else models.serving())  # fmt: skip
-            stats = [s for serving in served for s in v2.stats_document(serving)["model_stats"]]
-            return json_format.ParseDict({"model_stats": stats}, pb.ModelStatisticsResponse())
+            document = self.plane.statistics(request.name, request.version or None)
+            return json_format.ParseDict(document, pb.ModelStatisticsResponse())
+
+        return await answered(context, call())
+
+    async def RepositoryIndex(self, request: Any, context: Any) -> pb.RepositoryIndexResponse:
+        async def call() -> pb.RepositoryIndexResponse:
+            rows = self.plane.index(ready_only=request.ready)
+            return json_format.ParseDict({"models": rows}, pb.RepositoryIndexResponse())
+
+        return await answered(context, call())
+
+    async def RepositoryModelLoad(self, request: Any,
+                                  context: Any) -> pb.RepositoryModelLoadResponse:  # fmt: skip
+        async def call() -> pb.RepositoryModelLoadResponse:
+            refuse_parameters(request.parameters)
+            await self.plane.load_model(request.model_name, credential(context))
+            return pb.RepositoryModelLoadResponse()
+
+        return await answered(context, call())
+
+    async def RepositoryModelUnload(self, request: Any,
+                                    context: Any) -> pb.RepositoryModelUnloadResponse:  # fmt: skip
+        async def call() -> pb.RepositoryModelUnloadResponse:
+            refuse_parameters(request.parameters)
+            await self.plane.unload_model(request.model_name, credential(context))
+            return pb.RepositoryModelUnloadResponse()
 
         return await answered(context, call())
 
     async def ModelInfer(self, request: pb.ModelInferRequest,
                          context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:  # fmt: skip
-        admission = self.app.state.admission
-        priority = requested_priority(request)
-        if admission.decide_call(None if not priority else priority >= 2) is Decision.REFUSE:
-            if admission.on_refusal:
-                admission.on_refusal()
-            await context.abort(grpc.StatusCode.UNAVAILABLE,
-                                "overloaded: too many requests in progress")  # fmt: skip
-        admission.enter()
-        try:
-            return await answered(context, self.infer(request, context))
-        finally:
-            admission.leave()
-
-    async def infer(self, request: pb.ModelInferRequest,
-                    context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:  # fmt: skip
         started = time.perf_counter()
-        if self.app.state.draining:
-            raise NotReady("draining: this replica is shutting down")
-        serving = self.serving(request.model_name, request.model_version)
-        if not serving.ready:
-            raise NotReady(f"model {request.model_name!r} is not ready")
-        tensors = decode(request)
-        names = [o.name for o in serving.version.signature.outputs]
-        wanted = [o.name for o in request.outputs] or names
-        unknown = [n for n in wanted if n not in names]
-        if unknown or len(set(wanted)) != len(wanted):
-            raise InvalidInput(f"outputs: {unknown[0] if unknown else 'an output'} is "
-                               f"{'not an output' if unknown else 'named twice'} (the model has "
-                               f"{', '.join(names)})")  # fmt: skip
-        timeout_seconds, level = call_options(request, context, self.settings, serving)
-        outputs = await v2.score(serving, tensors, wanted, self.settings, timeout_seconds, level,
-                                 started)  # fmt: skip
+        status = HTTPStatus.OK
+        plane = self.plane
+        try:
+            given = request.parameters["priority"].int64_param \
+                if "priority" in request.parameters else 0  # fmt: skip
+            if not plane.admit(None if not given else given >= 2):
+                status = HTTPStatus(plane.settings.admission.overload_status)
+                await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                    "overloaded: too many requests in progress")  # fmt: skip
+            try:
+                return await self._infer(request, context)
+            except ServingError as exc:
+                status = exc.status
+                await context.abort(CODES.get(exc.status, grpc.StatusCode.INTERNAL), str(exc))
+            except Exception:
+                status = HTTPStatus.INTERNAL_SERVER_ERROR
+                log.exception("gRPC call failed")
+                await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+            finally:
+                plane.admission.leave()
+            raise AssertionError("unreachable: abort raises")
+        finally:
+            if self.latency is not None:
+                self.latency.labels(endpoint=MODEL_INFER, status=str(int(status))).observe(
+                    time.perf_counter() - started
+                )
+
+    async def _infer(self, request: pb.ModelInferRequest,
+                     context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:  # fmt: skip
+        timeout_ms, priority = call_options(request, context)
+        inferred = await self.plane.infer(
+            request.model_name, request.model_version or None, decode(request),
+            [o.name for o in request.outputs], timeout_ms, priority,
+        )  # fmt: skip
         response = pb.ModelInferResponse(
-            model_name=request.model_name, model_version=str(serving.version.number),
+            model_name=request.model_name, model_version=str(inferred.serving.version.number),
             id=request.id,
         )  # fmt: skip
-        for name, array in outputs.items():
+        for name, array in inferred.outputs.items():
             response.outputs.add(name=name, datatype=V2_DATATYPES[array.dtype], shape=array.shape)
             response.raw_output_contents.append(np.ascontiguousarray(array).tobytes())
         return response
 
 
-async def start_grpc(app: FastAPI, settings: Settings) -> grpc.aio.Server:
+def refuse_parameters(parameters: Any) -> None:
+    """A load's parameters that would replace the model's config or files: not here."""
+    for key in parameters:
+        if key == "config" or str(key).startswith("file:"):
+            raise InvalidInput(
+                f"parameters.{str(key)[:64]}: not supported here; edit the model's folder "
+                "(config.toml, version folders) and load it again"
+            )
+
+
+async def start_grpc(plane: DataPlane, settings: Settings,
+                     latency: Histogram | None = None) -> grpc.aio.Server:  # fmt: skip
     """The service listening on [server] host and [grpc] port, started."""
     limit = settings.limits.max_body_bytes
     server = grpc.aio.server(options=[
@@ -258,7 +280,7 @@ async def start_grpc(app: FastAPI, settings: Settings) -> grpc.aio.Server:
         ("grpc.max_concurrent_streams", settings.grpc.max_concurrent_streams),
         ("grpc.so_reuseport", int(settings.server.workers != 1)),  # workers share the port
     ])  # fmt: skip
-    rpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(app), server)
+    rpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(plane, latency), server)
     address = f"{settings.server.host}:{settings.grpc.port}"
     try:
         server.add_insecure_port(address)

@@ -11,39 +11,31 @@ repository API's load and unload; `poll` reloads a model when its folder changes
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter
-
-from app.serving import Serving, plan_devices, ranker_for, start_serving
+from app.dataplane.catalog import LOADING, READY, UNAVAILABLE, UNLOADING, Catalog, ServedModel
+from app.dataplane.devices import plan_devices
+from app.dataplane.ranking import Ranker
+from app.dataplane.serving import Serving, ranker_for, start_serving
 from config.settings import Settings
 from models.model_config import CONFIG_FILE, ModelConfig, read_model_config
 from models.repository import RepositoryError
 from models.servable import ServableVersion, model_names, open_servable, versions_on_disk
-from scheduler.errors import NotReady, UnknownModel
+from scheduler.device import Device
+from scheduler.errors import UnknownModel
+from scheduler.faults import FaultInjector, FaultMode
+from scheduler.load import combine
 from scheduler.metrics import SchedulerMetrics
 
 log = logging.getLogger(__name__)
 
-READY, UNAVAILABLE, LOADING, UNLOADING = "READY", "UNAVAILABLE", "LOADING", "UNLOADING"
 DRAIN_LIMIT_SECONDS = 30.0  # a replaced version waits at most this for its queued requests
-
-
-@dataclass
-class ServedModel:
-    name: str
-    versions: dict[int, Serving] = field(default_factory=dict)  # the ones serving now
-    state: str = UNAVAILABLE
-    reason: str = ""
-    fingerprint: str = ""  # of the folder as last loaded (poll mode compares it)
-
-    def latest(self) -> Serving | None:
-        ready = [v for n, v in sorted(self.versions.items()) if v.ready]
-        return ready[-1] if ready else None
 
 
 def folder_fingerprint(model_path: Path) -> str:
@@ -60,23 +52,15 @@ def folder_fingerprint(model_path: Path) -> str:
     return digest.hexdigest()
 
 
-def load_failure_counter(registry: CollectorRegistry, prefix: str) -> Callable[[str], None]:
-    """What a registry calls when a model fails to load: a counter by model."""
-    failures = Counter(
-        f"{prefix}_model_load_failures",
-        "Model loads and reloads that failed (what served before kept serving)",
-        ["model"], registry=registry,
-    )  # fmt: skip
-    return lambda name: failures.labels(model=name).inc()
+class ModelRegistry(Catalog):
+    """The models of the process that owns the sessions (one process, or the engine)."""
 
-
-class ModelRegistry:
-    def __init__(self, settings: Settings, metrics: SchedulerMetrics | None,
+    def __init__(self, settings: Settings, metrics: SchedulerMetrics | None, cores: int,
                  on_load_failure: Callable[[str], None] = lambda model: None,
                  checked: Sequence[OpenedModel] = ()) -> None:  # fmt: skip
-        self.settings = settings
-        self.root = settings.model.repository
-        self.models: dict[str, ServedModel] = {}
+        """`cores`: what the runtimes of this process may use (the entry point decides)."""
+        super().__init__(settings)
+        self._cores = cores
         self._metrics = metrics
         self._on_load_failure = on_load_failure
         self._lock = asyncio.Lock()  # one load or unload at a time
@@ -86,69 +70,6 @@ class ModelRegistry:
         self._checked = {opened.name: opened for opened in checked}
         # One bound per physical device on the batches all models run on it at once.
         self._slots = {d.name: asyncio.Semaphore(d.parallel_batches) for d in settings.devices}
-
-    # -- lookups (no awaits: a route looks up and submits in one step of the event loop) --
-
-    def get(self, name: str, version: str | None = None) -> Serving:
-        """The version a request names, or the latest ready one."""
-        model = self.models.get(name)
-        if model is None or not model.versions:
-            known = ", ".join(sorted(n for n, m in self.models.items() if m.versions)) or "none"
-            raise UnknownModel(f"model {name!r} is not served here (serving: {known})")
-        if version is None:
-            serving = model.latest()
-            if serving is None:
-                raise NotReady(f"model {name!r} has no ready version")
-            return serving
-        number = int(version) if version.isascii() and version.isdigit() else -1
-        serving = model.versions.get(number)
-        if serving is None:
-            raise UnknownModel(f"model {name!r} has no version {version[:32]!r} served")
-        return serving
-
-    def ready(self) -> bool:
-        """Every loaded model has a ready version on a healthy device, none saturated; with none
-        loaded, only in explicit mode (where an empty server is what was asked for)."""
-        loaded = [m for m in self.models.values() if m.versions]
-        if not loaded:
-            return self.settings.model_control.mode == "explicit"
-        for model in loaded:
-            serving = model.latest()
-            if serving is None or not serving.scheduler.running:
-                return False
-            scheduler = serving.scheduler
-            if not any(d.healthy for d in scheduler.devices) or scheduler.load().saturated:
-                return False
-        return True
-
-    def config_of(self, name: str) -> ModelConfig:
-        """The config.toml of the model's latest ready version (every default if none)."""
-        model = self.models.get(name)
-        serving = model.latest() if model is not None else None
-        return serving.version.config if serving is not None else ModelConfig()
-
-    def serving(self) -> list[Serving]:
-        return [s for model in self.models.values() for s in model.versions.values()]
-
-    def index(self) -> list[dict[str, str]]:
-        """Triton's repository index: every model on disk or loaded, by version, with its state."""
-        try:
-            on_disk = set(model_names(self.root))
-        except RepositoryError:
-            on_disk = set()
-        rows = []
-        for name in sorted(on_disk | set(self.models)):
-            model = self.models.get(name)
-            if model is None or not model.versions:
-                state = model.state if model is not None else UNAVAILABLE
-                rows.append({"name": name, "state": state, "reason": model.reason if model else ""})
-                continue
-            for number, serving in sorted(model.versions.items()):
-                rows.append({
-                    "name": name, "version": str(number),
-                    "state": READY if serving.ready else UNAVAILABLE, "reason": model.reason,
-                })  # fmt: skip
-        return rows
 
     # -- loading --
 
@@ -163,7 +84,7 @@ class ModelRegistry:
         if self.settings.model_control.mode == "poll":
             self._poller = asyncio.create_task(self._poll(), name="repository-poll")
 
-    async def load(self, name: str, opened: OpenedModel | None = None) -> ServedModel:
+    async def load(self, name: str, opened: OpenedModel | None = None) -> None:
         """(Re)load a model from its folder (or from `opened`, what start-up checked): the
         versions its policy selects, built anew and swapped in together. Raises RepositoryError
         or ValueError saying why; what served before keeps serving then."""
@@ -174,18 +95,17 @@ class ModelRegistry:
             try:
                 fingerprint, built = await self._build(name, opened)
             except (RepositoryError, ValueError) as exc:
-                model.reason = str(exc)
+                model.reason = within(self.root, str(exc))
                 model.state = previous_state if model.versions else UNAVAILABLE
                 self._on_load_failure(name)
-                log.error("loading %s failed: %s", name, exc)
-                raise
+                log.error("loading %s failed: %s", name, model.reason)
+                raise type(exc)(model.reason) from None
             replaced = list(model.versions.values())
             model.versions = {s.version.number: s for s in built}
             model.state, model.reason, model.fingerprint = READY, "", fingerprint
             log.info("%s: serving version(s) %s", name, ", ".join(map(str, sorted(model.versions))))
         for serving in replaced:
             self._retire(serving)
-        return model
 
     async def _build(self, name: str, opened: OpenedModel | None = None,
                      ) -> tuple[str, list[Serving]]:  # fmt: skip
@@ -194,7 +114,14 @@ class ModelRegistry:
         built: list[Serving] = []
         try:
             for version in opened.versions:
-                serving = await start_serving(version, self.settings, self._metrics, self._slots)
+                number = version.number
+                ranker = (
+                    opened.rankers[number]
+                    if number in opened.rankers
+                    else await asyncio.to_thread(ranker_for, version, self.settings)
+                )
+                serving = await start_serving(version, self.settings, self._metrics, self._cores,
+                                              ranker, self._slots)  # fmt: skip
                 built.append(serving)
         except BaseException:
             for serving in built:
@@ -246,15 +173,35 @@ class ModelRegistry:
             model = self.models.get(name)
             fingerprint = await asyncio.to_thread(folder_fingerprint, self.root / name)
             if model is None or model.fingerprint != fingerprint:
-                try:
-                    loaded = await self.load(name)
-                except (RepositoryError, ValueError):
-                    self.models[name].fingerprint = fingerprint  # not again until it changes
-                    continue
-                loaded.fingerprint = fingerprint
+                with contextlib.suppress(RepositoryError, ValueError):  # the reason is kept
+                    await self.load(name)
+                self.models[name].fingerprint = fingerprint  # not again until it changes
         for name in sorted(set(self.models) - on_disk):
             if self.models[name].versions:
                 await self.unload(name)
+
+    async def set_fault(self, device: str, mode: FaultMode) -> bool:
+        """Every served model's session on `device` fails or stalls (they share the device)."""
+        found = [
+            d.backend for s in self.serving() for d in s.scheduler.devices
+            if isinstance(d, Device) and d.name == device and isinstance(d.backend, FaultInjector)
+        ]  # fmt: skip
+        for backend in found:
+            backend.set_mode(mode)
+        return bool(found)
+
+    def refresh_metrics(self, headroom_cap: int) -> None:
+        """The device and load gauges /metrics reports, as of now (the headroom capped by the
+        front end's)."""
+        served = self.serving()
+        for serving in served:
+            if serving.scheduler.metrics is not None:
+                devices = [d for d in serving.scheduler.devices if isinstance(d, Device)]
+                serving.scheduler.metrics.refresh_devices(devices)
+        if served and self._metrics is not None:
+            report = combine([s.scheduler.load() for s in served])
+            capped = min(report.headroom, headroom_cap)
+            self._metrics.refresh_load(dataclasses.replace(report, headroom=capped))
 
     async def close(self) -> None:
         if self._poller is not None:
@@ -284,6 +231,7 @@ class OpenedModel:
     name: str
     fingerprint: str  # of the folder when it was opened
     versions: list[ServableVersion]
+    rankers: dict[int, Ranker | None] = field(default_factory=dict)  # by version, when checked
 
 
 def startup_names(settings: Settings) -> list[str]:
@@ -322,6 +270,14 @@ def check_repository(settings: Settings) -> list[OpenedModel]:
         model = open_model(settings, name)
         for version in model.versions:
             plan_devices(version, settings)
-            ranker_for(version, settings)
+            model.rankers[version.number] = ranker_for(version, settings)
         opened.append(model)
     return opened
+
+
+def within(root: Path, message: str) -> str:
+    """A message with the repository's own path left out: files named as Triton names them,
+    `<model>/<version>/<file>` (the repository's location is the operator's, not a client's)."""
+    for prefix in {f"{root}/", f"{root.resolve()}/"}:
+        message = message.replace(prefix, "")
+    return message

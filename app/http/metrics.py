@@ -9,8 +9,6 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from scheduler.metrics import LATENCY_BUCKETS
-
 
 class ConnectionMetrics:
     """Requests the protocol answered itself (by reason) and open connections."""
@@ -32,12 +30,11 @@ class ConnectionMetrics:
 
 
 class RequestMetrics:
-    def __init__(self, app: ASGIApp, registry: CollectorRegistry, prefix: str) -> None:
+    """Each request's latency, by route and status, into the histogram gRPC calls share."""
+
+    def __init__(self, app: ASGIApp, latency: Histogram) -> None:
         self.app = app
-        self.latency = Histogram(
-            f"{prefix}_request_duration_seconds", "HTTP request latency", ["endpoint", "status"],
-            buckets=LATENCY_BUCKETS, registry=registry,
-        )  # fmt: skip
+        self.latency = latency
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

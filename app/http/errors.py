@@ -1,9 +1,10 @@
-"""Domain errors rendered as `{"error": "..."}` with their HTTP status, in one place."""
+"""The data plane's errors rendered as `{"error": "..."}` with their HTTP status, in one place."""
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Any
 
@@ -17,22 +18,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from scheduler.errors import NotReady, Overloaded, ServingError
 
 log = logging.getLogger(__name__)
-
-
-class PayloadTooLarge(ServingError):
-    status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
-
-
-class Unauthorized(ServingError):
-    status = HTTPStatus.UNAUTHORIZED
-
-
-class Unprocessable(ServingError):
-    status = HTTPStatus.UNPROCESSABLE_ENTITY
-
-
-class Forbidden(ServingError):
-    status = HTTPStatus.FORBIDDEN
 
 
 class ErrorBody(BaseModel):
@@ -87,16 +72,19 @@ def field_path(location: tuple[int | str, ...]) -> str:
     return path or "body"
 
 
-async def serving_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ServingError)
-    headers = None
-    status = int(exc.status)
-    if isinstance(exc, Overloaded):
-        headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after_seconds)))}
-        status = request.app.state.settings.admission.overload_status
-    elif isinstance(exc, NotReady):  # loading or draining: try again soon, or elsewhere
-        headers = {"Retry-After": "1"}
-    return error_response(status, str(exc), headers)
+def serving_error(overload_status: int) -> Callable[[Request, Exception], Awaitable[Response]]:
+    async def render(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ServingError)
+        headers = None
+        status = int(exc.status)
+        if isinstance(exc, Overloaded):
+            headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after_seconds)))}
+            status = overload_status
+        elif isinstance(exc, NotReady):  # loading or draining: try again soon, or elsewhere
+            headers = {"Retry-After": "1"}
+        return error_response(status, str(exc), headers)
+
+    return render
 
 
 async def validation_error(request: Request, exc: Exception) -> Response:
@@ -117,8 +105,9 @@ async def internal_error(request: Request, exc: Exception) -> Response:
     return error_response(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error")
 
 
-def install(app: FastAPI) -> None:
-    app.add_exception_handler(ServingError, serving_error)
+def install(app: FastAPI, overload_status: int = HTTPStatus.SERVICE_UNAVAILABLE) -> None:
+    """`overload_status`: what an overload refusal answers ([admission] overload_status)."""
+    app.add_exception_handler(ServingError, serving_error(overload_status))
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(Exception, internal_error)

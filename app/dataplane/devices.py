@@ -1,52 +1,26 @@
-"""What the app serves of one model version: its devices (sessions created and warmed up before
-it turns ready) and the scheduler over them. Knows the model; the scheduler below it knows only
-arrays. `app.registry` holds one per version served.
-"""
+"""The devices that serve a model version: which device runs which variant and why (pure, so
+start-up checks a repository with it before any session exists), and their sessions, created,
+warmed up and, for a device that may run either CPU runtime, timed to keep the faster."""
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 
 import numpy as np
 
-from app.ranking import Ranker
-from app.v2_codec import DTYPES
 from config.settings import Settings
 from models.model_config import CONFIG_FILE
 from models.repository import ModelVersion
-from models.servable import ANOTHER_CPU, AS_EXPORTED, ServableVersion, VariantFile
+from models.servable import AS_EXPORTED, ServableVersion, VariantFile
+from models.signature import NUMPY_DTYPES
 from scheduler.backend import Backend, BackendConfig, create_backend
-from scheduler.cpu_budget import CpuBudget, fitted_threads, this_process
+from scheduler.cpu_budget import fitted_threads
 from scheduler.device import Device, StallPolicy
-from scheduler.errors import DeviceUnavailable
 from scheduler.faults import FaultInjector
-from scheduler.metrics import SchedulerMetrics
-from scheduler.router import make_router
-from scheduler.scheduler import BatchingConfig, Scheduler
 from scheduler.settings import DeviceSettings
 
 log = logging.getLogger(__name__)
-
-
-@functools.cache
-def cpu_budget() -> CpuBudget:
-    """The cores this process may use, read once."""
-    return this_process()
-
-
-def runtime_cores(settings: Settings) -> int:
-    """The cores the runtimes may use: this process's, less one per HTTP worker where an engine
-    process serves workers (each worker's event loop keeps a core)."""
-    cores = cpu_budget().cores
-    server = settings.server
-    if server.engine != "per_worker" and (server.workers > 1 or server.engine == "process"):
-        cores = max(1, cores - server.workers)
-    return cores
-
 
 RUNTIME_OF_BACKEND = {
     "openvino-cpu": "openvino",
@@ -58,28 +32,6 @@ DEVICE_KIND_OF_BACKEND = {
 }  # fmt: skip
 EITHER_CPU = "cpu"  # a device on whichever CPU runtime is faster on each model here
 CPU_BACKENDS = ("onnxruntime-cpu", "openvino-cpu")
-
-
-@dataclass
-class Serving:
-    version: ServableVersion
-    scheduler: Scheduler
-    variants: dict[str, VariantFile]  # device name -> the variant it runs
-    ranker: Ranker | None  # /v1/rank: a built version, or a plain one with a ranking spec
-    ready: bool = False
-    reasons: dict[str, str] = field(default_factory=dict)  # device name -> why it runs its variant
-    stats: dict[str, float] = field(default_factory=dict)
-    backends: dict[str, str] = field(default_factory=dict)  # device name -> the backend it runs
-
-    @property
-    def built(self) -> ModelVersion | None:
-        return self.version.built
-
-    async def close(self) -> None:
-        self.ready = False
-        await self.scheduler.stop()
-        for device in self.scheduler.devices:
-            await asyncio.to_thread(device.close)
 
 
 class NotServedHere(ValueError):
@@ -151,9 +103,11 @@ def create_device(
     config: DeviceSettings,
     variant: VariantFile,
     settings: Settings,
+    cores: int,
     slots: asyncio.Semaphore | None = None,
 ) -> Device:
-    threads = inference_threads(config, settings.devices, runtime_cores(settings))
+    """A device's session on `variant`, loaded; its runtime threads fitted to `cores`."""
+    threads = inference_threads(config, settings.devices, cores)
     backend: Backend = create_backend(
         config.backend,
         config.name,
@@ -194,7 +148,7 @@ def warmup_inputs(version: ServableVersion, rows: int) -> dict[str, np.ndarray]:
     for spec in version.signature.inputs:
         inner = spec.shape[1:] if version.batched else spec.shape
         shape = (rows if version.batched else 1, *(max(d, 1) for d in inner))
-        inputs[spec.name] = np.zeros(shape, dtype=DTYPES[spec.datatype])
+        inputs[spec.name] = np.zeros(shape, dtype=NUMPY_DTYPES[spec.datatype])
     return inputs
 
 
@@ -257,8 +211,8 @@ def timed_candidates(version: ServableVersion, device: DeviceSettings) -> list[V
 
 async def fastest_device(
     version: ServableVersion, candidates: list[tuple[DeviceSettings, VariantFile]],
-    settings: Settings, slots: asyncio.Semaphore | None, sample: dict[str, np.ndarray],
-    warmup_rows: tuple[int, ...],
+    settings: Settings, cores: int, slots: asyncio.Semaphore | None,
+    sample: dict[str, np.ndarray], warmup_rows: tuple[int, ...],
 ) -> tuple[Device, DeviceSettings, VariantFile, str | None]:  # fmt: skip
     """A warmed-up device on the candidate (backend, variant) whose warm-up batches are predicted
     fastest (the others closed), and why it was chosen when there was a choice."""
@@ -266,7 +220,7 @@ async def fastest_device(
     try:
         for config, variant in candidates:
             device = await asyncio.to_thread(
-                create_device, version, config, variant, settings, slots
+                create_device, version, config, variant, settings, cores, slots
             )
             timed.append((0.0, device, config, variant))
             await asyncio.to_thread(device.warm_up, sample, warmup_rows)
@@ -291,83 +245,3 @@ async def fastest_device(
     why = (f"timed at start-up (the record was measured on another CPU): the fastest over the "
            f"warm-up batches of {names}")  # fmt: skip
     return device, config, variant, why
-
-
-def ranker_for(version: ServableVersion, settings: Settings) -> Ranker | None:
-    """/v1/rank for a built version, or a plain one with a ranking spec; None otherwise."""
-    if version.built is not None:
-        return Ranker.for_version(version.built, settings.limits)
-    return Ranker.for_plain(version, settings.limits)
-
-
-async def start_serving(
-    version: ServableVersion,
-    settings: Settings,
-    metrics: SchedulerMetrics | None,
-    slots: Mapping[str, asyncio.Semaphore] | None = None,
-) -> Serving:
-    """Sessions on every device that may run the version, warmed up; raises ValueError when none
-    can (or a device's settings name a variant it cannot run). `slots`: each device's batches
-    in flight, shared by every model served on it."""
-    devices: list[Device] = []
-    variants: dict[str, VariantFile] = {}
-    reasons: dict[str, str] = {}
-    warmup_rows = settings.routing.warmup_rows if version.batched else (1,)
-    sample = warmup_inputs(version, max(warmup_rows))
-    options: dict[str, list[tuple[DeviceSettings, VariantFile]]] = {}
-    for config, chosen in plan_devices(version, settings):  # an either-CPU device: two entries
-        timed = timed_candidates(version, config)
-        options.setdefault(config.name, []).extend((config, v) for v in timed or [chosen])
-    backends: dict[str, str] = {}
-    try:
-        for name, candidates in options.items():
-            shared = slots.get(name) if slots else None
-            try:
-                device, config, variant, why = await fastest_device(
-                    version, candidates, settings, shared, sample, warmup_rows
-                )
-            except DeviceUnavailable as exc:
-                backend = candidates[0][0].backend
-                log.warning("device %s (%s) is not available here: %s", name, backend, exc)
-                continue
-            if why is None and timed_candidates(version, config):
-                why = f"the only servable variant its runtime runs ({ANOTHER_CPU})"
-            devices.append(device)
-            variants[device.name] = variant
-            backends[device.name] = config.backend
-            reasons[device.name] = why or variant_reason(version, config)
-            fit = device.latency.fit
-            log.info(
-                "%s version %d on device %s: %s (%s, executes %s; %s); latency %.3f ms + %.2f "
-                "us/row", version.model, version.number, device.name, variant.name,
-                config.backend, device.backend.execution_precision, reasons[device.name],
-                fit.fixed_seconds * 1e3, fit.seconds_per_row * 1e6,
-            )  # fmt: skip
-    except BaseException:
-        for device in devices:
-            await asyncio.to_thread(device.close)
-        raise
-    if not devices:
-        raise ValueError(f"{version.model} version {version.number}: no device can serve it")
-    batching, own = settings.batching, version.config
-    max_rows = own.max_batch_rows or batching.max_batch_rows
-    delay_ms = own.max_queue_delay_ms
-    delay_ms = batching.max_queue_delay_ms if delay_ms is None else delay_ms
-    scheduler = Scheduler(
-        devices,
-        make_router(settings.routing.policy),
-        BatchingConfig(
-            max_batch_rows=max_rows if version.batched else 1,
-            max_queue_delay_seconds=delay_ms / 1000,
-            max_queue_rows=batching.max_queue_rows,
-            elastic=batching.elastic,
-            low_priority_deadline_fraction=settings.admission.low_priority_deadline_fraction,
-            probe_interval_seconds=settings.faults.probe_interval_seconds,
-            saturation_wait_seconds=settings.load_balancing.saturation_wait_ms / 1000,
-        ),
-        metrics.for_model(version.model) if metrics else None,
-    )
-    scheduler.start()
-    ranker = await asyncio.to_thread(ranker_for, version, settings)
-    return Serving(version, scheduler, variants, ranker, ready=True, reasons=reasons,
-                   backends=backends)  # fmt: skip

@@ -7,14 +7,12 @@ raw little-endian bytes of each input that declares `parameters.binary_data_size
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import orjson
 
-from app.errors import Unprocessable
-from app.v2_schema import InferenceRequest, decode_request
+from app.http.v2_schema import InferenceRequest, decode_request
 from models.signature import NUMPY_DTYPES, V2_DATATYPES
 from scheduler.errors import InvalidInput
 
@@ -84,35 +82,6 @@ def json_values(data: list[Any], dtype: np.dtype[Any], where: str, datatype: str
         if given.min() < info.min or given.max() > info.max:
             raise InvalidInput(f"{where}: values outside the range of {datatype}")
     return given.astype(dtype).reshape(-1)
-
-
-def check_against(
-    tensors: dict[str, np.ndarray], specs: Mapping[str, tuple[str, tuple[int, ...]]], max_rows: int,
-    batched: bool = True,
-) -> dict[str, np.ndarray]:  # fmt: skip
-    """Names, datatypes and shapes against the model's inputs (-1: any size), and for a batched
-    model the same number of rows in each; returns C-contiguous arrays."""
-    if set(tensors) != set(specs):
-        given = sorted(tensors)[:8]
-        raise InvalidInput(f"inputs: expected {sorted(specs)[:8]}, got {given}")
-    rows = {len(t) for t in tensors.values() if t.ndim}
-    for name, (datatype, shape) in specs.items():
-        tensor = tensors[name]
-        if tensor.dtype != DTYPES[datatype]:
-            raise InvalidInput(f"inputs.{name}.datatype: expected {datatype}")
-        if tensor.ndim != len(shape) or any(
-            d not in (-1, s) for d, s in zip(shape, tensor.shape, strict=True)
-        ):
-            raise InvalidInput(
-                f"inputs.{name}.shape: expected {list(shape)}, got {list(tensor.shape)}"
-            )
-    if not batched:
-        return {name: np.ascontiguousarray(t) for name, t in tensors.items()}
-    if len(rows) != 1 or 0 in rows:
-        raise InvalidInput("inputs: every input needs the same, non-zero number of rows")
-    if rows.pop() > max_rows:
-        raise Unprocessable(f"inputs: more than {max_rows} rows")
-    return {name: np.ascontiguousarray(t) for name, t in tensors.items()}
 
 
 def encode_response(

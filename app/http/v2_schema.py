@@ -10,7 +10,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 from pydantic import ValidationError as PydanticValidationError
 
-from app.errors import UNION_MEMBERS, field_path
+from app.http.errors import UNION_MEMBERS, field_path
 from scheduler.errors import InvalidInput
 
 MAX_TENSORS = 64  # inputs or outputs in one request

@@ -1,11 +1,11 @@
-"""`python -m app` with `[server] workers` > 1: one engine process (`app.engine`: the schedulers,
-devices and sessions), N HTTP worker processes accepting on one listening socket this process
-binds and hands them, and this process watching them.
+"""`python -m app` with `[server] workers` > 1: one engine process (`app.workers.engine`: the
+schedulers, devices and sessions), N HTTP worker processes accepting on one listening socket this
+process binds and hands them, and this process watching them.
 
 - A worker that exits is restarted on the same socket (the kernel hands new connections to the
   others meanwhile); its connections close with it, so no request it held is left hanging.
 - An engine that exits after start-up is restarted; meanwhile every worker is not ready and
-  answers 503 saying so (`app.engine_link`).
+  answers 503 saying so (`app.workers.link`).
 - SIGTERM: the workers drain as one process would (readiness false, new requests refused, what
   they accepted answered), then the engine stops; exit 0. A second signal, or SIGINT: stop now.
 - One `/metrics` for the server: every process records into prometheus_client's multiprocess
@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
+from prometheus_client import CollectorRegistry
+
 from config.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -45,7 +47,7 @@ def worker_count(setting: int, cores: int) -> int:
 
 def worker_settings(settings: Settings, workers: int) -> Settings:
     """A worker's settings: its share of the server's in-flight limit, the worker count resolved
-    (the runtime threads it reports are the engine's: `app.serving.runtime_cores`)."""
+    (the runtime threads it reports are the engine's: `app.dataplane.serving.runtime_cores`)."""
     admission = settings.admission
     share = max(1, -(-admission.max_in_flight_requests // workers))
     return settings.model_copy(update={
@@ -235,3 +237,13 @@ class Supervisor:
             codes.append(engine.wait(server.graceful_shutdown_seconds + STOP_GRACE_SECONDS))
         log.info("supervisor: stopped (exit statuses %s)", codes)
         return 0 if self.stopping == 1 and not any(codes) else 1
+
+
+def server_wide() -> CollectorRegistry:
+    """The metrics of every process of a server with workers (prometheus_client's multiprocess
+    files, PROMETHEUS_MULTIPROC_DIR), summed at each scrape."""
+    from prometheus_client import multiprocess
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return registry

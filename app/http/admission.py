@@ -1,7 +1,7 @@
-"""Admission at the HTTP layer: the count of HTTP requests in progress, the one rule that refuses a
-new inference request (`Admission.decide`), and the headroom that count leaves.
+"""Admission at the HTTP layer: the data plane's rule (`app.dataplane.admission`) applied to HTTP
+requests, and the refusal written as HTTP.
 
-The guarded HTTP protocol (`app.http_protocol`, what `python -m app` runs) decides twice: as soon
+The guarded HTTP protocol (`app.http.protocol`, what `python -m app` runs) decides twice: as soon
 as a request's head is parsed (its body then skipped), and again when its body is complete, where
 it also counts the request in, synchronously, before its ASGI task has run. A burst of requests
 read in one turn of the event loop therefore sees each other: counting inside the app, once each
@@ -12,25 +12,18 @@ application, httpx's ASGITransport) `AdmissionMiddleware` applies the same rule 
 
 from __future__ import annotations
 
-import enum
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from http import HTTPStatus
 
 import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.settings import AdmissionSettings
-from scheduler.scheduler import HIGH, LOW
+from app.dataplane.admission import Admission, Decision
+from scheduler.scheduler import LOW
 
 PRIORITY_HEADER = "x-request-priority"
 PRIORITY_HEADER_BYTES = PRIORITY_HEADER.encode()  # ASGI header names are lower-case bytes
-PRIORITIES = {"high": HIGH, "low": LOW}
 ADMITTED = "recsys.admitted"  # scope extension: the protocol has counted this request in
-
-
-class Decision(enum.Enum):
-    ADMIT = "admit"
-    REFUSE = "refuse"
 
 
 def response_bytes(status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> bytes:
@@ -46,24 +39,22 @@ def is_inference(method: str, path: str) -> bool:
     return method == "POST" and (path.startswith("/v1/") or path.endswith("/infer"))
 
 
-class Admission:
-    """Refuse an inference request at once, before its body is read or parsed, while
-    `max_in_flight_requests` HTTP requests are already in progress; a low-priority one (header
-    X-Request-Priority) already at `low_priority_in_flight_fraction` of that, so it is shed first.
-    Under overload the HTTP layer itself saturates a core before the scheduler's queue grows: a
-    refusal here costs a fraction of a parsed and scored request, so the requests already accepted
-    keep their latency."""
+def header_is_low(headers: Iterable[tuple[bytes, bytes]]) -> bool | None:
+    """X-Request-Priority as admission reads it: low, high, or None (absent, or not a priority:
+    the route refuses that with 400 naming the header)."""
+    for name, value in headers:
+        if name == PRIORITY_HEADER_BYTES:
+            level = {b"low": LOW, b"high": 0}.get(value.lower())
+            return None if level is None else level == LOW
+    return None
 
-    def __init__(self, settings: AdmissionSettings,
-                 on_refusal: Callable[[], None] | None = None) -> None:  # fmt: skip
-        self.in_flight = 0  # refusals are never counted
-        self.max_requests = settings.max_in_flight_requests
-        self.max_low_priority = max(
-            1, int(self.max_requests * settings.low_priority_in_flight_fraction)
-        )
-        self.default_low = settings.default_priority == "low"
-        self.on_refusal = on_refusal
-        self.status = settings.overload_status
+
+class HttpAdmission:
+    """The rule of `admission` for HTTP requests, and its refusal as HTTP."""
+
+    def __init__(self, admission: Admission, overload_status: int) -> None:
+        self.rule = admission
+        self.status = overload_status
         body = orjson.dumps({"error": "overloaded: too many requests in progress"})
         self.refusal_body = body
         self.refusal_headers = [(b"content-type", b"application/json"), (b"retry-after", b"1"),
@@ -73,31 +64,10 @@ class Admission:
         self._body = {"type": "http.response.body", "body": body}
 
     def decide(self, method: str, path: str, headers: Iterable[tuple[bytes, bytes]]) -> Decision:
-        if self.in_flight < self.max_low_priority or not is_inference(method, path):
+        rule = self.rule
+        if rule.in_flight < rule.max_low_priority or not is_inference(method, path):
             return Decision.ADMIT  # the common case: no header is read
-        low = next((v.lower() == b"low" for n, v in headers if n == PRIORITY_HEADER_BYTES), None)
-        return self.decide_call(low)
-
-    def decide_call(self, low_priority: bool | None) -> Decision:
-        """The rule for an inference request of any transport (HTTP, gRPC); `low_priority`
-        None: the default priority."""
-        count = self.in_flight
-        if count < self.max_low_priority:
-            return Decision.ADMIT
-        if count >= self.max_requests:
-            return Decision.REFUSE
-        low = self.default_low if low_priority is None else low_priority
-        return Decision.REFUSE if low else Decision.ADMIT
-
-    def enter(self) -> None:
-        self.in_flight += 1
-
-    def leave(self, _: object = None) -> None:  # also a task's done callback
-        self.in_flight -= 1
-
-    def headroom(self, in_flight: int) -> int:
-        """0-100: how far `in_flight` requests are from the limit."""
-        return max(0, round(100 * (1 - in_flight / self.max_requests)))
+        return rule.decide(header_is_low(headers))
 
     def refusal_bytes(self, default_headers: list[tuple[bytes, bytes]]) -> bytes:
         """The whole HTTP/1.1 refusal, for a server that writes it to the socket itself."""
@@ -106,8 +76,7 @@ class Admission:
 
     async def answer(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The refusal as an ASGI app, for a request refused once its body is complete."""
-        if self.on_refusal:
-            self.on_refusal()
+        self.rule.on_refusal()
         await send(self._start)
         await send(self._body)
 
@@ -115,7 +84,7 @@ class Admission:
 class AdmissionMiddleware:
     """The same rule inside the app, for requests the guarded protocol did not admit."""
 
-    def __init__(self, app: ASGIApp, admission: Admission) -> None:
+    def __init__(self, app: ASGIApp, admission: HttpAdmission) -> None:
         self.app = app
         self.admission = admission
 
@@ -127,18 +96,8 @@ class AdmissionMiddleware:
         if admission.decide(scope["method"], scope["path"], scope["headers"]) is Decision.REFUSE:
             await admission.answer(scope, receive, send)
             return
-        admission.enter()
+        admission.rule.enter()
         try:
             await self.app(scope, receive, send)
         finally:
-            admission.leave()
-
-
-def header_priority(value: str | None, default: str) -> int | None:
-    """X-Request-Priority (high | low, any case) as the scheduler's priority; None if invalid."""
-    return PRIORITIES.get((default if value is None else value).lower())
-
-
-def v2_priority(value: int | None, default: str) -> int:
-    """Triton's `priority` parameter: 1 highest, 2 or more low, 0 or absent the default."""
-    return PRIORITIES[default] if not value else min(value - 1, LOW)
+            admission.rule.leave()

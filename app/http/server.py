@@ -24,9 +24,9 @@ from types import FrameType
 from typing import Any
 
 import uvicorn
-from fastapi import FastAPI
 
-from app.http_protocol import Throttled
+from app.dataplane.plane import DataPlane
+from app.http.protocol import Throttled
 
 log = logging.getLogger(__name__)
 ACCEPT_BURST = 128
@@ -34,9 +34,10 @@ ACCEPT_PAUSE_SECONDS = 0.1
 
 
 class DrainingServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, app: FastAPI, drain_delay_seconds: float) -> None:
+    def __init__(self, config: uvicorn.Config, plane: DataPlane,
+                 drain_delay_seconds: float) -> None:  # fmt: skip
         super().__init__(config)
-        self._app = app
+        self._plane = plane
         self._drain_delay = drain_delay_seconds
         self._loop: asyncio.AbstractEventLoop | None = None
         self._drain_task: asyncio.Task[None] | None = None
@@ -93,10 +94,10 @@ class DrainingServer(uvicorn.Server):
         await super().shutdown(sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if sig != signal.SIGTERM or self._app.state.draining or self._loop is None:
+        if sig != signal.SIGTERM or self._plane.draining or self._loop is None:
             super().handle_exit(sig, frame)
             return
-        self._app.state.draining = True
+        self._plane.drain()
         log.info("SIGTERM: draining (readiness false, new requests refused)")
         self._loop.call_soon_threadsafe(self._start_drain, sig, frame)
 

@@ -1,18 +1,18 @@
 """Ranking, once: a rank request's ids become feature rows and model inputs (seen items dropped),
-and scores become the top-k response. The /v1/rank route and the benchmarks' baseline and front
-end call it, so they compare serving, not different request handling."""
+and scores become the top-k answer. The data plane and the benchmarks' baseline and front end
+call it, so they compare serving, not different request handling."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-from fastapi import Response
 
-from app.errors import PayloadTooLarge, Unprocessable, json_response
+from app.dataplane.errors import PayloadTooLarge, Unprocessable
+from app.dataplane.schemas import RankRequest
 from app.settings import LimitSettings
-from app.v1_schema import RankRequest
 from models.feature_tables import OOV_ROW, FeatureTables
 from models.model_config import CONFIG_FILE
 from models.ranking_spec import Assembler, built_spec
@@ -113,11 +113,11 @@ class Ranker:
         return ids, item_rows, unknown
 
     def response(self, candidates: Candidates, scores: np.ndarray, variants: dict[str, str],
-                 k: int) -> Response:  # fmt: skip
-        """The RankResponse body, serialized with orjson directly: validating a response the
-        server builds itself would cost more than the inference (OpenAPI still documents it)."""
+                 k: int) -> dict[str, Any]:  # fmt: skip
+        """The RankResponse document, as plain values: validating a response the server builds
+        itself would cost more than the inference (OpenAPI still documents it)."""
         ids = candidates.ids
-        return json_response({
+        return {
             "model_name": self.model_name,
             "model_version": self.model_version,
             "variants": variants,
@@ -125,7 +125,7 @@ class Ranker:
             "unknown_items": candidates.unknown,
             "items": [{"item_id": str(ids[i]), "score": float(scores[i])}
                       for i in top_k(scores, k)],
-        })  # fmt: skip
+        }  # fmt: skip
 
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:

@@ -8,10 +8,8 @@ from typing import Annotated, Any
 import orjson
 from fastapi import APIRouter, Depends, Request, Response
 
-from app import dependencies
-from app.errors import ERROR_RESPONSES, Forbidden, json_response
-from app.registry import ModelRegistry
-from models.repository import RepositoryError
+from app.http.dependencies import bearer, plane
+from app.http.errors import ERROR_RESPONSES, json_response
 from scheduler.errors import InvalidInput
 
 router = APIRouter(prefix="/v2/repository", tags=["KServe V2 model repository"],
@@ -45,49 +43,29 @@ async def options(request: Request) -> dict[str, Any]:
     return document
 
 
-def controllable(models: ModelRegistry) -> None:
-    mode = models.settings.model_control.mode
-    if mode != "explicit":
-        raise Forbidden(f'load and unload need [model_control] mode = "explicit" (it is {mode!r})')
-
-
 @router.post("/index")
-async def index(
-    models: Annotated[ModelRegistry, Depends(dependencies.accepting)],
-    body: Annotated[dict[str, Any], Depends(options)],
-) -> Response:
+async def index(request: Request, body: Annotated[dict[str, Any], Depends(options)]) -> Response:
     """Every model in the repository or loaded, by version, with its state and reason."""
-    rows = models.index()
-    if body.get("ready") is True:
-        rows = [row for row in rows if row["state"] == "READY"]
-    return json_response(rows)
+    return json_response(plane(request).index(ready_only=body.get("ready") is True))
 
 
 @router.post("/models/{name}/load")
 async def load(
-    name: str,
-    models: Annotated[ModelRegistry, Depends(dependencies.accepting)],
-    body: Annotated[dict[str, Any], Depends(options)],
+    request: Request, name: str, body: Annotated[dict[str, Any], Depends(options)]
 ) -> Response:
     """(Re)load the model from its folder; answers once its versions serve (200), or with the
-    reason it could not (400), what served before still serving."""
+    reason it could not (400), what served before still serving. With `[faults] admin_token`
+    set, it needs that token (Authorization: Bearer)."""
     del body
-    controllable(models)
-    try:
-        await models.load(name)
-    except (RepositoryError, ValueError) as exc:
-        raise InvalidInput(f"failed to load {name!r}: {exc}") from None
+    await plane(request).load_model(name, bearer(request))
     return json_response({})
 
 
 @router.post("/models/{name}/unload")
 async def unload(
-    name: str,
-    models: Annotated[ModelRegistry, Depends(dependencies.accepting)],
-    body: Annotated[dict[str, Any], Depends(options)],
+    request: Request, name: str, body: Annotated[dict[str, Any], Depends(options)]
 ) -> Response:
     """Stop serving the model; requests already queued on it finish first."""
     del body
-    controllable(models)
-    await models.unload(name)
+    await plane(request).unload_model(name, bearer(request))
     return json_response({})

@@ -3,7 +3,7 @@ memory its requests' arrays cross in, and what the app sees in place of a schedu
 
 `RemoteScheduler` has the face of `scheduler.Scheduler` the app uses (submit, load, running,
 devices, batching), so routes, admission, readiness and the load figures run unchanged; its load
-and health are the engine's last status push (every `app.engine.STATUS_SECONDS`). While the
+and health are the engine's last status push (every `app.workers.engine.STATUS_SECONDS`). While the
 engine is away (it died; the supervisor restarts it) the worker is not ready, new requests are
 refused with 503 and the requests it had sent fail with a 503 that says so; the link reconnects.
 An engine that stops pushing (its event loop hung or stopped) makes the worker not ready after
@@ -25,7 +25,11 @@ from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
-from app.engine_wire import (
+from app.dataplane.catalog import READY, Catalog, ServedModel
+from app.dataplane.errors import Forbidden
+from app.dataplane.registry import OpenedModel, open_model, startup_names
+from app.dataplane.serving import Serving, ranker_for
+from app.workers.wire import (
     FrameReader,
     Outbox,
     error_of,
@@ -35,13 +39,13 @@ from app.engine_wire import (
     read_arrays,
     write_arrays,
 )
-from app.registry import ModelRegistry, OpenedModel, open_model
-from app.serving import Serving, ranker_for
 from config.settings import Settings
 from scheduler.batch import Inputs, Scored
 from scheduler.errors import DeadlineExceeded, NotReady, UnknownModel
+from scheduler.faults import FaultMode
 from scheduler.load import LoadReport
 from scheduler.scheduler import HIGH, BatchingConfig
+from scheduler.served import Served
 
 log = logging.getLogger(__name__)
 RECONNECT_SECONDS = 0.1
@@ -73,7 +77,7 @@ class Status:
     load: LoadReport = field(
         default_factory=lambda: LoadReport(0, 0, float("inf"), {}, [], 0.0, 0.0, 0.0, 0, True)
     )
-    stats: dict[str, float] = field(default_factory=dict)  # Triton's statistics, the engine's
+    served: Served = field(default_factory=Served)  # what the engine's scheduler served
 
 
 class EngineLink:
@@ -90,7 +94,8 @@ class EngineLink:
         self.last_status = 0.0  # monotonic time of the engine's last status push
         self.ids = itertools.count()
         self.connected = asyncio.Event()
-        self.servings: list[Serving] = []  # to update in place when the engine comes back
+        # To update in place when the engine comes back.
+        self.servings: list[tuple[Serving, RemoteScheduler]] = []
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -139,8 +144,8 @@ class EngineLink:
             self.update_status(message["models"])
         elif op == "describe":
             self.described = message["models"]
-            for serving in self.servings:
-                describe(serving, self.described)
+            for serving, scheduler in self.servings:
+                describe(serving, scheduler, self.described)
             self.connected.set()
         else:
             self.answered(message, inline)
@@ -161,10 +166,7 @@ class EngineLink:
                 if load["predicted_wait_seconds"] is None:
                     load["predicted_wait_seconds"] = float("inf")
                 status.load = LoadReport(**load)
-                status.stats = reported["stats"]
-        for serving in self.servings:
-            key = (serving.version.model, serving.version.number)
-            serving.stats = self.statuses[key].stats if key in self.statuses else {}
+                status.served = Served(**reported["served"])
 
     def answered(self, message: dict[str, Any], inline: bytes) -> None:
         entry = self.pending.pop(message["id"], None)
@@ -280,7 +282,7 @@ class RemoteDevice:
 
 
 class RemoteScheduler:
-    """A version's scheduler in the engine, as the routes see it."""
+    """A version's scheduler in the engine, as the data plane sees it (its `Scoring`)."""
 
     metrics = None  # the engine records the scheduler's metrics
 
@@ -296,13 +298,16 @@ class RemoteScheduler:
         link = self.link
         return link.transport is not None and link.fresh and self.status.running
 
+    @property
+    def served(self) -> Served:
+        return self.status.served
+
     def load(self) -> LoadReport:
         return self.status.load
 
-    async def submit(self, inputs: Inputs, timeout_seconds: float | None = None,
-                     priority: int = HIGH) -> Scored:  # fmt: skip
-        future = self.link.submit(self.model, self.version, inputs, timeout_seconds, priority)
-        return await future
+    def submit_nowait(self, inputs: Inputs, timeout_seconds: float | None = None,
+                      priority: int = HIGH) -> asyncio.Future[Scored]:  # fmt: skip
+        return self.link.submit(self.model, self.version, inputs, timeout_seconds, priority)
 
     async def drain(self, limit_seconds: float) -> None:
         pass
@@ -311,51 +316,74 @@ class RemoteScheduler:
         pass
 
 
-def describe(serving: Serving, described: dict[str, Any]) -> None:
+def describe(serving: Serving, scheduler: RemoteScheduler, described: dict[str, Any]) -> None:
     """Set a version's devices, variants and reasons as the engine described them."""
     version = serving.version
     entry = described.get(version.model, {}).get(str(version.number))
     if entry is None:
         return
-    scheduler = serving.scheduler
-    assert isinstance(scheduler, RemoteScheduler)
     scheduler.devices = [RemoteDevice(n, p, scheduler.status) for n, p in entry["devices"]]
     scheduler.batching = BatchingConfig(**entry["batching"])
     serving.variants = {d: version.variants[v] for d, v in entry["variants"].items()}
     serving.reasons, serving.backends = entry["reasons"], entry["backends"]
+    serving.threads = entry["threads"]
 
 
-class RemoteModelRegistry(ModelRegistry):
-    """The registry of a worker: the versions the engine serves, opened here for their
+class EngineModels(Catalog):
+    """The models of an HTTP worker: the versions the engine serves, opened here for their
     signatures and feature tables (a worker parses, validates and looks features up), scored
-    in the engine. Model control stays at start-up ([model_control] mode = "none")."""
+    in the engine. What start-up loaded is what serves: no model control in a worker."""
 
     def __init__(self, settings: Settings, link: EngineLink,
                  checked: Sequence[OpenedModel] = ()) -> None:  # fmt: skip
-        super().__init__(settings, None, checked=checked)
+        super().__init__(settings)
         self.link = link
+        self._checked = {opened.name: opened for opened in checked}
 
-    async def _build(self, name: str, opened: OpenedModel | None = None,
-                     ) -> tuple[str, list[Serving]]:  # fmt: skip
-        if opened is None:
-            opened = await asyncio.to_thread(open_model, self.settings, name)
+    async def start(self) -> None:
+        """Connect to the engine; serve what it describes of the start-up models."""
+        await self.link.start()
         described = self.link.described or {}
-        if name not in described:
-            raise UnknownModel(f"model {name!r}: the engine does not serve it")
-        built = []
-        for version in opened.versions:
-            if str(version.number) not in described[name]:
-                continue
-            entry = described[name][str(version.number)]
-            scheduler = RemoteScheduler(self.link, name, version.number, [],
-                                        BatchingConfig(**entry["batching"]))  # fmt: skip
-            ranker = await asyncio.to_thread(ranker_for, version, self.settings)
-            serving = Serving(version, scheduler, {}, ranker, ready=True)  # type: ignore[arg-type]
-            describe(serving, described)
-            self.link.servings.append(serving)
-            built.append(serving)
-        return opened.fingerprint, built
+        for name in startup_names(self.settings):
+            opened = self._checked.pop(name, None)
+            if opened is None:
+                opened = await asyncio.to_thread(open_model, self.settings, name)
+            if name not in described:
+                raise UnknownModel(f"model {name!r}: the engine does not serve it")
+            model = self.models.setdefault(name, ServedModel(name))
+            for version in opened.versions:
+                entry = described[name].get(str(version.number))
+                if entry is None:
+                    continue
+                scheduler = RemoteScheduler(self.link, name, version.number, [],
+                                            BatchingConfig(**entry["batching"]))  # fmt: skip
+                number = version.number
+                ranker = (
+                    opened.rankers[number]
+                    if number in opened.rankers
+                    else await asyncio.to_thread(ranker_for, version, self.settings)
+                )
+                serving = Serving(version, scheduler, {}, ranker, ready=True)
+                describe(serving, scheduler, described)
+                self.link.servings.append((serving, scheduler))
+                model.versions[number] = serving
+            model.state, model.fingerprint = READY, opened.fingerprint
 
-    async def set_fault(self, device: str, mode: str) -> bool:
+    async def load(self, name: str) -> None:
+        raise Forbidden("model control needs [server] workers = 1 (workers serve what start-up "
+                        "loaded)")  # fmt: skip
+
+    async def unload(self, name: str) -> None:
+        await self.load(name)
+
+    async def set_fault(self, device: str, mode: FaultMode) -> bool:
         answer = await self.link.call({"op": "fault", "device": device, "mode": mode})
         return bool(answer["found"])
+
+    def refresh_metrics(self, headroom_cap: int) -> None:
+        pass  # the engine refreshes the gauges every status push; /metrics sums the processes
+
+    async def close(self) -> None:
+        for serving in self.serving():
+            serving.ready = False
+        await self.link.close()

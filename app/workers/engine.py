@@ -3,7 +3,7 @@ registry, the schedulers, the devices and their sessions (one CUDA context), so 
 every worker's requests.
 
 Workers connect over a Unix socket and hand it, with their first message, a memfd of request slots
-(`app.engine_wire`). The engine then pushes each connection its models' description (what
+(`app.workers.wire`). The engine then pushes each connection its models' description (what
 `/v2/models/{name}/config` reports) and, every `STATUS_SECONDS`, their status: running, device
 health, the load report and Triton's statistics, which readiness, `/v1/load`, the agent check and
 the statistics route in every worker read. It answers each request in the order it finishes.
@@ -28,9 +28,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
-from prometheus_client import CollectorRegistry
-
-from app.engine_wire import (
+from app.dataplane.catalog import Models
+from app.dataplane.plane import DataPlane
+from app.workers.wire import (
     FrameReader,
     Outbox,
     error_message,
@@ -40,62 +40,45 @@ from app.engine_wire import (
     read_arrays,
     write_arrays,
 )
-from app.registry import ModelRegistry, OpenedModel, load_failure_counter
-from app.serving import Serving
 from config.settings import Settings
 from scheduler.batch import Scored
-from scheduler.faults import FaultInjector
-from scheduler.load import combine
-from scheduler.metrics import SchedulerMetrics
 
 log = logging.getLogger(__name__)
 STATUS_SECONDS = 0.1
 HELLO_TIMEOUT_SECONDS = 5.0
 
 
-def description(models: ModelRegistry) -> dict[str, Any]:
+def description(models: Models) -> dict[str, Any]:
     """Per model and version: the devices, the variant each runs and why, the batching."""
     described: dict[str, Any] = {}
-    for name, model in models.models.items():
-        for number, serving in model.versions.items():
-            described.setdefault(name, {})[str(number)] = {
-                "devices": [[d.name, d.parallel_batches] for d in serving.scheduler.devices],
-                "variants": {d: v.name for d, v in serving.variants.items()},
-                "reasons": serving.reasons,
-                "backends": serving.backends,
-                "batching": dataclasses.asdict(serving.scheduler.batching),
-            }
+    for serving in models.serving():
+        version = serving.version
+        described.setdefault(version.model, {})[str(version.number)] = {
+            "devices": [[d.name, d.parallel_batches] for d in serving.scheduler.devices],
+            "variants": {d: v.name for d, v in serving.variants.items()},
+            "reasons": serving.reasons,
+            "backends": serving.backends,
+            "threads": serving.threads,
+            "batching": dataclasses.asdict(serving.scheduler.batching),
+        }
     return described
 
 
-def status(models: ModelRegistry) -> dict[str, Any]:
+def status(models: Models) -> dict[str, Any]:
     """What readiness and the load figures read, per model and version."""
     reported: dict[str, Any] = {}
-    for name, model in models.models.items():
-        for number, serving in model.versions.items():
-            load = dataclasses.asdict(serving.scheduler.load())
-            if math.isinf(load["predicted_wait_seconds"]):
-                load["predicted_wait_seconds"] = None  # JSON has no infinity
-            reported.setdefault(name, {})[str(number)] = {
-                "running": serving.scheduler.running,
-                "healthy": {d.name: d.healthy for d in serving.scheduler.devices},
-                "load": load,
-                "stats": serving.stats,
-            }
+    for serving in models.serving():
+        load = dataclasses.asdict(serving.scheduler.load())
+        if math.isinf(load["predicted_wait_seconds"]):
+            load["predicted_wait_seconds"] = None  # JSON has no infinity
+        version = serving.version
+        reported.setdefault(version.model, {})[str(version.number)] = {
+            "running": serving.scheduler.running,
+            "healthy": {d.name: d.healthy for d in serving.scheduler.devices},
+            "load": load,
+            "served": dataclasses.asdict(serving.scheduler.served),
+        }
     return reported
-
-
-def record(serving: Serving, rows: int, scored: Scored | None, seconds: float) -> None:
-    """Triton's statistics of one version, kept here so every worker reports the whole server."""
-    s = serving.stats
-    if scored is None:
-        s["failures"] = s.get("failures", 0) + 1
-        return
-    s["requests"] = s.get("requests", 0) + 1
-    s["rows"] = s.get("rows", 0) + rows
-    s["queue_ns"] = s.get("queue_ns", 0) + scored.queue_seconds * 1e9
-    s["compute_ns"] = s.get("compute_ns", 0) + scored.compute_seconds * 1e9
-    s["total_ns"] = s.get("total_ns", 0) + seconds * 1e9
 
 
 class WorkerConnection(asyncio.Protocol):
@@ -114,7 +97,8 @@ class WorkerConnection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         self.outbox.transport = self.transport
         self.engine.connections.add(self)
-        self.transport.write(frame({"op": "describe", "models": description(self.engine.models)}))
+        described = description(self.engine.plane.models)
+        self.transport.write(frame({"op": "describe", "models": described}))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = self.outbox.transport = None
@@ -141,37 +125,28 @@ class WorkerConnection(asyncio.Protocol):
 
     def infer(self, message: dict[str, Any], inline: bytes) -> None:
         request_id, slot = message["id"], message["slot"]
-        serving = None
         try:
-            serving = self.engine.models.get(message["model"], message["version"])
             buffer = inline if slot < 0 else self.slot(slot)
             inputs = read_arrays(buffer, message["inputs"], copy=False)
-            future = serving.scheduler.submit_nowait(
-                inputs, message["timeout"], message["priority"]
-            )
+            future = self.engine.plane.submit_nowait(
+                message["model"], message["version"], inputs, message["timeout"],
+                message["priority"],
+            )  # fmt: skip
         except Exception as exc:  # refused at once: say why, as the scheduler would have
-            if serving is not None:
-                record(serving, 0, None, 0.0)
             self.send(error_message(request_id, exc))
             return
-        rows = len(next(iter(inputs.values())))
         self.pending += 1
-        future.add_done_callback(
-            partial(self.answer, request_id, slot, serving, rows, time.perf_counter())
-        )
+        future.add_done_callback(partial(self.answer, request_id, slot))
 
-    def answer(self, request_id: int, slot: int, serving: Serving, rows: int, started: float,
-               future: asyncio.Future[Scored]) -> None:  # fmt: skip
+    def answer(self, request_id: int, slot: int, future: asyncio.Future[Scored]) -> None:
         self.pending -= 1
         if self.transport is None:  # the worker is gone (or reconnected): its slots are not ours
             return
         if future.cancelled() or future.exception() is not None:
             error = future.exception() if not future.cancelled() else None
-            record(serving, rows, None, 0.0)
             self.send(error_message(request_id, error or RuntimeError("cancelled")))
             return
         scored = future.result()
-        record(serving, rows, scored, time.perf_counter() - started)
         outputs = scored.outputs
         layout, total = layout_of(outputs)
         reply: dict[str, Any] = {
@@ -188,12 +163,11 @@ class WorkerConnection(asyncio.Protocol):
 
 
 class Engine:
-    def __init__(self, settings: Settings, models: ModelRegistry,
-                 metrics: SchedulerMetrics) -> None:  # fmt: skip
+    def __init__(self, settings: Settings, plane: DataPlane) -> None:
         self.settings = settings
-        self.models = models
-        self.metrics = metrics
+        self.plane = plane
         self.connections: set[WorkerConnection] = set()
+        self._control_tasks: set[asyncio.Task[None]] = set()
 
     def pending(self) -> int:
         return sum(c.pending for c in self.connections)
@@ -201,23 +175,18 @@ class Engine:
     def control(self, connection: WorkerConnection, message: dict[str, Any]) -> None:
         """The rare calls: fault injection ([faults] admin_enabled), forwarded by a worker."""
         if message["op"] == "fault":
-            found = [
-                d.backend for s in self.models.serving() for d in s.scheduler.devices
-                if d.name == message["device"] and isinstance(d.backend, FaultInjector)
-            ]  # fmt: skip
-            for backend in found:
-                backend.set_mode(message["mode"])
-            connection.send({"id": message["id"], "found": bool(found)})
+            task = asyncio.get_running_loop().create_task(self._fault(connection, message))
+            self._control_tasks.add(task)
+            task.add_done_callback(self._control_tasks.discard)
+
+    async def _fault(self, connection: WorkerConnection, message: dict[str, Any]) -> None:
+        found = await self.plane.models.set_fault(message["device"], message["mode"])
+        connection.send({"id": message["id"], "found": found})
 
     def tick(self) -> None:
         """Every worker's view of the status, and the scheduler gauges /metrics reports."""
-        served = self.models.serving()
-        for serving in served:
-            if serving.scheduler.metrics is not None:
-                serving.scheduler.metrics.refresh_devices(serving.scheduler.devices)
-        if served:
-            self.metrics.refresh_load(combine([s.scheduler.load() for s in served]))
-        message = frame({"op": "status", "models": status(self.models)})
+        self.plane.refresh_metrics(0)
+        message = frame({"op": "status", "models": status(self.plane.models)})
         for connection in list(self.connections):
             connection.outbox.put(message)
 
@@ -250,31 +219,23 @@ def receive_memory(connection: socket.socket) -> mmap.mmap:
         os.close(fds[0])
 
 
-async def serve(settings: Settings, socket_path: Path, checked: list[OpenedModel]) -> None:
-    registry = CollectorRegistry()
-    scheduler_metrics = SchedulerMetrics(registry, settings.metrics.prefix)
-    on_failure = load_failure_counter(registry, settings.metrics.prefix)
-    models = ModelRegistry(settings, scheduler_metrics, on_failure, checked)
+async def serve(settings: Settings, socket_path: Path, plane: DataPlane) -> None:
+    """Start `plane` (its models in this process), then answer the workers until SIGTERM."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, lambda: None)  # the supervisor decides when
-    try:
-        await models.start()
-    except BaseException:
-        await models.close()
-        raise
+    await plane.start()
     gc.collect()
     gc.freeze()
-    engine = Engine(settings, models, scheduler_metrics)
+    engine = Engine(settings, plane)
     socket_path.unlink(missing_ok=True)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(str(socket_path))
     listener.listen(256)
     listener.setblocking(False)
     accepting = asyncio.create_task(engine.accept(listener), name="engine-accept")
-    served = [f"{s.version.model} version {s.version.number}" for s in models.serving()]
-    log.info("engine ready: %s", ", ".join(served) or "no model loaded")
+    log.info("engine ready")
     try:
         while not stop.is_set():
             engine.tick()
@@ -286,5 +247,5 @@ async def serve(settings: Settings, socket_path: Path, checked: list[OpenedModel
         deadline = time.monotonic() + settings.server.graceful_shutdown_seconds
         while engine.pending() and time.monotonic() < deadline:  # what workers sent, answered
             await asyncio.sleep(0.005)
-        await models.close()
+        await plane.close()
         log.info("engine stopped")

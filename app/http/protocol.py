@@ -8,9 +8,9 @@ as soon as a request's head is parsed.
   as soon as a chunked one passes the limit; the whole body must arrive within
   `body_timeout_seconds` (408).
 - A request reaches the ASGI app only once its body is complete, and is counted against
-  admission (or refused) then, before its task runs (see `app.admission`): slow senders can never
-  hold the in-flight slots of complete requests, and a burst read in one turn of the event loop
-  cannot slip past the limit.
+  admission (or refused) then, before its task runs (see `app.http.admission`): slow senders
+  can never hold the in-flight slots of complete requests, and a burst read in one turn of the
+  event loop cannot slip past the limit.
 - An inference request over the in-flight limit gets its 503 written straight to the socket: no
   ASGI scope, cycle or task, its body skipped by the parser (about 5 µs of Python, parsing
   included; under 3x overload this raised goodput from 82% to 90% of capacity). A request
@@ -34,8 +34,9 @@ import httptools
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
-from app.admission import ADMITTED, Admission, Decision, response_bytes
-from app.http_metrics import ConnectionMetrics
+from app.dataplane.admission import Decision
+from app.http.admission import ADMITTED, HttpAdmission, response_bytes
+from app.http.metrics import ConnectionMetrics
 from app.settings import HttpSettings
 
 log = logging.getLogger(__name__)
@@ -167,7 +168,7 @@ class Rejected(Exception):
     """Raised in a parser callback once the protocol has answered and closed: stops the parser."""
 
 
-def guarded_protocol(admission: Admission, http: HttpSettings, max_body_bytes: int,
+def guarded_protocol(admission: HttpAdmission, http: HttpSettings, max_body_bytes: int,
                      cap: ConnectionCap, metrics: ConnectionMetrics,
                      ) -> type[HttpToolsProtocol]:  # fmt: skip
     cached: list[object] = [None, b""]  # uvicorn replaces default_headers (Date) every second
@@ -189,6 +190,9 @@ def guarded_protocol(admission: Admission, http: HttpSettings, max_body_bytes: i
             self.waiting: tuple[RequestResponseCycle, Any] | None = None  # started once complete
             self.timer: asyncio.TimerHandle | None = None
             self.timer_kind = ""
+            # Bytes that are not HTTP after complete requests: those are answered first, in
+            # order, then a 400 (what follows is discarded unparsed).
+            self.malformed = False
 
         # Connection life
 
@@ -255,7 +259,7 @@ def guarded_protocol(admission: Admission, http: HttpSettings, max_body_bytes: i
         # Bytes in
 
         def data_received(self, data: bytes) -> None:
-            if self.closed_by_us:
+            if self.closed_by_us or self.malformed:
                 return
             self._unset_keepalive_if_required()
             cap.idle.pop(self, None)
@@ -268,7 +272,13 @@ def guarded_protocol(admission: Admission, http: HttpSettings, max_body_bytes: i
                     return
                 self._unsupported_upgrade_warning()
             except httptools.HttpParserError:
-                if not self.closed_by_us:
+                if self.closed_by_us:
+                    return
+                answering = self.cycle is not None and not self.cycle.response_complete
+                if self.pipeline or answering:
+                    self.malformed = True
+                    self.flow.pause_reading()
+                else:
                     self.reject(400, "malformed", "not a valid HTTP/1.1 request")
                 return
             # A head still open after a whole read was all head: the parser buffers a header
@@ -361,14 +371,14 @@ def guarded_protocol(admission: Admission, http: HttpSettings, max_body_bytes: i
             if decision is Decision.REFUSE:
                 starts.add(self, cycle, admission.answer, False)
             else:
-                admission.enter()
+                admission.rule.enter()
                 scope.setdefault("extensions", {})[ADMITTED] = {}
                 starts.add(self, cycle, app, True)
 
         def launch(self, cycle: RequestResponseCycle, app: Any, counted: bool) -> None:
             task = self.loop.create_task(cycle.run_asgi(app))
             if counted:
-                task.add_done_callback(admission.leave)
+                task.add_done_callback(admission.rule.leave)
             task.add_done_callback(self.tasks.discard)
             self.tasks.add(task)
 
@@ -397,13 +407,15 @@ def guarded_protocol(admission: Admission, http: HttpSettings, max_body_bytes: i
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
+            if self.malformed and not self.pipeline and self.cycle.response_complete:
+                self.reject(400, "malformed", "not a valid HTTP/1.1 request")
+                return
             busy = self.pipeline or self.head_open or self.body_open
             if not busy and not self.transport.is_closing():
                 cap.idle[self] = None
 
         def refuse(self) -> None:
-            if admission.on_refusal:
-                admission.on_refusal()
+            admission.rule.on_refusal()
             defaults = self.server_state.default_headers
             if cached[0] is not defaults:
                 cached[:] = [defaults, admission.refusal_bytes(defaults)]
