@@ -1,1 +1,3 @@
-"""HTTP layer: routes, schemas and the app factory (arrives with the serving issue)."""
+"""The server: one data plane (`app.dataplane`) under thin transports (`app.http` for REST,
+`app.grpc`), in one process or as HTTP workers feeding an engine process (`app.workers`);
+`app.__main__` picks the process model."""

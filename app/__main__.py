@@ -17,7 +17,7 @@ from app.assembly import cpu_budget, in_process, through_engine
 from app.dataplane.registry import check_repository
 from app.workers.supervisor import Supervisor, worker_count
 from config.settings import Settings, SettingsError, load_settings
-from models.repository import RepositoryError
+from models.artifacts.repository import RepositoryError
 
 
 def main(argv: list[str] | None = None) -> int:

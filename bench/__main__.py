@@ -32,7 +32,7 @@ from bench.stats import Summary, summarize
 from bench.stepping import Stepping, step_up
 from bench.workload import WHOLE_CATALOG, label, rank_bodies
 from config.settings import load_settings
-from models.repository import ModelVersion, open_version
+from models.artifacts.repository import ModelVersion, open_version
 
 
 @dataclass(frozen=True)

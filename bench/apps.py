@@ -26,7 +26,7 @@ from app.dataplane.ranking import Ranker
 from app.dataplane.schemas import RankRequest, RankResponse
 from app.http import errors
 from config.settings import Settings, load_settings
-from models.repository import ModelVersion, open_version
+from models.artifacts.repository import ModelVersion, open_version
 
 
 class BodyLimit:

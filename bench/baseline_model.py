@@ -14,7 +14,7 @@ import torch
 from onnx import numpy_helper
 
 from models.architectures import DCNv2
-from models.repository import ModelVersion
+from models.artifacts.repository import ModelVersion
 
 BASELINE_VARIANT = "baseline-fp32"
 

@@ -20,7 +20,7 @@ from bench.multi_model import USER_MODEL, user_bodies
 from bench.plain_models import user_sized_ranker
 from bench.workload import rank_bodies
 from config.settings import load_settings
-from models.repository import open_version
+from models.artifacts.repository import open_version
 
 SETUPS = {
     "one process": {"RECSYS_SERVER__WORKERS": "1"},

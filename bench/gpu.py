@@ -35,9 +35,9 @@ from bench import loadgen, processes
 from bench.stats import summarize
 from bench.workload import WHOLE_CATALOG, label, rank_bodies
 from config.settings import load_settings
+from models.artifacts.repository import ModelVersion, open_version
+from models.artifacts.servable import VariantFile
 from models.metrics import roc_auc
-from models.repository import ModelVersion, open_version
-from models.servable import VariantFile
 from scheduler.backend import Backend, create_backend
 from scheduler.errors import DeviceUnavailable
 

@@ -21,7 +21,7 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as rpc
 
 from bench.loadgen import CLIENT_TIMEOUT, LoadResult, LoadSpec
-from models.signature import NUMPY_DTYPES
+from models.artifacts.signature import NUMPY_DTYPES
 
 STATUS_OF_CODE = {
     grpc.StatusCode.OK: 200,

@@ -35,7 +35,7 @@ from bench.stats import Summary, summarize
 from bench.stepping import Stepping, step_up
 from bench.workload import rank_bodies
 from config.settings import load_settings
-from models.repository import open_version
+from models.artifacts.repository import open_version
 
 USER_MODEL = "user-ranker"
 USER_ROWS = 100

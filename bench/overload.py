@@ -31,7 +31,7 @@ from bench.stats import Summary, summarize
 from bench.stepping import Stepping, step_up
 from bench.workload import rank_bodies
 from config.settings import load_settings
-from models.repository import open_version
+from models.artifacts.repository import open_version
 
 
 def line(name: str, s: Summary) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 from bench.__main__ import MIXES, run_server
 from bench.workload import label, rank_bodies
 from config.settings import load_settings
-from models.repository import open_version
+from models.artifacts.repository import open_version
 
 
 def main(argv: list[str] | None = None) -> int:

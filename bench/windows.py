@@ -19,7 +19,7 @@ from bench import loadgen, processes
 from bench.stats import Summary, summarize
 from bench.workload import rank_bodies
 from config.settings import load_settings
-from models.repository import open_version
+from models.artifacts.repository import open_version
 
 WINDOWS = (("fixed", 0.0), ("fixed", 0.25), ("fixed", 0.5), ("elastic", 0.25), ("elastic", 0.5))
 

@@ -28,7 +28,7 @@ from bench.stats import Summary, summarize
 from bench.stepping import Stepping, step_up
 from bench.workload import rank_bodies
 from config.settings import load_settings
-from models.repository import open_version
+from models.artifacts.repository import open_version
 
 ALL_CORES = set(range(os.cpu_count() or 1))
 # label -> (RECSYS_* settings, the cores the server may use)

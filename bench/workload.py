@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import orjson
 
-from models.repository import ModelVersion
+from models.artifacts.repository import ModelVersion
 
 WHOLE_CATALOG = 0
 

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from config.settings import SettingsError, load_settings
-from models import repository
+from models.artifacts import repository
 from models.ctr_table import TableError
 from models.rows_file import RowsFileError
 

@@ -36,7 +36,7 @@ import onnx
 
 from config.settings import Settings
 from models import quantize
-from models.acceleration_record import (
+from models.artifacts.acceleration_record import (
     AcceleratedVariant,
     AccelerationRecord,
     RowsRef,
@@ -44,15 +44,15 @@ from models.acceleration_record import (
     fastest,
     write_record,
 )
+from models.artifacts.repository import RepositoryError, file_ref
+from models.artifacts.servable import PLAIN_FILES
+from models.artifacts.signature import Signature, read_signature
 from models.benchmark import Runner, benchmark
 from models.gate import Verdict, numerics_gate, paired_bootstrap_auc_difference, spearman
 from models.graph_statistics import graph_statistics
-from models.repository import RepositoryError, file_ref
 from models.rows_file import Rows, read_rows
 from models.runtime import OnnxRuntimeSession, OpenVinoSession
-from models.servable import PLAIN_FILES
 from models.settings import GateSettings
-from models.signature import Signature, read_signature
 
 log = logging.getLogger(__name__)
 SOURCE = "model.onnx"

@@ -23,13 +23,14 @@ import numpy.typing as npt
 import torch
 
 from config.settings import Settings
-from models import features, movielens, repository
+from models import features, movielens
 from models.architectures import DCNv2, LogisticRegression
+from models.artifacts import repository
+from models.artifacts.feature_tables import CATEGORICAL_INPUT, DENSE_INPUT
 from models.benchmark import Runner, Timing, benchmark
 from models.build_record import build_manifest, build_report
 from models.candidates import Candidate, derived, export_float
 from models.chart import latency_chart
-from models.feature_tables import CATEGORICAL_INPUT, DENSE_INPUT
 from models.gate import numerics_gate, paired_bootstrap_auc_difference, structural_gate
 from models.metrics import log_loss, roc_auc
 from models.quantize import convert_float16, convert_openvino, quantize_onnxruntime_int8

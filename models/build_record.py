@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from config.settings import Settings
-from models import repository
+from models.artifacts import repository
+from models.artifacts.feature_tables import CATEGORICAL_INPUT, DENSE_INPUT
 from models.benchmark import Timing
 from models.export import OUTPUT_NAME
-from models.feature_tables import CATEGORICAL_INPUT, DENSE_INPUT
 from models.features import EncodedDataset
 from models.gate import BootstrapInterval
 from models.movielens import MovieLens

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from models.artifacts.repository import ModelVersion, Variant
 from models.metrics import log_loss, roc_auc
-from models.repository import ModelVersion, Variant
 from models.runtime import OnnxRuntimeSession, OpenVinoSession, Session
 
 AUC_TOLERANCE = 1e-4

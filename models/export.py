@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from models.architectures import RankingModel
-from models.feature_tables import CATEGORICAL_INPUT, DENSE_INPUT
+from models.artifacts.feature_tables import CATEGORICAL_INPUT, DENSE_INPUT
 from models.runtime import OnnxRuntimeSession, OpenVinoSession, Session
 from models.train import Examples, predict
 

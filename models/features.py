@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from models.feature_tables import FeatureTables
+from models.artifacts.feature_tables import FeatureTables
 from models.movielens import MovieLens
 from models.split import Split
 

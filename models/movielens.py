@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from models.checksum import sha256_file
+from models.artifacts.checksum import sha256_file
 
 log = logging.getLogger(__name__)
 

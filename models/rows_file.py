@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.signature import NUMPY_DTYPES, Signature
+from models.artifacts.signature import NUMPY_DTYPES, Signature
 
 LABELS = "labels"
 

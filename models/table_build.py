@@ -6,7 +6,7 @@ student on labels alone, and the student pruned step by step with distillation; 
 parity against PyTorch; the structural gate (mean test AUC over seeds against the baseline's). The
 smallest float model that passes becomes the version's `model.onnx`, and `python -m models
 accelerate` makes and gates its INT8, FP16 and BF16 variants on the test split. The version is a
-plain one (`models/servable.py`): served over V2 with the fastest variant that passed.
+plain one (`models/artifacts/servable.py`): served over V2 with the fastest variant that passed.
 
 Written beside `model.onnx`: the three float models (`baseline-fp32.onnx`, `light-fp32.onnx`,
 `pruned-fp32.onnx`), `vocabularies.json` (the encoding a client applies, `models/ctr_table.py`),
@@ -29,7 +29,8 @@ import numpy as np
 from config.settings import Settings
 from models import ctr_table
 from models.accelerate import BUILD_REPORT, SOURCE, accelerate, render_report
-from models.acceleration_record import read_record
+from models.artifacts.acceleration_record import read_record
+from models.artifacts.servable import open_servable
 from models.benchmark import Runner, Timing, benchmark
 from models.build import (
     Splits,
@@ -42,7 +43,6 @@ from models.build import (
 )
 from models.candidates import Candidate
 from models.runtime import OnnxRuntimeSession, OpenVinoSession
-from models.servable import open_servable
 from models.split import random_split
 from models.train import Examples
 

@@ -95,7 +95,8 @@ class FaultSettings(Section):
     )  # fmt: skip
     admin_token: str = Field(
         "", description="the bearer token the fault endpoints require (Authorization: Bearer), "
-        "16 characters or more; required with admin_enabled",
+        "16 characters or more; required with admin_enabled. When set, the repository API's load "
+        "and unload (REST and gRPC) require it too",
     )  # fmt: skip
     allow_remote_admin: bool = Field(
         False, description="allow admin_enabled on a host other than loopback (the server "

@@ -9,9 +9,9 @@ from typing import Protocol
 
 from app.dataplane.serving import Serving
 from config.settings import Settings
-from models.model_config import ModelConfig
-from models.repository import RepositoryError
-from models.servable import model_names
+from models.artifacts.model_config import ModelConfig
+from models.artifacts.repository import RepositoryError
+from models.artifacts.servable import model_names
 from scheduler.errors import NotReady, UnknownModel
 from scheduler.faults import FaultMode
 

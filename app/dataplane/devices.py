@@ -10,10 +10,10 @@ import logging
 import numpy as np
 
 from config.settings import Settings
-from models.model_config import CONFIG_FILE
-from models.repository import ModelVersion
-from models.servable import AS_EXPORTED, ServableVersion, VariantFile
-from models.signature import NUMPY_DTYPES
+from models.artifacts.model_config import CONFIG_FILE
+from models.artifacts.repository import ModelVersion
+from models.artifacts.servable import AS_EXPORTED, ServableVersion, VariantFile
+from models.artifacts.signature import NUMPY_DTYPES
 from scheduler.backend import Backend, BackendConfig, create_backend
 from scheduler.cpu_budget import fitted_threads
 from scheduler.device import Device, StallPolicy

@@ -28,9 +28,9 @@ from app.dataplane.schemas import RankRequest, ScoreRequest
 from app.dataplane.serving import Serving
 from app.dataplane.tensors import check_against, check_built, rows_array
 from config.settings import Settings
-from models.feature_tables import CATEGORICAL_INPUT, DENSE_INPUT
-from models.model_config import ModelConfig
-from models.repository import ModelVersion, RepositoryError
+from models.artifacts.feature_tables import CATEGORICAL_INPUT, DENSE_INPUT
+from models.artifacts.model_config import ModelConfig
+from models.artifacts.repository import ModelVersion, RepositoryError
 from scheduler.batch import Inputs, Scored
 from scheduler.errors import InvalidInput, NotReady, UnknownModel
 from scheduler.faults import FaultMode

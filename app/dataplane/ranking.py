@@ -13,11 +13,11 @@ import numpy as np
 from app.dataplane.errors import PayloadTooLarge, Unprocessable
 from app.dataplane.schemas import RankRequest
 from app.settings import LimitSettings
-from models.feature_tables import OOV_ROW, FeatureTables
-from models.model_config import CONFIG_FILE
-from models.ranking_spec import Assembler, built_spec
-from models.repository import ModelVersion, RepositoryError
-from models.servable import ServableVersion
+from models.artifacts.feature_tables import OOV_ROW, FeatureTables
+from models.artifacts.model_config import CONFIG_FILE
+from models.artifacts.ranking_spec import Assembler, built_spec
+from models.artifacts.repository import ModelVersion, RepositoryError
+from models.artifacts.servable import ServableVersion
 
 Ids = Sequence[str] | np.ndarray  # candidate ids: a list, or the catalog's array
 Inputs = dict[str, np.ndarray]

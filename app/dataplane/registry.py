@@ -24,9 +24,9 @@ from app.dataplane.devices import plan_devices
 from app.dataplane.ranking import Ranker
 from app.dataplane.serving import Serving, ranker_for, start_serving
 from config.settings import Settings
-from models.model_config import CONFIG_FILE, ModelConfig, read_model_config
-from models.repository import RepositoryError
-from models.servable import ServableVersion, model_names, open_servable, versions_on_disk
+from models.artifacts.model_config import CONFIG_FILE, ModelConfig, read_model_config
+from models.artifacts.repository import RepositoryError
+from models.artifacts.servable import ServableVersion, model_names, open_servable, versions_on_disk
 from scheduler.device import Device
 from scheduler.errors import UnknownModel
 from scheduler.faults import FaultInjector, FaultMode

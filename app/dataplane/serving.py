@@ -20,8 +20,8 @@ from app.dataplane.devices import (
 )
 from app.dataplane.ranking import Ranker
 from config.settings import Settings
-from models.repository import ModelVersion
-from models.servable import ANOTHER_CPU, ServableVersion, VariantFile
+from models.artifacts.repository import ModelVersion
+from models.artifacts.servable import ANOTHER_CPU, ServableVersion, VariantFile
 from scheduler.batch import Inputs, Scored
 from scheduler.device import Device
 from scheduler.errors import DeviceUnavailable

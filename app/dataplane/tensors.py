@@ -8,9 +8,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from app.dataplane.errors import Unprocessable
-from models.feature_tables import CATEGORICAL_INPUT, DENSE_INPUT
-from models.repository import Manifest
-from models.signature import NUMPY_DTYPES
+from models.artifacts.feature_tables import CATEGORICAL_INPUT, DENSE_INPUT
+from models.artifacts.repository import Manifest
+from models.artifacts.signature import NUMPY_DTYPES
 from scheduler.errors import InvalidInput
 
 MAX_DIMENSIONS = 16  # of one tensor (numpy's own limit is 64)

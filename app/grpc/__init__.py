@@ -1,0 +1,1 @@
+"""KServe V2 over gRPC, thin over the data plane."""

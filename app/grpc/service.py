@@ -33,7 +33,7 @@ from app.dataplane.admission import numbered_priority
 from app.dataplane.plane import DataPlane
 from app.dataplane.tensors import check_shape
 from config.settings import Settings
-from models.signature import NUMPY_DTYPES, V2_DATATYPES
+from models.artifacts.signature import NUMPY_DTYPES, V2_DATATYPES
 from scheduler.errors import InvalidInput, ServingError
 
 log = logging.getLogger(__name__)

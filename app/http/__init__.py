@@ -1,0 +1,1 @@
+"""REST: the guarded HTTP protocol, the FastAPI app and its routes, thin over the data plane."""

@@ -13,7 +13,7 @@ import numpy as np
 import orjson
 
 from app.http.v2_schema import InferenceRequest, decode_request
-from models.signature import NUMPY_DTYPES, V2_DATATYPES
+from models.artifacts.signature import NUMPY_DTYPES, V2_DATATYPES
 from scheduler.errors import InvalidInput
 
 HEADER_LENGTH = "inference-header-content-length"

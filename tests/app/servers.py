@@ -6,7 +6,8 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from bench import processes
 from bench.processes import free_port, stop, wait_ready
 from tests.conftest import ROOT
 
-__all__ = ["free_port", "running_server", "start_server", "stop", "wait_ready"]
+__all__ = ["free_port", "running_server", "start_server", "stop", "wait_for", "wait_ready"]
 
 DEVICES = [
     {"name": "cpu-openvino", "backend": "openvino-cpu"},
@@ -47,3 +48,11 @@ def running_server(
         yield process, url
     finally:
         stop(process)
+
+
+def wait_for(condition: Callable[[], object], seconds: float, what: str) -> None:
+    """Return once `condition()` holds; fail naming `what` after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} within {seconds:g} s"
+        time.sleep(0.05)

@@ -16,7 +16,7 @@ from app.dataplane.plane import DataPlane
 from app.dataplane.schemas import RankRequest
 from app.settings import AdmissionSettings
 from config.settings import load_settings
-from models import repository
+from models.artifacts import repository
 from models.runtime import OnnxRuntimeSession
 from scheduler.errors import InvalidInput, NotReady
 from scheduler.scheduler import HIGH, LOW

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.app.servers import start_server, stop
+from tests.app.servers import start_server, stop, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 CLIENTS = 4
@@ -58,7 +58,7 @@ def test_sigterm_drains_without_losing_accepted_requests(
         threads = [threading.Thread(target=client) for _ in range(CLIENTS)]
         for thread in threads:
             thread.start()
-        time.sleep(1.0)
+        wait_for(lambda: sum(outcomes.values()) >= 20, 30, "20 answers before SIGTERM")
         before = sum(outcomes.values())
         process.send_signal(signal.SIGTERM)
         readiness_dropped = False

@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -17,9 +16,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.processes import ADMIN_HEADERS, ADMIN_TOKEN
-from models import repository
+from models.artifacts import repository
 from models.runtime import OnnxRuntimeSession
-from tests.app.servers import running_server
+from tests.app.servers import running_server, wait_for
 from tests.conftest import MODEL_NAME, ROOT
 
 pytestmark = pytest.mark.timeout(180)
@@ -76,11 +75,35 @@ def test_a_failing_then_stalling_device_loses_no_request(
         for thread in threads:
             thread.start()
         admin = httpx.Client(base_url=url, timeout=10, headers=ADMIN_HEADERS)
-        for mode in ("fail", "none", "stall", "none"):
-            time.sleep(1.5)  # under "none": cool-down, then a probe brings the device back
+
+        def device(name: str) -> float:
+            try:
+                return metric(admin.get("/metrics").text, name, "cpu-openvino")
+            except KeyError:  # a labelled series appears with its first event
+                return 0.0
+
+        def answered() -> int:
+            with lock:
+                return outcomes["right"]
+
+        def some_traffic() -> None:
+            seen = answered()
+            wait_for(lambda: answered() >= seen + 20, 30, "20 more right answers")
+
+        failed = "recsys_device_failures_total"
+        for mode, then, what in (
+            ("fail", lambda: device(failed) >= 1, "a failed batch"),
+            ("none", lambda: device("recsys_device_healthy") == 1, "a probe bringing it back"),
+            ("stall", lambda: device(failed) >= 2, "a stalled batch"),
+            ("none", lambda: device("recsys_device_healthy") == 1, "a probe bringing it back"),
+        ):
+            some_traffic()
             reply = admin.post("/admin/faults/cpu-openvino", json={"mode": mode})
             assert reply.status_code == 200, reply.text
-        time.sleep(1.5)
+            wait_for(then, 30, f"{what} under {mode!r}")
+        some_traffic()
+        # Calls stalled until "none" fail once released (a trip more): back after its cool-down.
+        wait_for(lambda: device("recsys_device_healthy") == 1, 30, "the device back at the end")
         stop_sending.set()
         for thread in threads:
             thread.join(timeout=30)

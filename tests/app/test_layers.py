@@ -1,5 +1,6 @@
-"""The layers of `app/` import one way (a transport never imports another, the data plane no
-transport or process model), and the engine process loads no web or RPC framework."""
+"""The layers import one way (in `app/` a transport never imports another, the data plane no
+transport or process model; the artifacts the server reads nothing of the offline pipeline), and
+the engine process loads no web or RPC framework."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import pytest
 
 from tests.conftest import ROOT
 
+# The offline pipeline's modules (flat in models/): what models/artifacts must never import.
+PIPELINE = sorted(p.stem for p in (ROOT / "models").glob("*.py") if p.stem != "__init__")
 # What each folder must never import (module prefixes).
 FORBIDDEN = {
     "app/dataplane": ("app.http", "app.grpc", "app.workers", "app.serve", "app.assembly",
@@ -20,6 +23,9 @@ FORBIDDEN = {
     "app/grpc": ("app.http", "app.workers", "app.serve", "app.assembly", "fastapi", "starlette"),
     "app/workers": ("app.http", "app.grpc", "app.serve", "fastapi", "starlette", "uvicorn"),
     "scheduler": ("app", "fastapi", "starlette", "uvicorn", "grpc"),
+    # The artifacts the server reads: numpy (and the runtimes, for a graph's signature) only.
+    "models/artifacts": ("app", "scheduler", "torch", "onnx", "onnxscript", "nncf", "matplotlib",
+                         *(f"models.{m}" for m in PIPELINE)),
 }  # fmt: skip
 
 

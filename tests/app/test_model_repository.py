@@ -28,8 +28,8 @@ from bench.plain_models import (
     two_headed_ranker,
     user_sized_ranker,
 )
-from models.checksum import sha256_file
-from models.feature_tables import FeatureTables
+from models.artifacts.checksum import sha256_file
+from models.artifacts.feature_tables import FeatureTables
 from tests.app.servers import running_server
 from tests.conftest import MODEL_NAME, ROOT
 

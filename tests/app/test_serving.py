@@ -14,9 +14,9 @@ import pytest
 from app.dataplane.devices import choose_variant, plan_devices
 from bench.plain_models import user_sized_ranker
 from config.settings import load_settings
-from models.model_config import ModelConfig
-from models.repository import RepositoryError
-from models.servable import ServableVersion, open_servable
+from models.artifacts.model_config import ModelConfig
+from models.artifacts.repository import RepositoryError
+from models.artifacts.servable import ServableVersion, open_servable
 from scheduler.settings import DeviceSettings
 from tests.app.servers import running_server
 from tests.conftest import MODEL_NAME

@@ -11,7 +11,7 @@ import httpx
 import numpy as np
 import pytest
 
-from models import repository
+from models.artifacts import repository
 from models.runtime import OnnxRuntimeSession
 from tests.app.conftest import MAX_BODY_BYTES, MAX_CANDIDATES
 from tests.conftest import MODEL_NAME, ROOT

@@ -10,7 +10,7 @@ import pytest
 import tritonclient.http as triton
 from prometheus_client.parser import text_string_to_metric_families
 
-from models import repository
+from models.artifacts import repository
 from models.runtime import OnnxRuntimeSession
 from tests.conftest import MODEL_NAME
 

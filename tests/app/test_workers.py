@@ -22,7 +22,7 @@ import tritonclient.grpc as triton
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.processes import ADMIN_HEADERS, ADMIN_TOKEN
-from models import repository
+from models.artifacts import repository
 from models.runtime import OnnxRuntimeSession
 from tests.app.servers import free_port, running_server
 from tests.conftest import MODEL_NAME
@@ -132,9 +132,23 @@ def test_workers_answer_as_one_server(
                 answer = http.get(f"/v2/models/{MODEL_NAME}/stats").json()
                 return dict(answer["model_stats"][0])
 
-            # The engine's statistics, in every worker: each request, whichever worker took it.
-            until(lambda: stats()["execution_count"] == 61, 5, "the statistics count 61")
-            assert stats()["inference_count"] == 30 * 8 + 30 * 64 + 8
+            # A V2 request over REST too: the statistics count each request once (the engine's
+            # schedulers count; no worker adds its own), whichever worker and transport took it.
+            v2 = {"inputs": [
+                {"name": name, "datatype": datatype, "shape": list(inputs[name][:8].shape),
+                 "data": inputs[name][:8].ravel().tolist()}
+                for name, datatype in (("categorical", "INT64"), ("dense", "FP32"))
+            ]}  # fmt: skip
+            assert http.post(f"/v2/models/{MODEL_NAME}/infer", json=v2).status_code == 200
+            counts: list[object] = []
+
+            def counted() -> bool:
+                counts.append(stats()["execution_count"])
+                return counts[-1] == 62
+
+            until(counted, 5, "the statistics count 62")
+            assert set(counts) <= set(range(63)), counts  # never a request counted twice
+            assert stats()["inference_count"] == 30 * 8 + 30 * 64 + 8 + 8
             text = http.get("/metrics").text
         scored_requests = sum(
             value for labels, value in samples(text, "recsys_request_duration_seconds_count")
@@ -142,7 +156,7 @@ def test_workers_answer_as_one_server(
         )  # fmt: skip
         assert scored_requests == 60  # both workers' histograms, summed
         rows_scored = sum(v for _, v in samples(text, "recsys_rows_scored_total"))
-        assert rows_scored == 30 * 8 + 30 * 64 + 8  # the engine's counter
+        assert rows_scored == 30 * 8 + 30 * 64 + 8 + 8  # the engine's counter
         assert samples(text, "recsys_device_healthy") == [({"model": MODEL_NAME, "device": "cpu"},
                                                            1.0)]  # fmt: skip
 

@@ -15,9 +15,9 @@ import tritonclient.http as triton
 
 from bench.plain_models import user_sized_ranker
 from config.settings import load_settings
-from models.acceleration_record import RECORD, AccelerationRecord, fastest, read_record
-from models.repository import RepositoryError
-from models.servable import open_servable
+from models.artifacts.acceleration_record import RECORD, AccelerationRecord, fastest, read_record
+from models.artifacts.repository import RepositoryError
+from models.artifacts.servable import open_servable
 from tests.app.servers import running_server
 from tests.conftest import QUICK_BUILD_ENV, run_cli
 

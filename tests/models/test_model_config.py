@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from models.model_config import ModelConfig, VersionPolicy, read_model_config
-from models.repository import RepositoryError
+from models.artifacts.model_config import ModelConfig, VersionPolicy, read_model_config
+from models.artifacts.repository import RepositoryError
 
 
 def test_version_policies_select_from_what_is_on_disk() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from models import repository
+from models.artifacts import repository
 from tests.conftest import MODEL_NAME, ROOT, run_cli
 
 
@@ -64,9 +64,9 @@ def test_evaluate_reproduces_the_manifest_without_torch(built_repository: Path) 
 # Every serving entry point: the one-process server and its transports, the engine, a worker.
 SERVING_MODULES = (
     "app.__main__", "app.assembly", "app.serve", "app.http.app", "app.grpc.service",
-    "app.workers.engine", "app.workers.link", "app.workers.supervisor", "models.repository",
-    "models.runtime", "models.evaluate", "models.feature_tables", "models.metrics",
-    "models.__main__",
+    "app.workers.engine", "app.workers.link", "app.workers.supervisor", "models.artifacts",
+    "models.artifacts.repository", "models.artifacts.servable", "models.runtime",
+    "models.evaluate", "models.metrics", "models.__main__",
 )  # fmt: skip
 
 

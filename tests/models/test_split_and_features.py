@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 
 from models import features
-from models.feature_tables import OOV_ROW
+from models.artifacts.feature_tables import OOV_ROW
 from models.split import random_split
 
 

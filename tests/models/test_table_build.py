@@ -15,10 +15,10 @@ import tritonclient.http as triton
 
 from config.settings import load_settings
 from models import ctr_table, synthetic
-from models.acceleration_record import read_record
-from models.checksum import sha256_file
+from models.artifacts.acceleration_record import read_record
+from models.artifacts.checksum import sha256_file
+from models.artifacts.servable import open_servable
 from models.metrics import roc_auc
-from models.servable import open_servable
 from models.settings import TableSettings
 from tests.app.servers import running_server
 from tests.conftest import QUICK_BUILD_ENV, run_cli

@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import pytest
 
-from models import repository
+from models.artifacts import repository
 from models.evaluate import Evaluation, evaluate_version
 from models.gate import numerics_gate
 from models.graph_statistics import graph_statistics

@@ -4,7 +4,7 @@ Layout: `<root>/<model>/<version>/` holding `manifest.json`, the exported model 
 tables, the test split and the report. The manifest is the artifact's contract: a reader validates
 its schema, every file's SHA-256, and that the feature tables agree with the declared inputs and
 vocabularies, and refuses the version with a RepositoryError that says what is wrong. A version
-without a manifest, a plain model file, is read by `models/servable.py`.
+without a manifest, a plain model file, is read by `models/artifacts/servable.py`.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from models.checksum import sha256_file
-from models.feature_tables import FeatureTables
+from models.artifacts.checksum import sha256_file
+from models.artifacts.feature_tables import FeatureTables
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"

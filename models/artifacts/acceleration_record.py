@@ -15,7 +15,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from models.repository import FileRef, RepositoryError
+from models.artifacts.repository import FileRef, RepositoryError
 
 RECORD = "acceleration.json"
 

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from models.feature_tables import CATEGORICAL_INPUT, DENSE_INPUT, FeatureTables
-from models.repository import RepositoryError, TensorSpec
-from models.signature import NUMPY_DTYPES
+from models.artifacts.feature_tables import CATEGORICAL_INPUT, DENSE_INPUT, FeatureTables
+from models.artifacts.repository import RepositoryError, TensorSpec
+from models.artifacts.signature import NUMPY_DTYPES
 
 TABLE_PARTS = ("user.categorical", "item.categorical", "item.dense")
 REQUEST_PART = re.compile(r"^request\.([A-Za-z_][A-Za-z0-9_]*)$")

@@ -12,8 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from models.ranking_spec import RankingSpec
-from models.repository import RepositoryError
+from models.artifacts.ranking_spec import RankingSpec
+from models.artifacts.repository import RepositoryError
 
 CONFIG_FILE = "config.toml"
 

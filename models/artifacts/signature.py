@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from models.repository import RepositoryError, TensorSpec
+from models.artifacts.repository import RepositoryError, TensorSpec
 
 # The V2 datatypes served here (every one both runtimes accept, BYTES excepted) as numpy dtypes.
 NUMPY_DTYPES: dict[str, np.dtype[Any]] = {

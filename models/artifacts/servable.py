@@ -16,10 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from models.acceleration_record import RECORD, cpu_model, fastest, read_record
-from models.checksum import sha256_file
-from models.model_config import CONFIG_FILE, ModelConfig, TensorOverride, read_model_config
-from models.repository import (
+from models.artifacts.acceleration_record import RECORD, cpu_model, fastest, read_record
+from models.artifacts.checksum import sha256_file
+from models.artifacts.model_config import (
+    CONFIG_FILE,
+    ModelConfig,
+    TensorOverride,
+    read_model_config,
+)
+from models.artifacts.repository import (
     MANIFEST,
     Manifest,
     ModelVersion,
@@ -27,7 +32,7 @@ from models.repository import (
     TensorSpec,
     open_version,
 )
-from models.signature import Signature, read_signature
+from models.artifacts.signature import Signature, read_signature
 
 PLAIN_FILES = ("model.onnx", "model.xml")
 PLAIN_VARIANT = "model"
