@@ -153,7 +153,7 @@ class DataPlane:
         return Inferred(serving, answer)
 
     def submit_nowait(self, name: str, version: str, inputs: Inputs, timeout_seconds: float | None,
-                      priority: int) -> Any:  # fmt: skip
+                      priority: int) -> asyncio.Future[Scored]:  # fmt: skip
         """Arrays already checked by the process that decoded them (an HTTP worker), scored
         here: the scheduler's future."""
         return self.model(name, version).scheduler.submit_nowait(inputs, timeout_seconds, priority)

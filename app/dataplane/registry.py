@@ -114,12 +114,7 @@ class ModelRegistry(Catalog):
         built: list[Serving] = []
         try:
             for version in opened.versions:
-                number = version.number
-                ranker = (
-                    opened.rankers[number]
-                    if number in opened.rankers
-                    else await asyncio.to_thread(ranker_for, version, self.settings)
-                )
+                ranker = await opened.ranker(version, self.settings)
                 serving = await start_serving(version, self.settings, self._metrics, self._cores,
                                               ranker, self._slots)  # fmt: skip
                 built.append(serving)
@@ -232,6 +227,12 @@ class OpenedModel:
     fingerprint: str  # of the folder when it was opened
     versions: list[ServableVersion]
     rankers: dict[int, Ranker | None] = field(default_factory=dict)  # by version, when checked
+
+    async def ranker(self, version: ServableVersion, settings: Settings) -> Ranker | None:
+        """The version's ranker: the one the check built, else built now (off the loop)."""
+        if version.number in self.rankers:
+            return self.rankers[version.number]
+        return await asyncio.to_thread(ranker_for, version, settings)
 
 
 def startup_names(settings: Settings) -> list[str]:

@@ -28,7 +28,7 @@ from typing import Any, cast
 from app.dataplane.catalog import READY, Catalog, ServedModel
 from app.dataplane.errors import Forbidden
 from app.dataplane.registry import OpenedModel, open_model, startup_names
-from app.dataplane.serving import Serving, ranker_for
+from app.dataplane.serving import Serving
 from app.workers.wire import (
     FrameReader,
     Outbox,
@@ -357,16 +357,11 @@ class EngineModels(Catalog):
                     continue
                 scheduler = RemoteScheduler(self.link, name, version.number, [],
                                             BatchingConfig(**entry["batching"]))  # fmt: skip
-                number = version.number
-                ranker = (
-                    opened.rankers[number]
-                    if number in opened.rankers
-                    else await asyncio.to_thread(ranker_for, version, self.settings)
-                )
+                ranker = await opened.ranker(version, self.settings)
                 serving = Serving(version, scheduler, {}, ranker, ready=True)
                 describe(serving, scheduler, described)
                 self.link.servings.append((serving, scheduler))
-                model.versions[number] = serving
+                model.versions[version.number] = serving
             model.state, model.fingerprint = READY, opened.fingerprint
 
     async def load(self, name: str) -> None:
