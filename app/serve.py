@@ -17,21 +17,22 @@ from app.http.server import DrainingServer
 from config.settings import Settings
 
 
-def rest_app(settings: Settings, assembled: Assembled,
-             scraped: CollectorRegistry | None = None) -> FastAPI:  # fmt: skip
-    """REST over the plane, and gRPC beside it when `[grpc] port` is set."""
+def rest_app(settings: Settings, assembled: Assembled, scraped: CollectorRegistry | None = None,
+             shared_ports: bool = False) -> FastAPI:  # fmt: skip
+    """REST over the plane, and gRPC beside it when `[grpc] port` is set; `shared_ports`:
+    sibling processes listen on the same ports (HTTP workers)."""
     services: list[Service] = []
     if settings.grpc.port:
-        services.append(functools.partial(grpc_service, settings, assembled))
+        services.append(functools.partial(grpc_service, settings, assembled, shared_ports))
     return create_app(settings, assembled.plane, assembled.registry, assembled.latency, scraped,
-                      services)  # fmt: skip
+                      services, shared_ports)  # fmt: skip
 
 
-async def grpc_service(settings: Settings,
-                       assembled: Assembled) -> Callable[[], Awaitable[None]]:  # fmt: skip
+async def grpc_service(settings: Settings, assembled: Assembled,
+                       shared_port: bool) -> Callable[[], Awaitable[None]]:  # fmt: skip
     from app.grpc.service import start_grpc  # grpcio only where gRPC is served
 
-    server = await start_grpc(assembled.plane, settings, assembled.latency)
+    server = await start_grpc(assembled.plane, settings, assembled.latency, shared_port)
 
     async def stop() -> None:
         await server.stop(settings.server.graceful_shutdown_seconds)
@@ -41,7 +42,8 @@ async def grpc_service(settings: Settings,
 
 def serve_http(settings: Settings, assembled: Assembled, scraped: CollectorRegistry | None = None,
                sockets: list[socket.socket] | None = None) -> None:  # fmt: skip
-    app = rest_app(settings, assembled, scraped)
+    """`sockets`: the listener a supervisor handed this process, one of several on its ports."""
+    app = rest_app(settings, assembled, scraped, shared_ports=sockets is not None)
     config = uvicorn.Config(
         app,
         host=settings.server.host,

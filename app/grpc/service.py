@@ -270,15 +270,16 @@ def refuse_parameters(parameters: Any) -> None:
             )
 
 
-async def start_grpc(plane: DataPlane, settings: Settings,
-                     latency: Histogram | None = None) -> grpc.aio.Server:  # fmt: skip
-    """The service listening on [server] host and [grpc] port, started."""
+async def start_grpc(plane: DataPlane, settings: Settings, latency: Histogram | None = None,
+                     shared_port: bool = False) -> grpc.aio.Server:  # fmt: skip
+    """The service listening on [server] host and [grpc] port, started; `shared_port`: other
+    processes listen on it too (SO_REUSEPORT)."""
     limit = settings.limits.max_body_bytes
     server = grpc.aio.server(options=[
         ("grpc.max_receive_message_length", limit),
         ("grpc.max_send_message_length", limit),
         ("grpc.max_concurrent_streams", settings.grpc.max_concurrent_streams),
-        ("grpc.so_reuseport", int(settings.server.workers != 1)),  # workers share the port
+        ("grpc.so_reuseport", int(shared_port)),
     ])  # fmt: skip
     rpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(plane, latency), server)
     address = f"{settings.server.host}:{settings.grpc.port}"

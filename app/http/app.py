@@ -28,10 +28,12 @@ Service = Callable[[], Awaitable[Callable[[], Awaitable[None]]]]
 
 def create_app(settings: Settings, plane: DataPlane, registry: CollectorRegistry,
                latency: Histogram, scraped: CollectorRegistry | None = None,
-               services: Sequence[Service] = ()) -> FastAPI:  # fmt: skip
+               services: Sequence[Service] = (), shared_ports: bool = False,
+               ) -> FastAPI:  # fmt: skip
     """`registry`: where this process's metrics are kept; `latency`: the request latency
     histogram every transport shares; `scraped`: what /metrics reports (by default `registry`;
-    a server of several processes passes their sum); `services`: started beside REST."""
+    a server of several processes passes their sum); `services`: started beside REST;
+    `shared_ports`: other processes listen on the same ports (the agent check's)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -41,9 +43,8 @@ def create_app(settings: Settings, plane: DataPlane, registry: CollectorRegistry
         stops = []
         try:
             if lb.agent_check_port:
-                shared = settings.server.workers != 1  # every worker listens on the port
                 agent = await load.start_agent_check(
-                    plane, lb.agent_check_host, lb.agent_check_port, shared
+                    plane, lb.agent_check_host, lb.agent_check_port, shared_ports
                 )
             for start in services:
                 stops.append(await start())
