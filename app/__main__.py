@@ -73,8 +73,9 @@ def child(args: argparse.Namespace) -> int:
     supervisor with its settings as JSON; the supervisor has checked the repository."""
     settings = Settings.model_validate_json(args.settings_json.read_text())
     configure_logging(settings)
-    checked = check_repository(settings)
-    if args.role == "engine":
+    engine_role = args.role == "engine"
+    checked = check_repository(settings, ranking=not engine_role)  # the engine ranks nothing
+    if engine_role:
         from app.workers import engine
 
         uvloop.run(engine.serve(settings, args.engine_socket, in_process(settings, checked).plane))

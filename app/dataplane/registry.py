@@ -257,11 +257,13 @@ def open_model(settings: Settings, name: str) -> OpenedModel:
     return OpenedModel(name, fingerprint, versions)
 
 
-def check_repository(settings: Settings) -> list[OpenedModel]:
+def check_repository(settings: Settings, ranking: bool = True) -> list[OpenedModel]:
     """What start-up will load, checked before any session exists: each start-up model's
     config.toml, the versions its policy serves, their files and graphs, the devices that would
     run them and its ranking spec. Raises RepositoryError or ValueError in one line naming the
-    file; returns the models opened, for the registry to start from."""
+    file; returns the models opened, for the registry to start from. `ranking` false: a process
+    that ranks nothing (the engine, which scores arrays its workers assembled) reads no feature
+    tables; a version's ranker is then None."""
     opened = []
     for name in startup_names(settings):
         model_path = settings.model.repository / name
@@ -271,7 +273,7 @@ def check_repository(settings: Settings) -> list[OpenedModel]:
         model = open_model(settings, name)
         for version in model.versions:
             plan_devices(version, settings)
-            model.rankers[version.number] = ranker_for(version, settings)
+            model.rankers[version.number] = ranker_for(version, settings) if ranking else None
         opened.append(model)
     return opened
 

@@ -13,6 +13,7 @@ from app.assembly import in_process
 from app.dataplane.admission import Admission, Decision, named_priority, numbered_priority
 from app.dataplane.errors import Forbidden, Unauthorized
 from app.dataplane.plane import DataPlane
+from app.dataplane.registry import check_repository
 from app.dataplane.schemas import RankRequest
 from app.settings import AdmissionSettings
 from config.settings import load_settings
@@ -106,3 +107,11 @@ def test_the_admission_rule_sheds_low_priority_first() -> None:
     admission.in_flight = 4
     assert admission.decide(False) is Decision.REFUSE
     assert admission.headroom(1) == 75 and admission.headroom(4) == 0
+
+
+def test_a_process_that_ranks_nothing_reads_no_feature_tables(built_repository: Path) -> None:
+    settings = load_settings(model={"repository": built_repository})
+    (ranking,) = check_repository(settings)
+    (engine,) = check_repository(settings, ranking=False)  # what the engine process checks
+    assert [r is not None for r in ranking.rankers.values()] == [True]
+    assert list(engine.rankers.values()) == [None]

@@ -166,6 +166,10 @@ def test_the_repository_calls_load_unload_and_index_with_the_admin_token(
         assert index == [{"name": MODEL, "version": "1", "state": "READY"}]
         code, message = code_of(lambda: client.unload_model(MODEL))
         assert code == "StatusCode.UNAUTHENTICATED" and "bearer token" in message
+        rest = f"{url}/v2/repository/models/{MODEL}/load"  # REST asks for the same token
+        assert httpx.post(rest).status_code == 401
+        assert httpx.post(rest, headers={"Authorization": "Bearer wrong-token"}).status_code == 401
+        assert httpx.post(rest, headers=admin).status_code == 200
         client.unload_model(MODEL, headers=admin)
         (row,) = client.get_model_repository_index(as_json=True)["models"]
         assert (row["name"], row["state"], row["reason"]) == (MODEL, "UNAVAILABLE", "unloaded")
