@@ -16,7 +16,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.app.servers import free_port, start_server, stop, wait_ready
+from tests.app.servers import free_port, start_server, stop, wait_for, wait_ready
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.timeout(300)
@@ -86,7 +86,13 @@ def cluster(
         processes.append(proxy)
         front = f"http://127.0.0.1:{frontend}"
         wait_ready(front, proxy)
-        time.sleep(1.5)  # both replicas up in HAProxy (rise 2 at 500 ms)
+        counts = [rank_count(u) for u in urls]
+
+        def both_up() -> bool:  # HAProxy routes to each replica (rise 2 at 500 ms)
+            httpx.post(f"{front}/v1/rank", json={"user_id": 1, "k": 3}, timeout=10)
+            return all(rank_count(u) > c for u, c in zip(urls, counts, strict=True))
+
+        wait_for(both_up, 30, "both replicas up in HAProxy")
         yield front, urls, processes
     finally:
         for process in processes:

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.app.servers import running_server
+from tests.app.servers import running_server, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 DEVICE = [{"name": "cpu", "backend": "onnxruntime-cpu"}]
@@ -136,7 +136,11 @@ def test_slowloris_heads_are_closed_after_the_header_timeout(guarded: str) -> No
 def test_idle_connections_beyond_the_cap_are_closed_oldest_first(guarded: str) -> None:
     before = counter(guarded, "recsys_http_closed_connections", "idle_evicted")
     idle = [connect(guarded) for _ in range(MAX_CONNECTIONS + 10)]
-    time.sleep(0.3)
+
+    def evicted_so_far() -> float:
+        return counter(guarded, "recsys_http_closed_connections", "idle_evicted") - before
+
+    wait_for(lambda: evicted_so_far() >= 10, 10, "10 idle connections closed for new ones")
     # Real clients still get through: each new connection closes the longest-idle one.
     assert answered(guarded, 5) == [200] * 5
     evicted = counter(guarded, "recsys_http_closed_connections", "idle_evicted") - before

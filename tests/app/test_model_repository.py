@@ -30,7 +30,7 @@ from bench.plain_models import (
 )
 from models.artifacts.checksum import sha256_file
 from models.artifacts.feature_tables import FeatureTables
-from tests.app.servers import running_server
+from tests.app.servers import running_server, wait_for
 from tests.conftest import MODEL_NAME, ROOT
 
 RNG = np.random.default_rng(7)
@@ -171,10 +171,10 @@ def test_index_unload_and_load_through_tritonclient(explicit_server: str) -> Non
     assert client.infer("spare", ranker_inputs(True)).as_numpy("ctr") is not None
 
 
-async def hammer(url: str, body: dict[str, object], seconds: float, workers: int = 8,
-                 ) -> list[httpx.Response]:  # fmt: skip
-    """`workers` clients on loopback sending the body back to back for `seconds` (bounded)."""
-    answers: list[httpx.Response] = []
+async def hammer(url: str, body: dict[str, object], seconds: float,
+                 answers: list[httpx.Response], workers: int = 8) -> None:  # fmt: skip
+    """`workers` clients on loopback sending the body back to back for `seconds` (bounded),
+    each answer appended to `answers` as it comes."""
     stop_at = time.monotonic() + seconds
 
     async def worker() -> None:
@@ -183,7 +183,6 @@ async def hammer(url: str, body: dict[str, object], seconds: float, workers: int
                 answers.append(await http.post("/v2/models/spare/infer", json=body))
 
     await asyncio.gather(*(worker() for _ in range(workers)))
-    return answers
 
 
 def test_a_new_version_swaps_in_under_load_and_broken_ones_are_refused(
@@ -203,11 +202,9 @@ def test_a_new_version_swaps_in_under_load_and_broken_ones_are_refused(
 
     # The load runs on its own thread and event loop: tritonclient's gevent stays on this one.
     answers: list[httpx.Response] = []
-    load = threading.Thread(
-        target=lambda: answers.extend(asyncio.run(hammer(explicit_server, body, seconds=4.0)))
-    )
+    load = threading.Thread(target=lambda: asyncio.run(hammer(explicit_server, body, 4.0, answers)))
     load.start()
-    time.sleep(1.0)
+    wait_for(lambda: len(answers) >= 20, 30, "20 answers from version 1 before the load")
     client.load_model("spare")
     load.join(timeout=60)
     assert answers and all(a.status_code == 200 for a in answers), {a.status_code for a in answers}
