@@ -48,11 +48,13 @@ def process_cpu(pid: int) -> dict[str, float]:
 
 
 def cpu_per_request(env: dict[str, str], bodies: list[str], path: str, rate: float,
-                    seconds: float, log: Path) -> dict[str, float]:  # fmt: skip
-    """Microseconds of CPU per answered request, by role, at `rate` for `seconds`."""
+                    seconds: float, log: Path, cwd: Path = processes.ROOT,
+                    ) -> dict[str, float]:  # fmt: skip
+    """Microseconds of CPU per answered request, by role, at `rate` for `seconds`, of the
+    server in the checkout at `cwd`."""
     port = processes.free_port()
     command = [sys.executable, "-m", "app", "--port", str(port)]
-    with processes.running(command, port, env, log, {0}) as (proc, _):
+    with processes.running(command, port, env, log, {0}, cwd) as (proc, _):
 
         def offer(rate: float, seconds: float) -> int:
             spec = loadgen.LoadSpec("127.0.0.1", port, bodies, path, rate, seconds,

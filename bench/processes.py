@@ -60,12 +60,13 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path | None = No
 
 
 def start(command: Sequence[str], port: int, env: Mapping[str, str], log: Path,
-          cpus: set[int] | None = None) -> tuple[subprocess.Popen[bytes], str]:  # fmt: skip
-    """Start `command` (which must listen on 127.0.0.1:`port`), pinned to `cpus` when given, and
-    return once it is ready."""
+          cpus: set[int] | None = None, cwd: Path = ROOT,
+          ) -> tuple[subprocess.Popen[bytes], str]:  # fmt: skip
+    """Start `command` (which must listen on 127.0.0.1:`port`) in `cwd`, pinned to `cpus` when
+    given, and return once it is ready."""
     with log.open("w") as output:
         process = subprocess.Popen(
-            list(command), cwd=ROOT, env=dict(env), stdout=output, stderr=subprocess.STDOUT
+            list(command), cwd=cwd, env=dict(env), stdout=output, stderr=subprocess.STDOUT
         )
     if cpus:  # before the interpreter has started its threads: they inherit it
         os.sched_setaffinity(process.pid, cpus)
@@ -91,9 +92,9 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 @contextmanager
 def running(
     command: Sequence[str], port: int, env: Mapping[str, str], log: Path,
-    cpus: set[int] | None = None,
+    cpus: set[int] | None = None, cwd: Path = ROOT,
 ) -> Iterator[tuple[subprocess.Popen[bytes], str]]:  # fmt: skip
-    process, url = start(command, port, env, log, cpus)
+    process, url = start(command, port, env, log, cpus, cwd)
     try:
         yield process, url
     finally:
