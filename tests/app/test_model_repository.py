@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,14 +23,17 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
+from bench import loadgen
 from bench.plain_models import (
     fixed_shape_model,
     to_openvino_ir,
     two_headed_ranker,
     user_sized_ranker,
 )
+from bench.workload import rank_bodies
 from models.artifacts.checksum import sha256_file
 from models.artifacts.feature_tables import FeatureTables
+from models.artifacts.repository import open_version
 from tests.app.servers import running_server, wait_for
 from tests.conftest import MODEL_NAME, ROOT
 
@@ -183,6 +187,37 @@ async def hammer(url: str, body: dict[str, object], seconds: float,
                 answers.append(await http.post("/v2/models/spare/infer", json=body))
 
     await asyncio.gather(*(worker() for _ in range(workers)))
+
+
+def test_loads_and_unloads_of_one_model_lose_nothing_on_another_under_open_loop_load(
+    explicit_server: str, built_repository: Path
+) -> None:
+    """/v1/rank offered at a fixed rate (open loop: requests do not wait for answers) while an
+    OpenVINO IR model is unloaded and loaded again and again: every request answered 200."""
+    bodies = rank_bodies(open_version(built_repository, MODEL_NAME), 100)
+    port = int(explicit_server.rsplit(":", 1)[1])
+    spec = loadgen.LoadSpec("127.0.0.1", port, bodies, "/v1/rank", rate=150, seconds=6,
+                            connections=64)  # fmt: skip
+    result: list[loadgen.LoadResult] = []
+    offered = threading.Thread(target=lambda: result.append(loadgen.run(spec)))
+    offered.start()
+    swaps = 0
+    with httpx.Client(base_url=explicit_server, timeout=30) as http:
+        while offered.is_alive() and swaps < 40:
+            for step in ("unload", "load"):
+                answer = http.post(f"/v2/repository/models/ranker-ir/{step}")
+                assert answer.status_code == 200, answer.text
+            swaps += 1
+    offered.join(timeout=60)
+    (load,) = result
+    assert swaps >= 3, swaps
+    assert load.statuses == [200] * load.offered, Counter(load.statuses)
+    print(f"open loop: {load.offered} requests, all 200, over {swaps} unloads and loads")
+    assert http_ready(explicit_server, "ranker-ir")
+
+
+def http_ready(url: str, model: str) -> bool:
+    return httpx.get(f"{url}/v2/models/{model}/ready", timeout=10).status_code == 200
 
 
 def test_a_new_version_swaps_in_under_load_and_broken_ones_are_refused(
