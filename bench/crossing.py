@@ -28,6 +28,21 @@ SETUPS = {
 }
 
 
+Workload = tuple[Path, list[str], str]  # repository, bodies, path
+
+
+def workloads(builtin: Path, model: str, user_root: Path) -> dict[str, Workload]:
+    """The two workloads: /v1/rank on the built-in `model` in `builtin`, and V2 JSON on the
+    user-sized ranker (written under `user_root`)."""
+    user_sized_ranker(user_root / USER_MODEL / "1" / "model.onnx")
+    version = open_version(builtin, model)
+    return {
+        "100-candidate /v1/rank, built-in model": (builtin, rank_bodies(version, 100), "/v1/rank"),
+        "user-sized ranker, V2 JSON, 100 rows": (user_root, user_bodies(50),
+                                                 f"/v2/models/{USER_MODEL}/infer"),
+    }  # fmt: skip
+
+
 def process_cpu(pid: int) -> dict[str, float]:
     """CPU seconds of the server's processes by role (server, engine, worker)."""
     seconds: dict[str, float] = {}
@@ -79,21 +94,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = load_settings()
     builtin = settings.model.repository.resolve()
-    version = open_version(builtin, settings.model.name)
     rates = [float(r) for r in args.rates.split(",")]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     log = args.out.with_suffix(".server.log")
     results: dict[str, dict[str, dict[str, list[dict[str, float]]]]] = {}
     with tempfile.TemporaryDirectory() as scratch:
-        user_root = Path(scratch)
-        user_sized_ranker(user_root / USER_MODEL / "1" / "model.onnx")
-        workloads = {
-            "100-candidate /v1/rank, built-in model": (builtin, rank_bodies(version, 100),
-                                                       "/v1/rank"),
-            "user-sized ranker, V2 JSON, 100 rows": (user_root, user_bodies(50),
-                                                     f"/v2/models/{USER_MODEL}/infer"),
-        }  # fmt: skip
-        for workload, (root, bodies, path) in workloads.items():
+        for workload, (root, bodies, path) in workloads(
+            builtin, settings.model.name, Path(scratch)
+        ).items():
             for rate in rates:
                 for round_ in range(args.rounds):
                     for setup, overrides in SETUPS.items():

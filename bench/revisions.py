@@ -22,11 +22,7 @@ import tempfile
 from pathlib import Path
 
 from bench import crossing, processes
-from bench.multi_model import USER_MODEL, user_bodies
-from bench.plain_models import user_sized_ranker
-from bench.workload import rank_bodies
 from config.settings import load_settings
-from models.artifacts.repository import open_version
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,26 +35,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-q", "--quiet", action="store_true", help="print the summary only")
     args = parser.parse_args(argv)
     builtin = (args.repository or load_settings().model.repository).resolve()
-    version = open_version(builtin, "movielens-dcnv2")
     results: dict[tuple[str, str, str], list[float]] = {}
     with tempfile.TemporaryDirectory() as scratch:
         base = Path(scratch) / "revision"
         subprocess.run(["git", "worktree", "add", "--detach", str(base), args.revision],
                        cwd=processes.ROOT, check=True, capture_output=True)  # fmt: skip
         try:
-            user_root = Path(scratch) / "user"
-            user_sized_ranker(user_root / USER_MODEL / "1" / "model.onnx")
-            workloads = {
-                "/v1/rank, 100 candidates, built-in": (builtin, rank_bodies(version, 100),
-                                                       "/v1/rank"),
-                "V2 JSON, 100 rows, user-sized": (user_root, user_bodies(50),
-                                                  f"/v2/models/{USER_MODEL}/infer"),
-            }  # fmt: skip
+            offered = crossing.workloads(builtin, "movielens-dcnv2", Path(scratch) / "user")
             trees = {args.revision: base, "this checkout": processes.ROOT}
             for round_ in range(args.rounds):
                 order = list(trees) if round_ % 2 == 0 else list(reversed(trees))
                 for (workload, (root, bodies, path)), setup, tree in itertools.product(
-                    workloads.items(), crossing.SETUPS, order
+                    offered.items(), crossing.SETUPS, order
                 ):
                     env = {**os.environ, "RECSYS_MODEL__REPOSITORY": str(root),
                            "PYTHONPATH": str(trees[tree]), **crossing.SETUPS[setup]}  # fmt: skip

@@ -80,7 +80,3 @@ def numbered_priority(value: int | None, where: str) -> int | None:
     if value < 0:
         raise InvalidInput(f"{where}: {value} is not a priority (1 highest, 2 or more low)")
     return min(value - 1, LOW)
-
-
-def is_low(priority: int | None) -> bool | None:
-    return None if priority is None else priority >= LOW

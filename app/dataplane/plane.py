@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from app.dataplane import documents
-from app.dataplane.admission import Admission, Decision
+from app.dataplane.admission import PRIORITIES, Admission, Decision
 from app.dataplane.catalog import Models
 from app.dataplane.devices import example_inputs
 from app.dataplane.errors import Forbidden, PayloadTooLarge, Unauthorized, Unprocessable
@@ -35,7 +35,6 @@ from scheduler.batch import Inputs, Scored
 from scheduler.errors import InvalidInput, NotReady, UnknownModel
 from scheduler.faults import FaultMode
 from scheduler.load import LoadReport, combine
-from scheduler.scheduler import HIGH, LOW
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +119,7 @@ class DataPlane:
         admission = self.settings.admission
         default_ms = config.default_timeout_ms or admission.default_timeout_ms
         if priority is None:
-            priority = LOW if (config.default_priority or admission.default_priority) == "low" \
-                else HIGH  # fmt: skip
+            priority = PRIORITIES[config.default_priority or admission.default_priority]
         ms = default_ms if timeout_ms is None else min(default_ms, timeout_ms)
         return Options(ms / 1000, priority)
 

@@ -126,8 +126,14 @@ def call_options(
     remaining = context.time_remaining()
     if remaining is not None:
         asked.append(remaining * 1000)
-    given = int(parameters["priority"].int64_param) if "priority" in parameters else None
-    return (min(asked) if asked else None), numbered_priority(given, "parameters.priority")
+    level = numbered_priority(priority_parameter(request), "parameters.priority")
+    return (min(asked) if asked else None), level
+
+
+def priority_parameter(request: pb.ModelInferRequest) -> int | None:
+    """Triton's `priority` parameter as sent (1 highest, 2 or more low, 0: the default)."""
+    parameters = request.parameters
+    return int(parameters["priority"].int64_param) if "priority" in parameters else None
 
 
 def credential(context: grpc.aio.ServicerContext) -> str | None:
@@ -219,8 +225,7 @@ class InferenceService(rpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
         status = HTTPStatus.OK
         plane = self.plane
         try:
-            given = request.parameters["priority"].int64_param \
-                if "priority" in request.parameters else 0  # fmt: skip
+            given = priority_parameter(request)
             if not plane.admit(None if not given else given >= 2):
                 status = HTTPStatus(plane.settings.admission.overload_status)
                 await context.abort(grpc.StatusCode.UNAVAILABLE,

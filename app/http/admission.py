@@ -18,7 +18,7 @@ from http import HTTPStatus
 import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.dataplane.admission import Admission, Decision
+from app.dataplane.admission import PRIORITIES, Admission, Decision
 from scheduler.scheduler import LOW
 
 PRIORITY_HEADER = "x-request-priority"
@@ -44,7 +44,7 @@ def header_is_low(headers: Iterable[tuple[bytes, bytes]]) -> bool | None:
     the route refuses that with 400 naming the header)."""
     for name, value in headers:
         if name == PRIORITY_HEADER_BYTES:
-            level = {b"low": LOW, b"high": 0}.get(value.lower())
+            level = PRIORITIES.get(value.decode("latin-1").lower())
             return None if level is None else level == LOW
     return None
 

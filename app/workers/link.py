@@ -369,7 +369,7 @@ class EngineModels(Catalog):
                         "loaded)")  # fmt: skip
 
     async def unload(self, name: str) -> None:
-        await self.load(name)
+        await self.load(name)  # refused the same way
 
     async def set_fault(self, device: str, mode: FaultMode) -> bool:
         answer = await self.link.call({"op": "fault", "device": device, "mode": mode})

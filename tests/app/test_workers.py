@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bench.processes import ADMIN_HEADERS, ADMIN_TOKEN
 from models.artifacts import repository
 from models.runtime import OnnxRuntimeSession
-from tests.app.servers import free_port, running_server
+from tests.app.servers import free_port, running_server, wait_for
 from tests.conftest import MODEL_NAME
 
 pytestmark = pytest.mark.timeout(240)
@@ -49,13 +49,6 @@ def samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
         for sample in family.samples
         if sample.name == name
     ]
-
-
-def until(condition: object, seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"{what} within {seconds:.0f} s"
-        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +139,7 @@ def test_workers_answer_as_one_server(
                 counts.append(stats()["execution_count"])
                 return counts[-1] == 62
 
-            until(counted, 5, "the statistics count 62")
+            wait_for(counted, 5, "the statistics count 62")
             assert set(counts) <= set(range(63)), counts  # never a request counted twice
             assert stats()["inference_count"] == 30 * 8 + 30 * 64 + 8 + 8
             text = http.get("/metrics").text
@@ -183,9 +176,9 @@ def test_a_dead_worker_is_replaced_and_a_dead_engine_fails_what_it_held(
             for _ in range(40)
         )
         assert statuses == {200: 40}  # the other worker took every connection meanwhile
-        until(lambda: len(set(children(process.pid)["worker"]) - {first}) == 2, 20,
+        wait_for(lambda: len(set(children(process.pid)["worker"]) - {first}) == 2, 20,
               "a new worker started")  # fmt: skip
-        until(lambda: httpx.get(f"{url}/v2/health/ready").status_code == 200, 20, "ready")
+        wait_for(lambda: httpx.get(f"{url}/v2/health/ready").status_code == 200, 20, "ready")
 
         # Requests held in a stalled batch when the engine dies: answered 503, saying why.
         assert admin.post("/admin/faults/cpu", json={"mode": "stall"}).status_code == 200
@@ -209,10 +202,10 @@ def test_a_dead_worker_is_replaced_and_a_dead_engine_fails_what_it_held(
         assert [status for status, _ in held] == [503, 503, 503]
         assert all("engine process exited" in text for _, text in held), held
         assert answered_in < 5
-        until(lambda: httpx.get(f"{url}/v2/health/ready").status_code == 503, 2, "not ready")
+        wait_for(lambda: httpx.get(f"{url}/v2/health/ready").status_code == 503, 2, "not ready")
         refused = httpx.post(f"{url}/v1/rank", json=body)
         assert refused.status_code in (200, 503)  # 200 only once the new engine is up
-        until(lambda: httpx.get(f"{url}/v2/health/ready").status_code == 200, 90,
+        wait_for(lambda: httpx.get(f"{url}/v2/health/ready").status_code == 200, 90,
               "ready on a new engine")  # fmt: skip
         assert children(process.pid)["engine"] != [engine]
         answer = httpx.post(f"{url}/v1/rank", json=body)  # the new engine's device: no fault
@@ -281,10 +274,10 @@ def test_a_stopped_engine_turns_readiness_false_and_its_requests_fail_past_their
             assert answer.status_code == 504, answer.text
             assert "no answer from the engine process" in answer.json()["error"]
             assert 1.4 < elapsed < 4.0
-            until(lambda: httpx.get(f"{url}/v2/health/ready").status_code == 503, 3, "not ready")
+            wait_for(lambda: httpx.get(f"{url}/v2/health/ready").status_code == 503, 3, "not ready")
         finally:
             os.kill(engine, signal.SIGCONT)
-        until(lambda: httpx.get(f"{url}/v2/health/ready").status_code == 200, 5, "ready again")
+        wait_for(lambda: httpx.get(f"{url}/v2/health/ready").status_code == 200, 5, "ready again")
         assert httpx.post(f"{url}/v1/rank", json=body).status_code == 200
         assert children(process.pid)["engine"] == [engine]  # the same engine, going on
 
@@ -295,5 +288,5 @@ def test_nothing_outlives_a_killed_supervisor(built_repository: Path, tmp_path: 
         roles = children(process.pid)
         os.kill(process.pid, signal.SIGKILL)
         orphans = [pid for pids in roles.values() for pid in pids]
-        until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in orphans), 30,
+        wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in orphans), 30,
               "the engine and the workers exited")  # fmt: skip
