@@ -13,7 +13,7 @@ from pathlib import Path
 
 import uvloop
 
-from app.assembly import cpu_budget, in_process, through_engine
+from app.assembly import cpu_budget, in_process, through_engine, with_process_model
 from app.dataplane.registry import check_repository
 from app.workers.supervisor import Supervisor, worker_count
 from config.settings import Settings, SettingsError, load_settings
@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     except (RepositoryError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    settings = with_process_model(settings)
     workers = worker_count(settings.server.workers, cpu_budget().cores)
     engine = settings.server.engine
     if workers > 1 or engine == "process":

@@ -18,6 +18,7 @@ from app.dataplane.catalog import Models
 from app.dataplane.metrics import load_failure_counter, request_latency
 from app.dataplane.plane import DataPlane
 from app.dataplane.registry import ModelRegistry, OpenedModel
+from app.workers.supervisor import MAX_AUTO_WORKERS, worker_count
 from config.settings import Settings
 from scheduler.cpu_budget import CpuBudget, this_process
 from scheduler.metrics import SchedulerMetrics
@@ -34,12 +35,54 @@ def cpu_budget() -> CpuBudget:
 def runtime_cores(settings: Settings) -> int:
     """The cores the runtimes of the process that owns the sessions may use: all of this
     process's, less one per HTTP worker where an engine process serves workers (each worker's
-    event loop keeps a core)."""
+    event loop keeps a core), or its share where each worker is a whole server."""
     cores = cpu_budget().cores
     server = settings.server
-    if server.engine != "per_worker" and (server.workers > 1 or server.engine == "process"):
+    if server.engine == "per_worker" and server.workers > 1:
+        cores = max(1, cores // server.workers)
+    elif server.workers > 1 or server.engine == "process":
         cores = max(1, cores - server.workers)
     return cores
+
+
+def auto_process_model(cores: int, gpu: bool, reloads: bool) -> tuple[int, str]:
+    """`[server] workers = 0`: (workers, engine) for a process of `cores` cores. One process on one
+    or two cores (a second process would take a core from the only one serving), or while models
+    reload (start-up loading only with workers). Beyond, a worker per core (at most 16): with a
+    GPU, feeding one engine (one CUDA context, batches across every worker's requests); on CPUs
+    alone, each a whole server, since one engine spends a few hundred microseconds of CPU per
+    request and would cap the server well below what independent servers reach."""
+    if cores <= 2 or reloads:
+        return 1, "auto"
+    return min(cores, MAX_AUTO_WORKERS), "process" if gpu else "per_worker"
+
+
+def gpu_available(settings: Settings) -> bool:
+    """A GPU device is configured and ONNX Runtime has its CUDA provider."""
+    if not any(d.backend == "onnxruntime-gpu" for d in settings.devices):
+        return False
+    import onnxruntime  # lazily: only where the choice depends on it
+
+    return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+
+
+def with_process_model(settings: Settings) -> Settings:
+    """The settings with `[server] workers = 0` resolved for this host: by `auto_process_model`
+    with `engine = "auto"`, else a worker per core (at most 16) in the engine mode set."""
+    server = settings.server
+    if server.workers:
+        return settings
+    cores = cpu_budget().cores
+    if server.engine == "auto":
+        reloads = settings.model_control.mode != "none"
+        gpu = cores > 2 and gpu_available(settings)
+        workers, engine = auto_process_model(cores, gpu, reloads)
+    else:
+        workers, engine = worker_count(0, cores), server.engine
+    log.info("process model for %d cores: %s", cores,
+             "one process" if workers == 1 else f"{workers} workers, engine {engine}")  # fmt: skip
+    chosen = server.model_copy(update={"workers": workers, "engine": engine})
+    return settings.model_copy(update={"server": chosen})
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from app.assembly import Assembled
 from app.http.app import Service, create_app, http_protocol
+from app.http.hot import HotRoutes
 from app.http.server import DrainingServer
 from config.settings import Settings
 
@@ -45,7 +46,7 @@ def serve_http(settings: Settings, assembled: Assembled, scraped: CollectorRegis
     """`sockets`: the listener a supervisor handed this process, one of several on its ports."""
     app = rest_app(settings, assembled, scraped, shared_ports=sockets is not None)
     config = uvicorn.Config(
-        app,
+        HotRoutes(app, assembled.latency, settings.admission.overload_status),
         host=settings.server.host,
         port=settings.server.port,
         loop="uvloop",

@@ -32,9 +32,11 @@ class ServerSettings(Section):
         30.0, gt=0, description="time accepted requests have to finish once the listener closed"
     )
     workers: int = Field(
-        1, ge=0, le=64, description="HTTP worker processes on the one port, feeding one engine "
+        0, ge=0, le=64, description="HTTP worker processes on the one port, feeding one engine "
         "process that owns the schedulers and devices (batches form across all their requests); "
-        "1: one process does both; 0: the cores this process may use, at most 16",
+        "1: one process does both; 0: chosen for the host: one process on 1-2 cores (or while "
+        "model_control reloads), else a worker per core (at most 16), each a whole server on "
+        "CPUs alone (engine per_worker), feeding one engine where a GPU device is available",
     )  # fmt: skip
     engine: Literal["auto", "process", "per_worker"] = Field(
         "auto", description="auto: the engine has its own process when workers > 1; process: "

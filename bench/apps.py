@@ -4,6 +4,8 @@
   inference call per request, no batching (a plain `def` endpoint in FastAPI's thread pool).
 - `frontend`: parses and validates the same /v1/rank body, looks the ids up, and answers a fixed
   ranking without scoring: the ceiling the HTTP layer alone allows on this machine.
+- `frontend-v2`: parses a V2 infer body into numpy arrays (the server's own codec) and answers a
+  fixed score per row without scoring: the same ceiling for V2 JSON.
 
 `python -m bench.apps {baseline,frontend} --port P [--repository R]` serves one with uvicorn,
 uvloop and httptools, as `python -m app` does.
@@ -19,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 import uvicorn
-from fastapi import FastAPI, Response
+from fastapi import FastAPI, Request, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.dataplane.ranking import Ranker
@@ -129,18 +131,39 @@ def frontend_app(settings: Settings, version: ModelVersion) -> FastAPI:
     return app
 
 
+def frontend_v2_app(settings: Settings) -> FastAPI:
+    from app.http.v2_codec import decode_inputs, encode_response, parse_request
+
+    app = base_app("frontend-v2", settings)
+
+    @app.post("/v2/models/{name}/infer")
+    async def infer(request: Request, name: str) -> Response:
+        parsed, tail = parse_request(await request.body(), None)
+        inputs = decode_inputs(parsed, tail)
+        rows = len(next(iter(inputs.values())))
+        scores = np.zeros((rows, 1), dtype=np.float32)  # no model runs
+        body, _ = encode_response({"model_name": name, "model_version": "1"},
+                                  {"score": scores}, set())  # fmt: skip
+        return Response(body, media_type="application/json")
+
+    return app
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.apps", description=__doc__)
-    parser.add_argument("kind", choices=["baseline", "frontend"])
+    parser.add_argument("kind", choices=["baseline", "frontend", "frontend-v2"])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--repository", type=Path, help="model repository (default: settings)")
     args = parser.parse_args(argv)
     settings = load_settings()
-    root = args.repository or settings.model.repository
-    version = open_version(Path(root), settings.model.name, settings.model.version)
-    make = baseline_app if args.kind == "baseline" else frontend_app
+    if args.kind == "frontend-v2":
+        app = frontend_v2_app(settings)
+    else:
+        root = args.repository or settings.model.repository
+        version = open_version(Path(root), settings.model.name, settings.model.version)
+        app = (baseline_app if args.kind == "baseline" else frontend_app)(settings, version)
     uvicorn.run(
-        make(settings, version), host="127.0.0.1", port=args.port, loop="uvloop",
+        app, host="127.0.0.1", port=args.port, loop="uvloop",
         http="httptools", log_level="warning", access_log=False,
     )  # fmt: skip
     return 0

@@ -93,7 +93,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_workers(self) -> Settings:
-        several = self.server.workers != 1 or self.server.engine == "process"
+        several = self.server.workers > 1 or self.server.engine == "process"
         if several and self.model_control.mode != "none":
             raise ValueError(
                 f"server.workers: {self.server.workers} worker processes serve the repository "

@@ -14,7 +14,7 @@ from models.artifacts.model_config import CONFIG_FILE
 from models.artifacts.repository import ModelVersion
 from models.artifacts.servable import AS_EXPORTED, ServableVersion, VariantFile
 from models.artifacts.signature import NUMPY_DTYPES
-from scheduler.backend import Backend, BackendConfig, create_backend
+from scheduler.backend import Backend, BackendConfig, DeviceKind, create_backend
 from scheduler.cpu_budget import fitted_threads
 from scheduler.device import Device, StallPolicy
 from scheduler.faults import FaultInjector
@@ -124,8 +124,16 @@ def create_device(
         StallPolicy(settings.faults.stall_multiple, settings.faults.stall_floor_ms / 1000),
         settings.faults.cool_down_seconds,
         slots=slots,
+        on_loop=runs_on_loop(backend.device_kind, cores, settings.faults.admin_enabled),
     )
     return device
+
+
+def runs_on_loop(kind: DeviceKind, cores: int, faults: bool) -> bool:
+    """A CPU device runs its batches on the event loop's thread when the process has one core:
+    a runtime thread there could not run beside the loop, only cost a hand-off each way. Not
+    with fault injection on, whose stalls must not stall the loop."""
+    return kind == "cpu" and cores == 1 and not faults
 
 
 def example_inputs(version: ModelVersion, rows: int) -> dict[str, np.ndarray]:

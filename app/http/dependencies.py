@@ -3,16 +3,18 @@ priority headers (V2 requests carry theirs as parameters)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from fastapi import Request
 
 from app.dataplane.admission import named_priority
 from app.dataplane.plane import DataPlane
-from app.http.admission import PRIORITY_HEADER
+from app.http.admission import PRIORITY_HEADER_BYTES
 from scheduler.errors import InvalidInput
 
-TIMEOUT_HEADER = "x-request-timeout-ms"
+TIMEOUT_HEADER_BYTES = b"x-request-timeout-ms"
+Headers = Iterable[tuple[bytes, bytes]]  # ASGI's raw header list
 
 
 def plane(request: Request) -> DataPlane:
@@ -28,10 +30,15 @@ class Asked:
     priority: int | None
 
 
-def asked(request: Request) -> Asked:
-    """X-Request-Timeout-Ms and X-Request-Priority; a malformed one is a 400 naming it."""
-    headers = request.headers
-    given = headers.get(TIMEOUT_HEADER)
+def asked(headers: Headers) -> Asked:
+    """X-Request-Timeout-Ms and X-Request-Priority from a request's raw headers (ASGI's: names
+    in lower case); a malformed one is a 400 naming it."""
+    given = priority_given = None
+    for name, value in headers:
+        if name == TIMEOUT_HEADER_BYTES and given is None:  # the first one, as Starlette reads
+            given = value.decode("latin-1")
+        elif name == PRIORITY_HEADER_BYTES and priority_given is None:
+            priority_given = value.decode("latin-1")
     timeout_ms = None
     if given is not None:
         try:
@@ -40,7 +47,7 @@ def asked(request: Request) -> Asked:
             timeout_ms = -1.0
         if not timeout_ms > 0:
             raise InvalidInput(f"X-Request-Timeout-Ms: {given[:32]!r} is not a positive number")
-    priority = named_priority(headers.get(PRIORITY_HEADER), "X-Request-Priority")
+    priority = named_priority(priority_given, "X-Request-Priority")
     return Asked(timeout_ms, priority)
 
 

@@ -72,25 +72,36 @@ def field_path(location: tuple[int | str, ...]) -> str:
     return path or "body"
 
 
+def serving_error_parts(exc: ServingError, overload_status: int,
+                        ) -> tuple[int, str, dict[str, str] | None]:  # fmt: skip
+    """A data-plane error's status, message and headers, for every REST route."""
+    if isinstance(exc, Overloaded):
+        return (
+            overload_status,
+            str(exc),
+            {"Retry-After": str(max(1, math.ceil(exc.retry_after_seconds)))},
+        )
+    if isinstance(exc, NotReady):  # loading or draining: try again soon, or elsewhere
+        return int(exc.status), str(exc), {"Retry-After": "1"}
+    return int(exc.status), str(exc), None
+
+
+def validation_message(exc: RequestValidationError) -> str:
+    """A /v1 body's schema errors, the first five, each naming its field."""
+    return "; ".join(f"{field_path(tuple(e['loc']))}: {e['msg']}" for e in exc.errors()[:5])
+
+
 def serving_error(overload_status: int) -> Callable[[Request, Exception], Awaitable[Response]]:
     async def render(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ServingError)
-        headers = None
-        status = int(exc.status)
-        if isinstance(exc, Overloaded):
-            headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after_seconds)))}
-            status = overload_status
-        elif isinstance(exc, NotReady):  # loading or draining: try again soon, or elsewhere
-            headers = {"Retry-After": "1"}
-        return error_response(status, str(exc), headers)
+        return error_response(*serving_error_parts(exc, overload_status))
 
     return render
 
 
 async def validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
-    problems = [f"{field_path(tuple(e['loc']))}: {e['msg']}" for e in exc.errors()[:5]]
-    return error_response(HTTPStatus.UNPROCESSABLE_ENTITY, "; ".join(problems))
+    return error_response(HTTPStatus.UNPROCESSABLE_ENTITY, validation_message(exc))
 
 
 async def http_error(request: Request, exc: Exception) -> Response:

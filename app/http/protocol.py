@@ -16,6 +16,9 @@ as soon as a request's head is parsed.
   included; under 3x overload this raised goodput from 82% to 90% of capacity). A request
   pipelined behind one in progress, or with a URL that is not a plain path, is decided when its
   body is complete, by the same rule.
+- A request the app answers whole (the hot routes, `app.http.hot`) may write its response in one
+  write through the `recsys.respond` scope extension: uvicorn's ASGI send checks every header
+  against two expressions and writes the head and the body apart (two system calls).
 - Open connections are capped (`ConnectionCap`): beyond the cap the oldest idle connection is
   closed, or the new one refused.
 """
@@ -32,7 +35,11 @@ from typing import Any
 
 import httptools
 import orjson
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.http.httptools_impl import (
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
 
 from app.dataplane.admission import Decision
 from app.http.admission import ADMITTED, HttpAdmission, response_bytes
@@ -151,6 +158,47 @@ class Starts:
             self.scheduled = False
 
 
+RESPOND = "recsys.respond"  # scope extension: `await respond(status, headers, body)`
+
+
+class WholeResponses:
+    """Responses written whole, in one write, to an ASGI request's connection; the default
+    headers (Date, Server) rendered once each time uvicorn replaces them (every second)."""
+
+    def __init__(self) -> None:
+        self.defaults: object = None
+        self.rendered = b""
+
+    def respond(self, cycle: RequestResponseCycle) -> Any:
+        async def respond(status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+            """Headers are the app's own (lower case, valid); Content-Length is added here."""
+            if cycle.flow.write_paused and not cycle.disconnected:
+                await cycle.flow.drain()
+            if cycle.disconnected:
+                return
+            if cycle.response_started:
+                raise RuntimeError("a response was already started")
+            cycle.response_started = True
+            cycle.waiting_for_100_continue = False
+            if self.defaults is not cycle.default_headers:
+                self.defaults = cycle.default_headers
+                self.rendered = b"".join(n + b": " + v + b"\r\n" for n, v in cycle.default_headers)
+            parts = [STATUS_LINE[status], self.rendered]
+            parts += [name + b": " + value + b"\r\n" for name, value in headers]
+            parts.append(b"content-length: %d\r\n" % len(body))
+            if not cycle.keep_alive:
+                parts.append(b"connection: close\r\n")
+            parts += [b"\r\n", body]
+            cycle.transport.write(b"".join(parts))
+            cycle.response_complete = True
+            cycle.message_event.set()
+            if not cycle.keep_alive:
+                cycle.transport.close()
+            cycle.on_response()
+
+        return respond
+
+
 class _Answered:
     """Stands in for uvicorn's response cycle of a request the protocol answered itself: complete,
     so the parser's body callbacks for it do nothing."""
@@ -178,6 +226,7 @@ def guarded_protocol(admission: HttpAdmission, http: HttpSettings, max_body_byte
     )}  # fmt: skip
     timed_out = {k: metrics.closed.labels(reason=k) for k in ("header_timeout", "body_timeout")}
     starts = Starts(STARTS_PER_TURN)
+    whole = WholeResponses()
 
     class GuardedHttpToolsProtocol(HttpToolsProtocol):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -372,7 +421,9 @@ def guarded_protocol(admission: HttpAdmission, http: HttpSettings, max_body_byte
                 starts.add(self, cycle, admission.answer, False)
             else:
                 admission.rule.enter()
-                scope.setdefault("extensions", {})[ADMITTED] = {}
+                extensions = scope.setdefault("extensions", {})
+                extensions[ADMITTED] = {}
+                extensions[RESPOND] = whole.respond(cycle)
                 starts.add(self, cycle, app, True)
 
         def launch(self, cycle: RequestResponseCycle, app: Any, counted: bool) -> None:

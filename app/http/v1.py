@@ -11,8 +11,9 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 
 from app.dataplane.errors import PayloadTooLarge, Unprocessable
+from app.dataplane.plane import DataPlane
 from app.dataplane.schemas import RankRequest, RankResponse, ScoreRequest, ScoreResponse
-from app.http.dependencies import asked, plane
+from app.http.dependencies import Headers, asked, plane
 from app.http.errors import ERROR_RESPONSES, json_response
 from app.http.openapi import json_body
 
@@ -40,11 +41,17 @@ def parse_body(raw: bytes, model: type[Body], limits: dict[str, int]) -> Body:
 
 @router.post("/rank", response_model=RankResponse, openapi_extra=json_body(RankRequest))
 async def rank(request: Request) -> Response:
-    served = plane(request)
+    body = await rank_body(plane(request), await request.body(), request.headers.raw)
+    return Response(body, media_type="application/json")
+
+
+async def rank_body(served: DataPlane, body: bytes, headers: Headers) -> bytes:
+    """A /v1/rank body ranked: the RankResponse as JSON. FastAPI's route and the hot path
+    (`app.http.hot`) both answer with it."""
     limits = {"candidates": served.settings.limits.max_candidates}
-    body = parse_body(await request.body(), RankRequest, limits)
-    options = asked(request)
-    return json_response(await served.rank(body, options.timeout_ms, options.priority))
+    parsed = parse_body(body, RankRequest, limits)
+    options = asked(headers)
+    return orjson.dumps(await served.rank(parsed, options.timeout_ms, options.priority))
 
 
 @router.post("/score", response_model=ScoreResponse, openapi_extra=json_body(ScoreRequest))
@@ -52,7 +59,7 @@ async def score(request: Request) -> Response:
     served = plane(request)
     rows = served.settings.limits.max_rows_per_request
     body = parse_body(await request.body(), ScoreRequest, {"categorical": rows, "dense": rows})
-    options = asked(request)
+    options = asked(request.headers.raw)
     return json_response(await served.score_rows(body, options.timeout_ms, options.priority))
 
 

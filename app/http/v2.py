@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request, Response
 
 from app.dataplane import documents
 from app.dataplane.admission import numbered_priority
+from app.dataplane.plane import DataPlane
 from app.http.dependencies import plane
 from app.http.errors import ERROR_RESPONSES, json_response
 from app.http.openapi import inline_schema
@@ -97,10 +98,24 @@ async def model_stats(request: Request, name: str) -> dict[str, Any]:
 @router.post("/models/{name}/infer", openapi_extra=INFER)
 @router.post("/models/{name}/versions/{version}/infer", openapi_extra=VERSIONED_INFER)
 async def infer(request: Request, name: str) -> Response:
-    served = plane(request)
-    version = version_of(request)
+    body, json_length = await infer_body(plane(request), name, version_of(request),
+                                         await request.body(),
+                                         request.headers.get(HEADER_LENGTH))  # fmt: skip
+    if json_length is None:
+        return Response(body, media_type="application/json")
+    return Response(
+        body,
+        media_type="application/octet-stream",
+        headers={"Inference-Header-Content-Length": str(json_length)},
+    )
+
+
+async def infer_body(served: DataPlane, name: str, version: str | None, body: bytes,
+                     header_length: str | None) -> tuple[bytes, int | None]:  # fmt: skip
+    """A V2 infer request's body scored: the response body and, when any output is binary, its
+    JSON header's length. FastAPI's route and the hot path (`app.http.hot`) both answer with it."""
     outputs = served.model(name, version).version.signature.outputs  # 404 whatever the body
-    parsed, tail = parse_request(await request.body(), request.headers.get(HEADER_LENGTH))
+    parsed, tail = parse_request(body, header_length)
     binary = binary_outputs(parsed, [o.name for o in outputs])
     parameters = parsed.parameters or RequestParameters()
     timeout_ms = None if parameters.timeout is None else parameters.timeout / 1000
@@ -112,11 +127,4 @@ async def infer(request: Request, name: str) -> Response:
                               "model_version": str(inferred.serving.version.number)}  # fmt: skip
     if parsed.id is not None:
         header["id"] = parsed.id
-    body, json_length = encode_response(header, inferred.outputs, binary)
-    if json_length is None:
-        return Response(body, media_type="application/json")
-    return Response(
-        body,
-        media_type="application/octet-stream",
-        headers={"Inference-Header-Content-Length": str(json_length)},
-    )
+    return encode_response(header, inferred.outputs, binary)

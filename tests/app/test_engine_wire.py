@@ -6,7 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from app.assembly import cpu_budget, runtime_cores
+from app.assembly import (
+    auto_process_model,
+    cpu_budget,
+    gpu_available,
+    runtime_cores,
+    with_process_model,
+)
 from app.workers.supervisor import worker_count, worker_settings
 from app.workers.wire import (
     ALIGN,
@@ -101,6 +107,28 @@ def test_an_engines_runtimes_leave_each_worker_a_core() -> None:
     cores = cpu_budget().cores
     assert runtime_cores(load_settings()) == cores
     assert runtime_cores(load_settings(server={"workers": 2})) == max(1, cores - 2)
-    assert runtime_cores(load_settings(server={"engine": "process"})) == max(1, cores - 1)
-    # Independent servers each fit to the whole machine, as `uvicorn --workers` would.
-    assert runtime_cores(load_settings(server={"workers": 2, "engine": "per_worker"})) == cores
+    one_worker = {"workers": 1, "engine": "process"}
+    assert runtime_cores(load_settings(server=one_worker)) == max(1, cores - 1)
+    # Independent servers share the machine's cores out (a runtime thread each on a worker per
+    # core: each then runs its batches on its event loop's thread).
+    per_worker = {"workers": 2, "engine": "per_worker"}
+    assert runtime_cores(load_settings(server=per_worker)) == max(1, cores // 2)
+
+
+def test_the_default_process_model_fits_the_host() -> None:
+    assert auto_process_model(1, gpu=False, reloads=False) == (1, "auto")
+    assert auto_process_model(2, gpu=True, reloads=False) == (1, "auto")
+    assert auto_process_model(8, gpu=False, reloads=False) == (8, "per_worker")
+    assert auto_process_model(64, gpu=False, reloads=False) == (16, "per_worker")
+    assert auto_process_model(8, gpu=True, reloads=False) == (8, "process")
+    assert auto_process_model(8, gpu=False, reloads=True) == (1, "auto")
+    # Reloads with the default workers are accepted: the default then is one process.
+    settings = load_settings(model_control={"mode": "explicit"})
+    assert with_process_model(settings).server.workers == 1
+    defaults = load_settings()
+    resolved = with_process_model(defaults).server
+    cores = cpu_budget().cores
+    gpu = cores > 2 and gpu_available(defaults)
+    assert (resolved.workers, resolved.engine) == auto_process_model(cores, gpu, False)
+    explicit = with_process_model(load_settings(server={"engine": "per_worker"})).server
+    assert (explicit.workers, explicit.engine) == (min(cores, 16), "per_worker")

@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from app.assembly import in_process
+from app.http.hot import HotRoutes
 from app.serve import rest_app
 from bench.processes import ADMIN_HEADERS, ADMIN_TOKEN
 from config.settings import load_settings
@@ -151,21 +152,27 @@ def test_a_burst_read_at_once_cannot_slip_past_the_limit(
             connection.close()
 
 
-async def test_under_any_asgi_server_the_app_applies_the_same_limit(built_repository: Path) -> None:
+@pytest.mark.parametrize("hot", [False, True], ids=["fastapi", "hot-routes"])
+async def test_under_any_asgi_server_the_app_applies_the_same_limit(
+    built_repository: Path, hot: bool
+) -> None:
     """Without the guarded protocol (here httpx's ASGITransport, the app served in-process) the
-    admission middleware counts and refuses by the same rule."""
+    admission middleware, or the hot routes' layer in front of it, counts and refuses by the
+    same rule."""
     settings = load_settings(
         model={"repository": built_repository},
         devices=DEVICE,
         faults={"admin_enabled": True, "admin_token": ADMIN_TOKEN, "batch_timeout_ms": 30000},
         admission={"max_in_flight_requests": 1, "default_timeout_ms": 30000},
     )
-    app = rest_app(settings, in_process(settings))
+    assembled = in_process(settings)
+    app = rest_app(settings, assembled)
+    served = HotRoutes(app, assembled.latency, 503) if hot else app
     body = {"user_id": 1, "candidates": [1, 2, 3], "k": 2}
     async with (
         app.router.lifespan_context(app),
         httpx.AsyncClient(
-            transport=httpx.ASGITransport(app),
+            transport=httpx.ASGITransport(served),
             base_url="http://app",
             headers=ADMIN_HEADERS,
             timeout=60,

@@ -1,0 +1,248 @@
+"""`python -m bench.ledger`: where one request's CPU goes, by stage, at light load and at load, in
+one process and through the engine, beside what the parts it cannot avoid cost alone.
+
+Protocol: the server (`python -m app`, default settings but the repository) pinned to core 0, an
+open-loop generator on core 1 (`bench.loadgen`), 256 connections. Two workloads: `/v1/rank` with
+100 candidates on the built-in model and V2 JSON with 100 rows on the user-sized plain ranker
+(`bench.crossing.workloads`). For each: CPU per answered request (every process of the server,
+from /proc), p50 and p99 latency; and, beside it, in the same run:
+- the front end alone: `bench.apps frontend` / `frontend-v2` (FastAPI parsing the same body into
+  the same arrays and answering a fixed result), at the same rates;
+- the model alone: the server's own compute time per request at light load (Triton's statistics,
+  `compute_infer`: one batch per request there, on one runtime thread).
+The ledger: py-spy samples of every thread of the server (not the idle ones) during the measured
+window, each assigned to the stage of its innermost frame that names one (`STAGES`), scaled to the
+measured CPU per request. Sampling shares are approximate (a few hundred samples a run); the CPU
+per request is the measurement. Without py-spy (`pip install py-spy`) the ledger is left out.
+
+The goals it prints (issue 23): at load, CPU per request <= front end + model + 150 us; at light
+load, p50 <= the front end's p50 + one model call + 0.2 ms and CPU within 1.5x of its figure at
+load; the engine's own CPU per request <= 50 us.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench import crossing, loadgen, processes
+from config.settings import load_settings
+
+# Stage -> substrings of a py-spy frame ("function (file:line)"); a sample belongs to the first
+# stage found walking from its innermost frame outward.
+STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("runtime", ("onnxruntime/", "openvino/", "Backend.run (")),
+    (
+        "metrics",
+        ("prometheus_client/", "scheduler/metrics.py", "app/http/metrics.py", "HotRoutes.observer"),
+    ),
+    (
+        "parse",
+        ("v2_codec.py", "v2_schema.py", "pydantic/", "parse_body", "asked (", "orjson", "wire.py"),
+    ),
+    (
+        "features and checks",
+        ("dataplane/tensors.py", "dataplane/ranking.py", "ranking_spec.py", "feature_tables.py"),
+    ),
+    ("scheduler", ("scheduler/",)),
+    ("hand-off to the runtime thread", ("concurrent/futures", "threading.py")),
+    ("data plane", ("app/dataplane/", "app/workers/")),
+    ("hot routes", ("app/http/hot.py", "app/http/v1.py", "app/http/v2.py")),
+    ("FastAPI and Starlette", ("fastapi/", "starlette/")),
+    ("HTTP protocol", ("httptools_impl", "app/http/protocol.py", "uvicorn/")),
+    ("event loop and sockets (native)", ("Runner.run (",)),
+    ("asyncio (Python)", ("asyncio/",)),
+)
+
+
+def stage_of(frames: Sequence[str]) -> str:
+    """The stage of a sample: its stack, outermost frame first."""
+    for frame in reversed(frames):
+        for stage, markers in STAGES:
+            if any(marker in frame for marker in markers):
+                return stage
+    return "other"
+
+
+def role_of(process_frame: str) -> str:
+    """py-spy's process frame (`process PID:"command line"`) as the server's role."""
+    words = process_frame.split()
+    return words[words.index("--role") + 1].strip('"') if "--role" in words else "server"
+
+
+def shares(raw: str) -> dict[tuple[str, str], float]:
+    """py-spy's raw (collapsed) output as the share of samples by (role, stage)."""
+    counts: collections.Counter[tuple[str, str]] = collections.Counter()
+    for line in raw.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        frames = stack.split(";")
+        counts[role_of(frames[0]), stage_of(frames[1:])] += int(count)
+    total = sum(counts.values()) or 1
+    return {key: n / total for key, n in counts.items()}
+
+
+@dataclass
+class Run:
+    cpu_us: dict[str, float]  # by role
+    p50_ms: float
+    p99_ms: float
+    answered: int
+    model_us: float = 0.0  # compute time per request, from the server's statistics
+    stages: dict[tuple[str, str], float] = field(default_factory=dict)  # share by (role, stage)
+
+    @property
+    def total_us(self) -> float:
+        return sum(self.cpu_us.values())
+
+
+def model_stats(url: str, model: str) -> tuple[int, int]:
+    with urllib.request.urlopen(f"{url}/v2/models/{model}/stats", timeout=10) as answer:
+        stats = json.load(answer)["model_stats"][0]["inference_stats"]["compute_infer"]
+    return int(stats["count"]), int(stats["ns"])
+
+
+def measure(command: list[str], env: dict[str, str], bodies: list[str], path: str, rate: float,
+            seconds: float, log: Path, model: str | None, spy_path: str | None,
+            cwd: Path = processes.ROOT) -> Run:  # fmt: skip
+    port = processes.free_port()
+    command = [*command, "--port", str(port)]
+    with processes.running(command, port, env, log, {0}, cwd) as (proc, url):
+
+        def offer(rate: float, seconds: float) -> loadgen.LoadResult:
+            spec = loadgen.LoadSpec("127.0.0.1", port, bodies, path, rate, seconds,
+                                    connections=256, cpu=loadgen.GENERATOR_CPU)  # fmt: skip
+            return loadgen.run(spec)
+
+        offer(min(rate, 100), 2)
+        counted = model_stats(url, model) if model else (0, 0)
+        spy = None
+        samples = log.with_suffix(".samples")
+        if spy_path is not None:
+            spy = subprocess.Popen(
+                [spy_path, "record", "--pid", str(proc.pid), "--subprocesses", "--nonblocking",
+                 "--rate", "250", "--duration", f"{max(1, int(seconds) - 1)}", "--format", "raw",
+                 "--output", str(samples)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+        before = crossing.process_cpu(proc.pid)
+        result = offer(rate, seconds)
+        after = crossing.process_cpu(proc.pid)
+        if spy is not None:
+            spy.wait(timeout=60)
+        counted_after = model_stats(url, model) if model else (0, 0)
+    latencies = sorted(t for t, s in zip(result.latencies, result.statuses, strict=True)
+                       if s == 200)  # fmt: skip
+    answered = max(1, len(latencies))
+    requests = counted_after[0] - counted[0]
+    return Run(
+        cpu_us={role: 1e6 * (after[role] - before.get(role, 0.0)) / answered for role in after},
+        p50_ms=1e3 * latencies[len(latencies) // 2] if latencies else float("nan"),
+        p99_ms=1e3 * latencies[int(0.99 * (len(latencies) - 1))] if latencies else float("nan"),
+        answered=len(latencies),
+        model_us=(counted_after[1] - counted[1]) / 1e3 / requests if requests else 0.0,
+        stages=shares(samples.read_text()) if spy is not None and samples.exists() else {},
+    )
+
+
+def show(label: str, run: Run, quiet: bool) -> None:
+    roles = ", ".join(f"{k} {v:.0f}" for k, v in sorted(run.cpu_us.items()))
+    print(f"  {label:<46} CPU {run.total_us:5.0f} us/request ({roles}); p50 {run.p50_ms:.2f} ms, "
+          f"p99 {run.p99_ms:.2f} ms; {run.answered} answered", flush=True)  # fmt: skip
+    if quiet or not run.stages:
+        return
+    for (role, stage), share in sorted(run.stages.items(), key=lambda kv: -kv[1]):
+        if share >= 0.005:
+            cost = share * run.total_us
+            print(f"      {role:<7} {stage:<34} {100 * share:4.0f}%  {cost:5.0f} us")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.ledger",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--light", type=float, default=20.0, help="light load, requests/s")
+    parser.add_argument("--load", type=float, default=600.0, help="load, requests/s")
+    parser.add_argument("--seconds", type=float, default=8.0, help="per measured run")
+    parser.add_argument("--repository", type=Path, help="the built model (default: settings)")
+    parser.add_argument(
+        "--tree",
+        type=Path,
+        default=processes.ROOT,
+        help="serve the server from this checkout (e.g. a worktree of an earlier "
+        "revision, for the ledger before a change); default: this one",
+    )
+    parser.add_argument("--no-profile", action="store_true", help="leave the ledger out")
+    parser.add_argument("-q", "--quiet", action="store_true", help="figures only, no ledger")
+    args = parser.parse_args(argv)
+    settings = load_settings()
+    builtin = (args.repository or settings.model.repository).resolve()
+    spy = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
+    profile = not args.no_profile and spy is not None
+    if not args.no_profile and not profile:
+        print("py-spy is not installed: no ledger (pip install py-spy)", file=sys.stderr)
+    rates = {"light": args.light, "load": args.load}
+    with tempfile.TemporaryDirectory() as scratch:
+        log = Path(scratch) / "server.log"
+        offered = crossing.workloads(builtin, settings.model.name, Path(scratch) / "user")
+        for (workload, (root, bodies, path)), kind in zip(
+            offered.items(), ("frontend", "frontend-v2"), strict=True
+        ):
+            model = settings.model.name if path == "/v1/rank" else path.split("/")[3]
+            env = {**os.environ, "RECSYS_MODEL__REPOSITORY": str(root)}
+            print(f"{workload} (server pinned to core 0; {args.seconds:g} s a run)")
+            front = [sys.executable, "-m", "bench.apps", kind, "--repository", str(root)]
+            server = [sys.executable, "-m", "app"]
+            runs: dict[tuple[str, str], Run] = {}
+            for when, rate in rates.items():
+                runs["front end alone", when] = measure(front, env, bodies, path, rate,
+                                                        args.seconds, log, None, None)  # fmt: skip
+                show(f"{when} {rate:g}/s, front end alone", runs["front end alone", when], True)
+                for setup, overrides in crossing.SETUPS.items():
+                    run = measure(server, {**env, **overrides}, bodies, path, rate, args.seconds,
+                                  log, model, spy if profile else None, args.tree)  # fmt: skip
+                    runs[setup, when] = run
+                    show(f"{when} {rate:g}/s, {setup}", run, args.quiet)
+            verdicts(runs)
+    return 0
+
+
+def verdicts(runs: dict[tuple[str, str], Run]) -> None:
+    model = statistics.median(
+        runs[setup, "light"].model_us for setup in crossing.SETUPS if runs[setup, "light"].model_us
+    )
+    front_load, front_light = runs["front end alone", "load"], runs["front end alone", "light"]
+    print(f"  model alone (its compute per request at light load): {model:.0f} us")
+    for setup in crossing.SETUPS:
+        load, light = runs[setup, "load"], runs[setup, "light"]
+        over = load.total_us - front_load.total_us - model
+        late = light.p50_ms - front_light.p50_ms - model / 1e3
+        ratio = light.total_us / load.total_us
+        print(f"  {setup}: at load {over:+.0f} us of CPU beyond front end + model (goal <= 150); "
+              f"at light load p50 {late:+.2f} ms beyond front end + model (goal <= 0.20), CPU "
+              f"{ratio:.2f}x its figure at load (goal <= 1.5)")  # fmt: skip
+        engine = load.cpu_us.get("engine")
+        if engine is not None:
+            print(
+                f"    the engine's own CPU per request at load: {engine:.0f} us (goal <= 50): "
+                f"one engine caps the server at about {1e6 / engine:,.0f} requests/s"
+            )
+    print(flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""Where a device runs its batches: on the event loop's thread (a process of one core), or on a
+runtime thread of its own. Uses the FAKE backend (`scheduler.fake_backend`), a test double."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from app.dataplane.devices import runs_on_loop
+from scheduler.device import Device
+from scheduler.fake_backend import FakeBackend
+
+
+class ThreadRecording(FakeBackend):
+    def __init__(self) -> None:
+        super().__init__("cpu")
+        self.threads: list[int] = []
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.threads.append(threading.get_ident())
+        return super().run(inputs)
+
+
+def test_only_a_cpu_device_of_a_one_core_process_without_fault_injection_runs_on_the_loop() -> None:
+    assert runs_on_loop("cpu", cores=1, faults=False)
+    assert not runs_on_loop("cpu", cores=2, faults=False)
+    assert not runs_on_loop("gpu", cores=1, faults=False)
+    assert not runs_on_loop("cpu", cores=1, faults=True)  # an injected stall must not stall it
+
+
+async def test_a_device_on_the_loop_runs_batches_on_the_loops_thread() -> None:
+    inputs = {"x": np.ones((3, 2), dtype=np.float32)}
+    for on_loop in (True, False):
+        backend = ThreadRecording()
+        device = Device(backend, parallel_batches=1, on_loop=on_loop)
+        outputs, seconds = await device.run(inputs, 3)
+        device.close()
+        assert outputs["score"].tolist() == [2.0, 2.0, 2.0] and seconds >= 0
+        assert (backend.threads == [threading.get_ident()]) is on_loop
