@@ -19,6 +19,7 @@ class CircuitBreaker:
         self.closed = True  # the device is routed
         self.open_until = 0.0
         self.failures = 0
+        self.on_trip: Callable[[], None] = lambda: None  # wakes the prober
 
     def trip(self, now: float, reason: str) -> None:
         """Open: no batches are routed to the device until a probe succeeds after the cool-down."""
@@ -29,6 +30,7 @@ class CircuitBreaker:
             )
         self.closed = False
         self.open_until = now + self.cool_down_seconds
+        self.on_trip()
 
     def due_for_probe(self, now: float) -> bool:
         return not self.closed and now >= self.open_until
@@ -65,6 +67,14 @@ async def probe_loop(
     devices: Sequence[Probed], interval_seconds: float, clock: Callable[[], float],
     on_recovered: Callable[[], None],
 ) -> None:  # fmt: skip
+    """Probe tripped devices every `interval_seconds`; while none is tripped, sleep until one is
+    (an idle server's wake-ups cost CPU that light load pays per request)."""
+    tripped = asyncio.Event()
+    for device in devices:
+        device.breaker.on_trip = tripped.set
     while True:
+        if all(device.breaker.closed for device in devices):
+            tripped.clear()
+            await tripped.wait()
         await asyncio.sleep(interval_seconds)
         await probe_tripped(devices, clock, on_recovered)

@@ -74,6 +74,16 @@ class Device:
     def healthy(self) -> bool:
         return self.breaker.closed
 
+    @property
+    def max_outstanding_batches(self) -> int:
+        """Batches it takes at once: one waiting for a slot beyond those running."""
+        return self.parallel_batches + 1
+
+    @property
+    def accepting(self) -> bool:
+        """As its snapshot would say, without building one."""
+        return self.healthy and self.in_flight_batches < self.max_outstanding_batches
+
     def warm_up(self, sample: Inputs, sizes: tuple[int, ...], repeats: int = 3) -> None:
         """Run each size a few times (the first run of a shape is slow) and seed the model."""
         self.probe_inputs = {name: array[:1] for name, array in sample.items()}
@@ -96,7 +106,7 @@ class Device:
                 max(0.0, start + predicted - now) for start, predicted in self._running.values()
             ),
             waiting=tuple(self._waiting.values()),
-            max_outstanding_batches=self.parallel_batches + 1,
+            max_outstanding_batches=self.max_outstanding_batches,
             healthy=self.healthy,
         )
 
@@ -134,7 +144,8 @@ class Device:
             async with self._slots:
                 del self._waiting[token]
                 self._running[token] = (self._clock(), predicted)
-                deadline = asyncio.timeout(timeout)  # not wait_for (see the batcher)
+                # On the loop's thread a batch runs to its end unawaited: no timer could fire.
+                deadline = asyncio.timeout(None if self.on_loop else timeout)  # not wait_for
                 try:
                     async with deadline:
                         outputs, seconds = await self.execute(inputs, rows)

@@ -44,7 +44,7 @@ class Dispatcher:
     async def device_free(self) -> None:
         """Return once some device accepts work (back-pressure keeps rows in the queue, where
         they grow the next batch)."""
-        while not any(d.snapshot().accepting for d in self.devices):
+        while not any(d.accepting for d in self.devices):
             self._slot_freed.clear()
             await self._slot_freed.wait()
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -135,6 +135,9 @@ class ModelMetrics:
         self.model = model
         self._queue_wait = families.queue_wait.labels(model=model)
         self._batch_fill = families.batch_fill.labels(model=model)
+        # The series each batch records, resolved once (labels() costs microseconds a call).
+        self._windows: dict[str, Any] = {}
+        self._per_device: dict[str, tuple[Any, Any, Any]] = {}
 
     def observe_dispatch(self, batch: Batch, now: float, max_batch_rows: int) -> None:
         for part in batch.parts:
@@ -142,15 +145,23 @@ class ModelMetrics:
         self._batch_fill.observe(batch.rows / max_batch_rows)
 
     def observe_window(self, seconds: float, closed_by: str) -> None:
-        self.families.window.labels(model=self.model, closed_by=closed_by).observe(
-            max(seconds, 0.0)
-        )
+        window = self._windows.get(closed_by)
+        if window is None:
+            window = self.families.window.labels(self.model, closed_by)
+            self._windows[closed_by] = window
+        window.observe(max(seconds, 0.0))
 
     def observe_batch(self, device: Device, rows: int, seconds: float) -> None:
-        f, labels = self.families, {"model": self.model, "device": device.name}
-        f.batch_rows.labels(**labels).observe(rows)
-        f.batch_seconds.labels(**labels).observe(seconds)
-        f.rows_scored.labels(**labels).inc(rows)
+        series = self._per_device.get(device.name)
+        if series is None:
+            f, labels = self.families, (self.model, device.name)
+            series = (f.batch_rows.labels(*labels), f.batch_seconds.labels(*labels),
+                      f.rows_scored.labels(*labels))  # fmt: skip
+            self._per_device[device.name] = series
+        batch_rows, batch_seconds, rows_scored = series
+        batch_rows.observe(rows)
+        batch_seconds.observe(seconds)
+        rows_scored.inc(rows)
 
     def device_failed(self, device: Device) -> None:
         self.families.device_failures.labels(model=self.model, device=device.name).inc()

@@ -23,7 +23,7 @@ def test_the_innermost_named_frame_decides() -> None:
 def test_samples_are_shared_by_role_and_stage() -> None:
     engine = 'process 7:"python -m app --role engine --engine-socket /tmp/s"'
     server = 'process 6:"python -m app --port 8000"'
-    raw = f"{server};{LOOP} 3\n{engine};{LOOP};{HOT} 1\n\n"
+    raw = f"{server};{LOOP} 3\n{server};{engine};{LOOP};{HOT} 1\n\n"  # children nest
     assert role_of(engine) == "engine" and role_of(server) == "server"
     assert shares(raw) == {
         ("server", "event loop and sockets (native)"): 0.75,

@@ -10,11 +10,17 @@ milliseconds, so a burst of new clients waited in the listen queue, unread and u
 capacity from a standing start (512 new connections), refusals took up to 1 s in the first half
 second. A second watcher on a duplicate of the listening socket accepts up to `ACCEPT_BURST`
 connections per turn and hands them to the same protocol.
+
+Idle: uvicorn's main loop wakes ten times a second to notice an exit; here it wakes once a second
+(its Date header's resolution) and at once when an exit is asked for. An idle server's wake-ups
+cost CPU that light load pays per request: on the 2-core VM, 12 wake-ups a second took 2.7 ms of
+CPU a second, some 130 us per request at 20 requests/s.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
@@ -31,6 +37,7 @@ from app.http.protocol import Throttled
 log = logging.getLogger(__name__)
 ACCEPT_BURST = 128
 ACCEPT_PAUSE_SECONDS = 0.1
+TICK_SECONDS = 1.0
 
 
 class DrainingServer(uvicorn.Server):
@@ -41,6 +48,21 @@ class DrainingServer(uvicorn.Server):
         self._drain_delay = drain_delay_seconds
         self._loop: asyncio.AbstractEventLoop | None = None
         self._drain_task: asyncio.Task[None] | None = None
+        self._exit_asked: asyncio.Event | None = None
+
+    async def main_loop(self) -> None:
+        """uvicorn's, ticking once a second; `handle_exit` and the drain wake it at once."""
+        self._exit_asked = asyncio.Event()
+        counter = 0
+        while not await self.on_tick(counter):
+            counter = (counter + 10) % 864000  # on_tick renders the Date header every 10th
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(TICK_SECONDS):
+                    await self._exit_asked.wait()
+
+    def _wake(self) -> None:
+        if self._exit_asked is not None:
+            self._exit_asked.set()
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
@@ -96,6 +118,8 @@ class DrainingServer(uvicorn.Server):
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if sig != signal.SIGTERM or self._plane.draining or self._loop is None:
             super().handle_exit(sig, frame)
+            if self._loop is not None:
+                self._loop.call_soon_threadsafe(self._wake)
             return
         self._plane.drain()
         log.info("SIGTERM: draining (readiness false, new requests refused)")
@@ -107,5 +131,6 @@ class DrainingServer(uvicorn.Server):
             log.info("closing the listener; waiting for accepted requests")
             # Not handle_exit: uvicorn would re-raise SIGTERM after shutdown and exit 143.
             self.should_exit = True
+            self._wake()
 
         self._drain_task = asyncio.get_running_loop().create_task(drain())
