@@ -49,8 +49,10 @@ class Batcher:
         self._changed.set()
 
     def notify(self) -> None:
-        """A device turned idle: it may end an elastic window."""
-        self._changed.set()
+        """A device turned idle: it may end an elastic window (with nothing queued there is no
+        window to end, and waking the batch loop would only cost a turn of it)."""
+        if self._queues[0] or self._queues[1]:
+            self._changed.set()
 
     def _settled(self, request: Request) -> None:
         """However the future ended, stop its timer and give back the rows it no longer needs."""
