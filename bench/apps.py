@@ -4,8 +4,8 @@
   inference call per request, no batching (a plain `def` endpoint in FastAPI's thread pool).
 - `frontend`: parses and validates the same /v1/rank body, looks the ids up, and answers a fixed
   ranking without scoring: the ceiling the HTTP layer alone allows on this machine.
-- `frontend-v2`: parses a V2 infer body into numpy arrays (the server's own codec) and answers a
-  fixed score per row without scoring: the same ceiling for V2 JSON.
+- `frontend-v2`: parses a V2 infer body (JSON or binary tensors) into numpy arrays (the server's
+  own codec) and answers a fixed score per row without scoring: the same ceiling for V2.
 
 `python -m bench.apps {baseline,frontend} --port P [--repository R]` serves one with uvicorn,
 uvloop and httptools, as `python -m app` does.
@@ -132,19 +132,29 @@ def frontend_app(settings: Settings, version: ModelVersion) -> FastAPI:
 
 
 def frontend_v2_app(settings: Settings) -> FastAPI:
-    from app.http.v2_codec import decode_inputs, encode_response, parse_request
+    from app.http.v2_codec import (
+        HEADER_LENGTH,
+        binary_outputs,
+        decode_inputs,
+        encode_response,
+        parse_request,
+    )
 
     app = base_app("frontend-v2", settings)
 
     @app.post("/v2/models/{name}/infer")
     async def infer(request: Request, name: str) -> Response:
-        parsed, tail = parse_request(await request.body(), None)
+        parsed, tail = parse_request(await request.body(), request.headers.get(HEADER_LENGTH))
         inputs = decode_inputs(parsed, tail)
         rows = len(next(iter(inputs.values())))
         scores = np.zeros((rows, 1), dtype=np.float32)  # no model runs
-        body, _ = encode_response({"model_name": name, "model_version": "1"},
-                                  {"score": scores}, set())  # fmt: skip
-        return Response(body, media_type="application/json")
+        binary = binary_outputs(parsed, ["score"])
+        header = {"model_name": name, "model_version": "1"}
+        body, length = encode_response(header, {"score": scores}, binary)
+        if length is None:
+            return Response(body, media_type="application/json")
+        return Response(body, media_type="application/octet-stream",
+                        headers={"Inference-Header-Content-Length": str(length)})  # fmt: skip
 
     return app
 

@@ -2,18 +2,21 @@
 one process and through the engine, beside what the parts it cannot avoid cost alone.
 
 Protocol: the server (`python -m app`, default settings but the repository) pinned to core 0, an
-open-loop generator on core 1 (`bench.loadgen`), 256 connections. Two workloads: `/v1/rank` with
-100 candidates on the built-in model and V2 JSON with 100 rows on the user-sized plain ranker
-(`bench.crossing.workloads`). For each: CPU per answered request (every process of the server,
-from /proc), p50 and p99 latency; and, beside it, in the same run:
+open-loop generator on core 1 (`bench.loadgen`), 256 connections. Three workloads: `/v1/rank`
+with 100 candidates on the built-in model, and 100 rows on the user-sized plain ranker as V2 JSON
+and as V2 binary tensors (`workloads`). For each: CPU per answered request (every process of the
+server, from /proc), p50 and p99 latency; and, beside it, in the same run:
 - the front end alone: `bench.apps frontend` / `frontend-v2` (FastAPI parsing the same body into
   the same arrays and answering a fixed result), at the same rates;
-- the model alone: the server's own compute time per request at light load (Triton's statistics,
-  `compute_infer`: one batch per request there, on one runtime thread).
+- the model alone: the server's own compute time per call at light load (Triton's statistics,
+  `compute_infer`: one batch per request there, cold caches as a light-load request meets them),
+  and, warm, the runtime's share of the ledger at load (the stricter figure for the goal there).
 The ledger: py-spy samples of every thread of the server (not the idle ones) during the measured
 window, each assigned to the stage of its innermost frame that names one (`STAGES`), scaled to the
 measured CPU per request. Sampling shares are approximate (a few hundred samples a run); the CPU
-per request is the measurement. Without py-spy (`pip install py-spy`) the ledger is left out.
+per request is the measurement. In the split both processes share core 0, and a process preempted
+while runnable is sampled as busy: there the shares lean toward the process that writes to the
+other. Without py-spy (`pip install py-spy`) the ledger is left out.
 
 The goals it prints (issue 23): at load, CPU per request <= front end + model + 150 us; at light
 load, p50 <= the front end's p50 + one model call + 0.2 ms and CPU within 1.5x of its figure at
@@ -37,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import crossing, loadgen, processes
+from bench.multi_model import user_binary_bodies
 from config.settings import load_settings
 
 # Stage -> substrings of a py-spy frame ("function (file:line)"); a sample belongs to the first
@@ -116,7 +120,36 @@ def model_stats(url: str, model: str) -> tuple[int, int]:
     return int(stats["count"]), int(stats["ns"])
 
 
-def measure(command: list[str], env: dict[str, str], bodies: list[str], path: str, rate: float,
+@dataclass(frozen=True)
+class Workload:
+    label: str
+    root: Path  # the model repository
+    path: str
+    bodies: list[str]
+    front: str  # the `bench.apps` front end that parses the same bodies
+    headers: list[dict[str, str]] = field(default_factory=list)  # per body
+    encoding: str = "utf-8"  # of the bodies (latin-1: binary)
+
+    @property
+    def model(self) -> str | None:
+        return None if self.path == "/v1/rank" else self.path.split("/")[3]
+
+
+def workloads(builtin: Path, model: str, scratch: Path) -> list[Workload]:
+    """`bench.crossing`'s two, and the user-sized ranker's rows as V2 binary tensors."""
+    (rank, (root, bodies, path)), (v2, (user_root, user, user_path)) = crossing.workloads(
+        builtin, model, scratch / "user"
+    ).items()
+    binary, headers = user_binary_bodies(50)
+    return [
+        Workload(rank, root, path, bodies, "frontend"),
+        Workload(v2, user_root, user_path, user, "frontend-v2"),
+        Workload(v2.replace("JSON", "binary"), user_root, user_path, binary, "frontend-v2",
+                 headers, "latin-1"),
+    ]  # fmt: skip
+
+
+def measure(command: list[str], env: dict[str, str], offered: Workload, rate: float,
             seconds: float, log: Path, model: str | None, spy_path: str | None,
             cwd: Path = processes.ROOT) -> Run:  # fmt: skip
     port = processes.free_port()
@@ -124,8 +157,10 @@ def measure(command: list[str], env: dict[str, str], bodies: list[str], path: st
     with processes.running(command, port, env, log, {0}, cwd) as (proc, url):
 
         def offer(rate: float, seconds: float) -> loadgen.LoadResult:
-            spec = loadgen.LoadSpec("127.0.0.1", port, bodies, path, rate, seconds,
-                                    connections=256, cpu=loadgen.GENERATOR_CPU)  # fmt: skip
+            spec = loadgen.LoadSpec("127.0.0.1", port, offered.bodies, offered.path, rate,
+                                    seconds, connections=256, headers=offered.headers,
+                                    cpu=loadgen.GENERATOR_CPU,
+                                    body_encoding=offered.encoding)  # fmt: skip
             return loadgen.run(spec)
 
         offer(min(rate, 100), 2)
@@ -200,22 +235,20 @@ def main(argv: list[str] | None = None) -> int:
     rates = {"light": args.light, "load": args.load}
     with tempfile.TemporaryDirectory() as scratch:
         log = Path(scratch) / "server.log"
-        offered = crossing.workloads(builtin, settings.model.name, Path(scratch) / "user")
-        for (workload, (root, bodies, path)), kind in zip(
-            offered.items(), ("frontend", "frontend-v2"), strict=True
-        ):
-            model = settings.model.name if path == "/v1/rank" else path.split("/")[3]
-            env = {**os.environ, "RECSYS_MODEL__REPOSITORY": str(root)}
-            print(f"{workload} (server pinned to core 0; {args.seconds:g} s a run)")
-            front = [sys.executable, "-m", "bench.apps", kind, "--repository", str(root)]
+        for offered in workloads(builtin, settings.model.name, Path(scratch)):
+            model = offered.model or settings.model.name
+            env = {**os.environ, "RECSYS_MODEL__REPOSITORY": str(offered.root)}
+            print(f"{offered.label} (server pinned to core 0; {args.seconds:g} s a run)")
+            front = [sys.executable, "-m", "bench.apps", offered.front, "--repository",
+                     str(offered.root)]  # fmt: skip
             server = [sys.executable, "-m", "app"]
             runs: dict[tuple[str, str], Run] = {}
             for when, rate in rates.items():
-                runs["front end alone", when] = measure(front, env, bodies, path, rate,
-                                                        args.seconds, log, None, None)  # fmt: skip
+                runs["front end alone", when] = measure(front, env, offered, rate, args.seconds,
+                                                        log, None, None)  # fmt: skip
                 show(f"{when} {rate:g}/s, front end alone", runs["front end alone", when], True)
                 for setup, overrides in crossing.SETUPS.items():
-                    run = measure(server, {**env, **overrides}, bodies, path, rate, args.seconds,
+                    run = measure(server, {**env, **overrides}, offered, rate, args.seconds,
                                   log, model, spy if profile else None, args.tree)  # fmt: skip
                     runs[setup, when] = run
                     show(f"{when} {rate:g}/s, {setup}", run, args.quiet)

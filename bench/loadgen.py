@@ -48,6 +48,8 @@ class LoadSpec:
     # False: start with no connections and open one whenever none is idle (up to `connections`),
     # as a burst of new clients would; latency then counts from the connect.
     preconnect: bool = True
+    # How the bodies become bytes: "latin-1" carries binary bodies (V2's binary tensors) in str.
+    body_encoding: str = "utf-8"
 
 
 @dataclass
@@ -62,7 +64,7 @@ class LoadResult:
 def encode(spec: LoadSpec) -> list[bytes]:
     encoded = []
     for index, body in enumerate(spec.bodies):
-        data = body.encode()
+        data = body.encode(spec.body_encoding)
         headers = spec.headers[index] if spec.headers else {}
         head = [
             f"POST {spec.paths[index] if spec.paths else spec.path} HTTP/1.1",

@@ -41,6 +41,28 @@ USER_MODEL = "user-ranker"
 USER_ROWS = 100
 
 
+def user_binary_bodies(count: int, seed: int = 0) -> tuple[list[str], list[dict[str, str]]]:
+    """`user_bodies`' rows in V2's binary tensor extension (outputs asked binary too), as
+    latin-1 text for `loadgen.LoadSpec(body_encoding="latin-1")`, and each body's headers."""
+    rng = np.random.default_rng(seed)
+    bodies, headers = [], []
+    for _ in range(count):
+        cat = rng.integers(0, 5000, (USER_ROWS, 8)).astype("<i8")
+        dense = rng.random((USER_ROWS, 4)).round(4).astype("<f4")
+        header = orjson.dumps({
+            "inputs": [
+                {"name": "cat", "datatype": "INT64", "shape": [USER_ROWS, 8],
+                 "parameters": {"binary_data_size": cat.nbytes}},
+                {"name": "dense", "datatype": "FP32", "shape": [USER_ROWS, 4],
+                 "parameters": {"binary_data_size": dense.nbytes}},
+            ],
+            "parameters": {"binary_data_output": True},
+        })  # fmt: skip
+        bodies.append((header + cat.tobytes() + dense.tobytes()).decode("latin-1"))
+        headers.append({"Inference-Header-Content-Length": str(len(header))})
+    return bodies, headers
+
+
 def user_bodies(count: int, seed: int = 0) -> list[str]:
     rng = np.random.default_rng(seed)
     bodies = []
