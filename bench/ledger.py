@@ -223,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         help="serve the server from this checkout (e.g. a worktree of an earlier "
         "revision, for the ledger before a change); default: this one",
     )
+    parser.add_argument("--only", default="", help="the workloads whose label contains this")
     parser.add_argument("--no-profile", action="store_true", help="leave the ledger out")
     parser.add_argument("-q", "--quiet", action="store_true", help="figures only, no ledger")
     args = parser.parse_args(argv)
@@ -236,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as scratch:
         log = Path(scratch) / "server.log"
         for offered in workloads(builtin, settings.model.name, Path(scratch)):
+            if args.only not in offered.label:
+                continue
             model = offered.model or settings.model.name
             env = {**os.environ, "RECSYS_MODEL__REPOSITORY": str(offered.root)}
             print(f"{offered.label} (server pinned to core 0; {args.seconds:g} s a run)")

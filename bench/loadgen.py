@@ -101,10 +101,10 @@ class Connection(asyncio.Protocol):
             return
         head = bytes(self.buffer[:end]).lower()
         length = 0
-        start = head.find(b"content-length:")
+        start = head.find(b"\r\ncontent-length:")  # a line of its own, not a longer name's end
         if start >= 0:
-            line_end = head.find(b"\r\n", start)
-            length = int(head[start + 15 : line_end if line_end >= 0 else len(head)])
+            line_end = head.find(b"\r\n", start + 2)
+            length = int(head[start + 17 : line_end if line_end >= 0 else len(head)])
         if len(self.buffer) < end + 4 + length:
             return
         status = int(head[9:12])
