@@ -100,10 +100,9 @@ class HotRoutes:
             if template == RANK:
                 answer = await rank_body(self.plane, body, scope["headers"])
             else:
-                length = next((v for k, v in scope["headers"] if k == HEADER_LENGTH), None)
-                answer, json_length = await infer_body(
-                    self.plane, name, version, body, None if length is None else length.decode()
-                )
+                given = next((v for k, v in scope["headers"] if k == HEADER_LENGTH), None)
+                length = None if given is None else given.decode("latin-1")  # as Starlette reads
+                answer, json_length = await infer_body(self.plane, name, version, body, length)
                 if json_length is not None:
                     headers = [BINARY, (HEADER_LENGTH, b"%d" % json_length)]
             status = 200

@@ -76,6 +76,7 @@ async def test_hot_routes_answer_as_fastapis_routes(built_repository: Path) -> N
                 {},
             ),
             (f"/v2/models/{name}/infer", {"inputs": []}, {}),
+            (f"/v2/models/{name}/infer", v2_body(inputs), {"Inference-Header-Content-Length": "x"}),
         ]
         statuses = []
         for path, body, headers in requests:
