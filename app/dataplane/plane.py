@@ -135,11 +135,12 @@ class DataPlane:
         if not serving.ready:
             raise NotReady(f"model {name!r} is not ready")
         version_ = serving.version
-        wanted = wanted_outputs(outputs, [o.name for o in version_.signature.outputs])
+        signature = version_.signature
+        wanted = wanted_outputs(outputs, signature.output_names)
         options = self.options(version_.config, timeout_ms, priority)
-        specs = {i.name: (i.datatype, i.shape) for i in version_.signature.inputs}
         batched = version_.batched
-        inputs = check_against(tensors, specs, self.settings.limits.max_rows_per_request, batched)
+        inputs = check_against(tensors, signature.input_specs,
+                               self.settings.limits.max_rows_per_request, batched)  # fmt: skip
         if serving.built is not None:
             check_built(inputs, serving.built.manifest)
         if not batched:  # the scheduler's batch axis, of one row; the backend takes it off

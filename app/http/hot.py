@@ -1,9 +1,10 @@
 """The hot routes, POST /v1/rank and V2 infer, answered by a plain ASGI layer in front of FastAPI.
 
-FastAPI's middleware stack, routing, dependency solving and response classes cost some 0.1-0.2 ms
-of CPU per request, a large share of a request whose model runs in 0.05-0.6 ms. These two routes
-skip them: the path is matched here, the body handed to the same function FastAPI's route calls
-(`v1.rank_body`, `v2.infer_body`), and the answer written as two ASGI messages. What the skipped
+FastAPI's middleware stack, routing, dependency solving and response classes cost about 0.1 ms of
+CPU per request (81-114 us in `bench.ledger`'s samples), a large share of a request whose model
+runs in 0.05-0.6 ms. These two routes skip them: the path is matched here, the body handed to the
+same function FastAPI's route calls (`v1.rank_body`, `v2.infer_body`), and the answer written
+whole (the guarded protocol's `recsys.respond`) or as two ASGI messages. What the skipped
 layers did is done here too: admission when the guarded protocol has not decided it (another ASGI
 server), the one JSON error format with its statuses and headers, and the latency histogram under
 the route's template. FastAPI keeps every other request, and documents these routes (its own

@@ -114,9 +114,9 @@ async def infer_body(served: DataPlane, name: str, version: str | None, body: by
                      header_length: str | None) -> tuple[bytes, int | None]:  # fmt: skip
     """A V2 infer request's body scored: the response body and, when any output is binary, its
     JSON header's length. FastAPI's route and the hot path (`app.http.hot`) both answer with it."""
-    outputs = served.model(name, version).version.signature.outputs  # 404 whatever the body
+    outputs = served.model(name, version).version.signature.output_names  # 404 whatever the body
     parsed, tail = parse_request(body, header_length)
-    binary = binary_outputs(parsed, [o.name for o in outputs])
+    binary = binary_outputs(parsed, outputs)
     parameters = parsed.parameters or RequestParameters()
     timeout_ms = None if parameters.timeout is None else parameters.timeout / 1000
     priority = numbered_priority(parameters.priority, "parameters.priority")

@@ -9,6 +9,7 @@ them).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,11 +42,21 @@ class Signature:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
 
-    @property
+    # Read on every request: computed once (a frozen dataclass still has a __dict__ for them).
+    @functools.cached_property
     def batched(self) -> bool:
         return all(
             len(t.shape) >= 1 and t.shape[0] == -1 and -1 not in t.shape[1:] for t in self.inputs
         )
+
+    @functools.cached_property
+    def input_specs(self) -> dict[str, tuple[str, tuple[int, ...]]]:
+        """Each input's datatype and shape, by name."""
+        return {t.name: (t.datatype, t.shape) for t in self.inputs}
+
+    @functools.cached_property
+    def output_names(self) -> list[str]:
+        return [t.name for t in self.outputs]
 
 
 def read_signature(path: Path) -> Signature:
