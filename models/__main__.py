@@ -73,10 +73,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     if not args.quiet:
         logging.getLogger("models").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    problem = missing_path(args)
     try:
         settings = load_settings(args.settings, **settings_overrides(args))
     except SettingsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        problem = str(exc)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     root = settings.repository.root
 
@@ -113,6 +116,18 @@ def main(argv: list[str] | None = None) -> int:
             FileNotFoundError) as exc:  # fmt: skip
         print(f"error: {exc}", file=sys.stderr)
         return 1
+
+
+def missing_path(args: argparse.Namespace) -> str | None:
+    """A path the user named that is not there (rather than, for --movielens, silently fetching
+    the data instead)."""
+    if args.command != "build":
+        return None
+    if args.movielens is not None and not args.movielens.is_dir():
+        return f"--movielens {args.movielens}: no such folder"
+    if args.data is not None and not args.data.is_file():
+        return f"--data {args.data}: no such file"
+    return None
 
 
 def settings_overrides(args: argparse.Namespace) -> dict[str, dict[str, object]]:

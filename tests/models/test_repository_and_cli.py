@@ -127,3 +127,12 @@ def test_a_missing_model_is_a_clear_cli_error(tmp_path: Path) -> None:
     result = run_cli("--repository", str(tmp_path), "evaluate")
     assert result.returncode == 1
     assert "no versions of model 'movielens-dcnv2'" in result.stderr
+
+
+def test_a_named_path_that_is_not_there_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    """Not silently replaced by the fetched data (--movielens), nor a traceback (--data)."""
+    named = (("--movielens", "nowhere", "folder"), ("--data", "none.tsv", "file"))
+    for option, name, what in named:
+        result = run_cli("--repository", str(tmp_path), "build", option, str(tmp_path / name))
+        assert result.returncode == 2
+        assert result.stderr == f"error: {option} {tmp_path / name}: no such {what}\n"
