@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
 
 from scheduler.batch import Batch
 from scheduler.device import Device
@@ -58,11 +59,18 @@ class Dispatcher:
             return None
         return candidates[self._router([d.snapshot() for d in candidates], batch.rows)]
 
-    def dispatch(self, batch: Batch) -> None:
+    def dispatch(self, batch: Batch) -> Coroutine[Any, Any, None] | None:
+        """Start the batch on a device's own task; or, for a device that runs batches on the
+        event loop's thread, return the run for the caller to await: it runs to its end without
+        yielding (nothing else could run meanwhile anyway), and a task would cost a turn."""
         device = self.choose(batch) or self.devices[0]  # none healthy: the batch fails there
-        task = asyncio.create_task(self._run(device, batch))
+        run = self._run(device, batch)
+        if device.on_loop:
+            return run
+        task = asyncio.create_task(run)
         self._running.add(task)
         task.add_done_callback(self._running.discard)
+        return None
 
     @property
     def busy(self) -> bool:

@@ -247,7 +247,12 @@ class Scheduler:
                 if parts:
                     if self._metrics:
                         self._metrics.observe_window(self._clock() - oldest, closed_by)
-                    self._dispatcher.dispatch(assemble(parts))
+                    inline = self._dispatcher.dispatch(assemble(parts))
+                    if inline is not None:
+                        try:
+                            await inline
+                        except Exception:  # its requests are failed already; batch on
+                            log.exception("a batch failed unexpectedly")
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # never leave a future hanging

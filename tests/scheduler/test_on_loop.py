@@ -6,10 +6,16 @@ from __future__ import annotations
 import threading
 
 import numpy as np
+import pytest
 
 from app.dataplane.devices import runs_on_loop
 from scheduler.device import Device
+from scheduler.errors import BatchFailed
 from scheduler.fake_backend import FakeBackend
+from scheduler.router import earliest_completion
+from scheduler.scheduler import BatchingConfig, Scheduler
+
+pytestmark = pytest.mark.timeout(30)
 
 
 class ThreadRecording(FakeBackend):
@@ -38,3 +44,25 @@ async def test_a_device_on_the_loop_runs_batches_on_the_loops_thread() -> None:
         device.close()
         assert outputs["score"].tolist() == [2.0, 2.0, 2.0] and seconds >= 0
         assert (backend.threads == [threading.get_ident()]) is on_loop
+
+
+async def test_a_scheduler_over_a_device_on_the_loop_batches_and_survives_a_failed_batch() -> None:
+    config = BatchingConfig(max_batch_rows=8, max_queue_delay_seconds=0.05, max_queue_rows=64)
+    backend = ThreadRecording()
+    scheduler = Scheduler([Device(backend, 1, on_loop=True)], earliest_completion, config)
+    scheduler.start()
+    try:
+        # Submitted in one turn: the batch loop takes them together, runs them on this thread.
+        futures = [scheduler.submit_nowait({"x": np.full((1, 2), v, np.float32)}) for v in (1, 2)]
+        assert [(await f).scores.tolist() for f in futures] == [[2.0], [4.0]]
+        assert backend.batches == [2] and set(backend.threads) == {threading.get_ident()}
+        backend.fail_with = RuntimeError("boom")
+        with pytest.raises(BatchFailed, match="boom"):
+            await scheduler.submit({"x": np.ones((1, 2), np.float32)})
+        backend.fail_with = None
+        assert scheduler.running  # the batch loop carried on
+        scheduler.devices[0].breaker.close()  # the failure tripped it; as a probe would
+        scores = (await scheduler.submit({"x": np.ones((3, 2), np.float32)})).scores.tolist()
+        assert scores == [2.0, 2.0, 2.0]
+    finally:
+        await scheduler.stop()
