@@ -39,7 +39,8 @@ class ServerSettings(Section):
         "CPUs alone (engine per_worker), feeding one engine where a GPU device is available",
     )  # fmt: skip
     engine: Literal["auto", "process", "per_worker"] = Field(
-        "auto", description="auto: the engine has its own process when workers > 1; process: "
+        "auto", description="auto: the engine has its own process when workers > 1 (with "
+        "workers = 0, chosen with the worker count: see workers); process: "
         "even with one worker (what the split costs); per_worker: each worker is a whole server "
         "with its own schedulers and sessions, as `uvicorn --workers` gives (batches form per "
         "worker; its gauges in /metrics are one worker's)",
