@@ -55,8 +55,8 @@ class Dispatcher:
 
     def choose(self, batch: Batch, excluded: Device | None = None) -> Device | None:
         candidates = [d for d in self.devices if d.healthy and d is not excluded]
-        if not candidates:
-            return None
+        if len(candidates) < 2:  # no choice to make: no snapshots to take
+            return candidates[0] if candidates else None
         return candidates[self._router([d.snapshot() for d in candidates], batch.rows)]
 
     def dispatch(self, batch: Batch) -> Coroutine[Any, Any, None] | None:
