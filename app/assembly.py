@@ -18,7 +18,7 @@ from app.dataplane.catalog import Models
 from app.dataplane.metrics import load_failure_counter, request_latency
 from app.dataplane.plane import DataPlane
 from app.dataplane.registry import ModelRegistry, OpenedModel
-from app.workers.supervisor import MAX_AUTO_WORKERS, worker_count
+from app.workers.supervisor import worker_count
 from config.settings import Settings
 from scheduler.cpu_budget import CpuBudget, this_process
 from scheduler.metrics import SchedulerMetrics
@@ -54,7 +54,7 @@ def auto_process_model(cores: int, gpu: bool, reloads: bool) -> tuple[int, str]:
     request and would cap the server well below what independent servers reach."""
     if cores <= 2 or reloads:
         return 1, "auto"
-    return min(cores, MAX_AUTO_WORKERS), "process" if gpu else "per_worker"
+    return worker_count(0, cores), "process" if gpu else "per_worker"
 
 
 def gpu_available(settings: Settings) -> bool:

@@ -323,7 +323,7 @@ class DataPlane:
         self.models.refresh_metrics(self.admission.headroom(in_flight))
 
 
-def wanted_outputs(asked: Sequence[str], names: list[str]) -> list[str]:
+def wanted_outputs(asked: Sequence[str], names: Sequence[str]) -> Sequence[str]:
     """The outputs a request names, in its order; all of them when it names none."""
     if not asked:
         return names

@@ -12,8 +12,9 @@ application, httpx's ASGITransport) `AdmissionMiddleware` applies the same rule 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from http import HTTPStatus
+from typing import TypeVar
 
 import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -23,6 +24,7 @@ from scheduler.scheduler import LOW
 
 PRIORITY_HEADER = "x-request-priority"
 PRIORITY_HEADER_BYTES = PRIORITY_HEADER.encode()  # ASGI header names are lower-case bytes
+T = TypeVar("T")
 ADMITTED = "recsys.admitted"  # scope extension: the protocol has counted this request in
 
 
@@ -80,6 +82,21 @@ class HttpAdmission:
         await send(self._start)
         await send(self._body)
 
+    async def within(self, scope: Scope, receive: Receive, send: Send,
+                     run: Callable[[], Awaitable[T]]) -> T | None:  # fmt: skip
+        """`run()` counted in, unless the rule refuses the request (answered here: None). One the
+        guarded protocol counted in already runs as it is."""
+        if ADMITTED in scope.get("extensions", ()):
+            return await run()
+        if self.decide(scope["method"], scope["path"], scope["headers"]) is Decision.REFUSE:
+            await self.answer(scope, receive, send)
+            return None
+        self.rule.enter()
+        try:
+            return await run()
+        finally:
+            self.rule.leave()
+
 
 class AdmissionMiddleware:
     """The same rule inside the app, for requests the guarded protocol did not admit."""
@@ -89,15 +106,7 @@ class AdmissionMiddleware:
         self.admission = admission
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or ADMITTED in scope.get("extensions", ()):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        admission = self.admission
-        if admission.decide(scope["method"], scope["path"], scope["headers"]) is Decision.REFUSE:
-            await admission.answer(scope, receive, send)
-            return
-        admission.rule.enter()
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            admission.rule.leave()
+        await self.admission.within(scope, receive, send, lambda: self.app(scope, receive, send))

@@ -24,10 +24,9 @@ from fastapi.exceptions import RequestValidationError
 from prometheus_client import Histogram
 from starlette.types import Receive, Scope, Send
 
-from app.dataplane.admission import Decision
 from app.dataplane.plane import DataPlane
 from app.http import v2_codec
-from app.http.admission import ADMITTED, HttpAdmission
+from app.http.admission import HttpAdmission
 from app.http.errors import serving_error_parts, validation_message
 from app.http.protocol import RESPOND
 from app.http.v1 import rank_body
@@ -74,23 +73,13 @@ class HotRoutes:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        status = await self.admitted(route, scope, receive, send)
-        self.observer(route[0], status)(time.perf_counter() - started)
-
-    async def admitted(self, route: tuple[str, str, str | None], scope: Scope,
-                       receive: Receive, send: Send) -> int:  # fmt: skip
-        """Admission, unless the guarded protocol decided it already; the answer's status."""
-        if ADMITTED in scope.get("extensions", ()):
-            return await self.answer(route, scope, receive, send)
         admission = self.admission
-        if admission.decide("POST", scope["path"], scope["headers"]) is Decision.REFUSE:
-            await admission.answer(scope, receive, send)
-            return admission.status
-        admission.rule.enter()
-        try:
-            return await self.answer(route, scope, receive, send)
-        finally:
-            admission.rule.leave()
+        status = await admission.within(
+            scope, receive, send, lambda: self.answer(route, scope, receive, send)
+        )
+        if status is None:  # refused
+            status = admission.status
+        self.observer(route[0], status)(time.perf_counter() - started)
 
     async def answer(self, route: tuple[str, str, str | None], scope: Scope, receive: Receive,
                      send: Send) -> int:  # fmt: skip

@@ -7,6 +7,7 @@ raw little-endian bytes of each input that declares `parameters.binary_data_size
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -109,7 +110,7 @@ def encode_response(
     return head + b"".join(tail), len(head)
 
 
-def binary_outputs(request: InferenceRequest, output_names: list[str]) -> set[str]:
+def binary_outputs(request: InferenceRequest, output_names: Sequence[str]) -> set[str]:
     """Outputs asked for as binary, per output or for all (`binary_data_output`)."""
     default = bool(request.parameters and request.parameters.binary_data_output)
     if not request.outputs:

@@ -55,8 +55,8 @@ class Signature:
         return {t.name: (t.datatype, t.shape) for t in self.inputs}
 
     @functools.cached_property
-    def output_names(self) -> list[str]:
-        return [t.name for t in self.outputs]
+    def output_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.outputs)
 
 
 def read_signature(path: Path) -> Signature:
