@@ -1,9 +1,9 @@
 """`python -m config_reference [--write]`: the configuration reference, generated from the schema.
 
-Every key's `description` (and every section's docstring) renders two documents: the README's
-reference table and `settings.toml`, the defaults with their meanings as comments. `--write`
-rewrites both in place; tests/test_config_reference.py fails when either is out of step. A tool of
-the checkout, not of the installed server.
+Every key's `description` (and every section's docstring) renders two documents: the site's
+reference tables (docs/configuration.md) and `settings.toml`, the defaults with their meanings as
+comments. `--write` rewrites both in place; tests/test_config_reference.py fails when either is
+out of step. A tool of the checkout, not of the installed server.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pydantic.fields import FieldInfo
 from config.settings import Settings
 
 ROOT = Path(__file__).resolve().parent
-README, SETTINGS_TOML = ROOT / "README.md", ROOT / "settings.toml"
+REFERENCE_PAGE, SETTINGS_TOML = ROOT / "docs" / "configuration.md", ROOT / "settings.toml"
 START, END = "<!-- settings-reference:start -->", "<!-- settings-reference:end -->"
 WIDTH = 100
 
@@ -77,7 +77,7 @@ def cell(text: str) -> str:
 
 
 def reference() -> str:
-    """The README's reference: one table per section, a row per key."""
+    """The site's reference: one table per section, a row per key."""
     out: list[str] = []
     for section in sections():
         header = f"[[{section.name}]]" if section.is_array else f"[{section.name}]"
@@ -137,21 +137,23 @@ def settings_toml() -> str:
     return "\n".join(out) + "\n"
 
 
-def readme_with_reference(readme: str) -> str:
-    if START not in readme or END not in readme:
-        raise ValueError(f"{README.name}: the settings-reference markers are missing")
-    head, rest = readme.split(START, 1)
+def page_with_reference(page: str) -> str:
+    if START not in page or END not in page:
+        raise ValueError(f"{REFERENCE_PAGE.name}: the settings-reference markers are missing")
+    head, rest = page.split(START, 1)
     tail = rest.split(END, 1)[1]
     return f"{head}{START}\n{reference()}{END}{tail}"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m config_reference", description=__doc__)
-    parser.add_argument("--write", action="store_true", help="rewrite README.md and settings.toml")
+    parser.add_argument(
+        "--write", action="store_true", help="rewrite docs/configuration.md and settings.toml"
+    )
     parser.add_argument("--toml", action="store_true", help="print settings.toml instead")
     args = parser.parse_args(argv)
     if args.write:
-        README.write_text(readme_with_reference(README.read_text()))
+        REFERENCE_PAGE.write_text(page_with_reference(REFERENCE_PAGE.read_text()))
         SETTINGS_TOML.write_text(settings_toml())
         return 0
     sys.stdout.write(settings_toml() if args.toml else reference())

@@ -24,9 +24,7 @@ def main(argv: list[str] | None = None) -> int:
         "--settings", type=Path, help="settings file (default: the built-in defaults)"
     )
     parser.add_argument("--repository", type=Path, help="repository root (default: settings)")
-    noise = parser.add_mutually_exclusive_group()
-    noise.add_argument("-v", "--verbose", action="store_true", help="log every epoch, timestamped")
-    noise.add_argument("-q", "--quiet", action="store_true", help="no progress, warnings only")
+    add_noise_options(parser, default=False)
     commands = parser.add_subparsers(dest="command", required=True)
     build = commands.add_parser("build", help="train, export and write the default repository")
     build.add_argument("--movielens", type=Path, help="folder with the ml-100k.* files")
@@ -65,7 +63,10 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="quantize the output layers too (the gate usually refuses it)",
     )
-    args = parser.parse_args(argv)  # fmt: skip
+    for command in commands.choices.values():
+        # `build --quiet` as well as `--quiet build`; SUPPRESS keeps the top level's value.
+        add_noise_options(command, default=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
     # Progress by default: each stage, a bar per training run, each step's and gate's result.
     logging.basicConfig(
         level=logging.WARNING,
@@ -116,6 +117,14 @@ def main(argv: list[str] | None = None) -> int:
             FileNotFoundError) as exc:  # fmt: skip
         print(f"error: {exc}", file=sys.stderr)
         return 1
+
+
+def add_noise_options(parser: argparse.ArgumentParser, default: object) -> None:
+    noise = parser.add_mutually_exclusive_group()
+    noise.add_argument("-v", "--verbose", action="store_true", default=default,
+                       help="log every epoch, timestamped")  # fmt: skip
+    noise.add_argument("-q", "--quiet", action="store_true", default=default,
+                       help="no progress, warnings only")  # fmt: skip
 
 
 def missing_path(args: argparse.Namespace) -> str | None:

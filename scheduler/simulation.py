@@ -174,7 +174,8 @@ def capacity(devices: tuple[DeviceCurve, ...], batch_rows: int = 1024) -> float:
     )
 
 
-def main() -> None:
+def compare_policies() -> None:
+    """The routing policies side by side, light to heavy load."""
     total = capacity(DEFAULT_DEVICES)
     curves = "; ".join(
         f"{d.name} {d.fixed_seconds * 1e3:g} ms + {d.seconds_per_row * 1e6:g} us/row, "
@@ -209,7 +210,19 @@ def compare_windows() -> None:
                       f"{o.throughput_rows_per_second:>16,.0f}")  # fmt: skip
 
 
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m scheduler.simulation", description=__doc__)
+    parser.add_argument(
+        "--windows", action="store_true", help="compare batching windows instead of routing"
+    )
+    args = parser.parse_args(argv)
+    compare_windows() if args.windows else compare_policies()
+    return 0
+
+
 if __name__ == "__main__":
     import sys
 
-    compare_windows() if "--windows" in sys.argv else main()
+    sys.exit(main())

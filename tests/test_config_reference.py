@@ -51,10 +51,11 @@ def test_every_key_has_a_row_in_the_reference() -> None:
             assert meaning in block.split(row, 1)[1].split("\n")[0]
 
 
-def test_readme_reference_is_the_generated_one() -> None:
-    readme = (ROOT / "README.md").read_text()
-    assert readme == config_reference.readme_with_reference(readme), (
-        "README.md is out of step with the schema: run `python -m config_reference --write`"
+def test_the_sites_reference_is_the_generated_one() -> None:
+    page = (ROOT / "docs" / "configuration.md").read_text()
+    assert page == config_reference.page_with_reference(page), (
+        "docs/configuration.md is out of step with the schema: "
+        "run `python -m config_reference --write`"
     )
 
 

@@ -24,15 +24,19 @@ DEVICES = [
 
 
 def start_server(
-    repository: Path, settings: dict[str, str], log: Path, devices: list[dict[str, str]] = DEVICES
+    repository: Path,
+    settings: dict[str, str],
+    log: Path,
+    devices: list[dict[str, str]] | None = DEVICES,
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """A server on a free port with RECSYS_* `settings`; returns once it is ready."""
+    """A server on a free port with RECSYS_* `settings`; returns once it is ready. `devices`
+    None: the default devices, as a user gets them."""
     port = free_port()
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
         "RECSYS_MODEL__REPOSITORY": str(repository),
-        "RECSYS_DEVICES": json.dumps(devices),
+        **({"RECSYS_DEVICES": json.dumps(devices)} if devices is not None else {}),
         **{f"RECSYS_{key}": value for key, value in settings.items()},
     }
     command = [sys.executable, "-m", "app", "--port", str(port)]
@@ -41,7 +45,10 @@ def start_server(
 
 @contextmanager
 def running_server(
-    repository: Path, settings: dict[str, str], log: Path, devices: list[dict[str, str]] = DEVICES
+    repository: Path,
+    settings: dict[str, str],
+    log: Path,
+    devices: list[dict[str, str]] | None = DEVICES,
 ) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     process, url = start_server(repository, settings, log, devices)
     try:

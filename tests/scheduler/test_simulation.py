@@ -31,4 +31,4 @@ def test_earliest_completion_beats_round_robin_and_has_the_lowest_median_at_full
     assert earliest.throughput_rows_per_second > robin.throughput_rows_per_second
     assert earliest.p99_ms < robin.p99_ms / 2
     assert earliest.p50_ms < shortest.p50_ms
-    # Not asserted: its p99 against shortest-queue, which it does not beat here (see README).
+    # Not asserted: its p99 against shortest-queue, which it does not beat here (docs/design.md).
