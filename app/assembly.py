@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, Histogram
 
 from app.dataplane.admission import Admission
 from app.dataplane.catalog import Models
+from app.dataplane.features import RedisFeatures
 from app.dataplane.metrics import load_failure_counter, request_latency
 from app.dataplane.plane import DataPlane
 from app.dataplane.registry import ModelRegistry, OpenedModel
@@ -99,7 +100,10 @@ def assemble(settings: Settings, models: Callable[[SchedulerMetrics, CollectorRe
     scheduler_metrics = SchedulerMetrics(registry, prefix)
     refused = scheduler_metrics.refused.labels(reason="in_flight")
     admission = Admission(settings.admission, on_refusal=refused.inc)
-    plane = DataPlane(settings, models(scheduler_metrics, registry), admission)
+    features = None
+    if settings.features.source == "redis":
+        features = RedisFeatures(settings.features, registry, prefix)
+    plane = DataPlane(settings, models(scheduler_metrics, registry), admission, features)
     return Assembled(plane, registry, request_latency(registry, prefix))
 
 

@@ -189,3 +189,41 @@ class LoadBalancingSettings(Section):
         "the headroom (at least 1), \"drain\" while draining, \"down\" with no healthy device",
     )  # fmt: skip
     agent_check_host: str = Field("127.0.0.1", description="the agent-check listener's address")
+
+
+class FeatureSettings(Section):
+    """Where /v1/rank reads the user's row, the candidates' rows and the user's seen items: the
+    version's own tables (frozen at build time), or Redis at request time (fresh rows; the key
+    layout is `models/artifacts/feature_rows.py`'s, `python -m models publish-features` writes a
+    built version's tables there). A Redis miss, timeout or outage scores the entity through the
+    out-of-vocabulary row, counted and reported; the server keeps answering."""
+
+    source: Literal["tables", "redis"] = Field(
+        "tables", description="tables: the version's feature_tables.npz and seen_items.npz; "
+        "redis: rows and seen items from redis_url at request time",
+    )  # fmt: skip
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0", description="the Redis server (redis:// or unix:// URL)"
+    )
+    key_prefix: str = Field(
+        "recsys", pattern=r"^[A-Za-z0-9_.-]+$", description="keys are <prefix>:<model>:user:<id>, "
+        ":item:<id> and :seen:<id>",
+    )  # fmt: skip
+    timeout_ms: float = Field(
+        20.0, gt=0, description="the longest a request waits for its rows; less when its "
+        "deadline leaves less (deadline_fraction of what remains)",
+    )  # fmt: skip
+    deadline_fraction: float = Field(
+        0.25, gt=0, le=1, description="share of a request's remaining deadline its lookups may take"
+    )
+    max_pending_requests: int = Field(
+        1024, ge=1, le=65536, description="rank requests waiting for Redis's replies at most (one "
+        "pipelined connection a process); beyond, a request gets the default rows at once",
+    )  # fmt: skip
+    item_cache_entries: int = Field(
+        100_000, ge=0, description="item rows kept in this process (0: no cache; the oldest "
+        "read dropped first); user rows and seen items are always read fresh",
+    )  # fmt: skip
+    item_cache_ttl_seconds: float = Field(
+        60.0, gt=0, description="how long a cached item row is used before it is read again"
+    )

@@ -18,6 +18,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from app.settings import (
     AdmissionSettings,
+    FeatureSettings,
     GrpcSettings,
     HttpSettings,
     LimitSettings,
@@ -71,6 +72,7 @@ class Settings(BaseSettings):
     routing: RoutingSettings = RoutingSettings()
     limits: LimitSettings = LimitSettings()
     admission: AdmissionSettings = AdmissionSettings()
+    features: FeatureSettings = FeatureSettings()
     faults: FaultSettings = FaultSettings()
     load_balancing: LoadBalancingSettings = LoadBalancingSettings()
     metrics: MetricsSettings = MetricsSettings()

@@ -1,4 +1,5 @@
-"""`python -m models build | accelerate | evaluate | report`: the offline pipeline's command line.
+"""`python -m models build | accelerate | evaluate | report | publish-features`: the offline
+pipeline's command line.
 
 `evaluate` and `report` read the repository with numpy only; `build` imports torch;
 `accelerate` needs onnx and nncf (the train extra) but not torch.
@@ -12,7 +13,7 @@ import re
 import sys
 from pathlib import Path
 
-from config.settings import SettingsError, load_settings
+from config.settings import Settings, SettingsError, load_settings
 from models.artifacts import repository
 from models.ctr_table import TableError
 from models.rows_file import RowsFileError
@@ -42,6 +43,12 @@ def main(argv: list[str] | None = None) -> int:
         command = commands.add_parser(name, help=text)
         command.add_argument("--model", help="model name (default: settings)")
         command.add_argument("--version", type=int, help="version (default: the latest)")
+    to_redis = commands.add_parser(
+        "publish-features", help="write a built version's feature rows and seen items to Redis"
+    )
+    to_redis.add_argument("--model", help="model name (default: settings)")
+    to_redis.add_argument("--version", type=int, help="version (default: the latest)")
+    to_redis.add_argument("--redis", help="Redis URL (default: [features] redis_url)")
     accelerate = commands.add_parser(
         "accelerate", help="INT8, FP16 and BF16 variants of a plain model.onnx, gated on your rows"
     )
@@ -109,14 +116,28 @@ def main(argv: list[str] | None = None) -> int:
         version = repository.open_version(
             root, args.model or settings.repository.model_name, args.version
         )
-        if args.command == "report":
-            print((version.path / "report.md").read_text(encoding="utf-8"))
-            return 0
-        return print_evaluation(version)
+        return run_on_version(args, settings, version)
     except (repository.RepositoryError, RowsFileError, TableError, RuntimeError,
             FileNotFoundError) as exc:  # fmt: skip
         print(f"error: {exc}", file=sys.stderr)
         return 1
+
+
+def run_on_version(args: argparse.Namespace, settings: Settings,
+                   version: repository.ModelVersion) -> int:  # fmt: skip
+    """The commands that read a built version: report, publish-features, evaluate."""
+    if args.command == "report":
+        print((version.path / "report.md").read_text(encoding="utf-8"))
+        return 0
+    if args.command == "publish-features":
+        from models.publish_features import publish
+
+        url = args.redis or settings.features.redis_url
+        counts = publish(version, url, settings.features.key_prefix)
+        print(f"{version.path}: {counts['users']} user rows, {counts['items']} item rows and "
+              f"{counts['seen']} seen-item sets written to {url}")  # fmt: skip
+        return 0
+    return print_evaluation(version)
 
 
 def add_noise_options(parser: argparse.ArgumentParser, default: object) -> None:

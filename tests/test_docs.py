@@ -26,6 +26,7 @@ RUN_BY = {
     "scripts/test": ".ci/run (CI is this command)",
     "scripts/setup": "scripts/test runs it",
     "mkdocs": "scripts/test builds the site with --strict",
+    "redis-server": "tests/app/test_features_redis.py starts one per test module",
     "locust": "tests/app/test_locust.py runs the locustfile headless",
     "mkdir -p model_repository/": "a folder, as the live examples' repository is laid out",
     "cp /path/to/your/model.onnx": "the live examples serve the model copied there",

@@ -23,6 +23,7 @@ from app.dataplane.admission import PRIORITIES, Admission, Decision
 from app.dataplane.catalog import Models
 from app.dataplane.devices import example_inputs
 from app.dataplane.errors import Forbidden, PayloadTooLarge, Unauthorized, Unprocessable
+from app.dataplane.features import RedisFeatures
 from app.dataplane.ranking import Ranker
 from app.dataplane.schemas import RankRequest, ScoreRequest
 from app.dataplane.serving import Serving
@@ -54,16 +55,20 @@ class Inferred:
 
 
 class DataPlane:
-    def __init__(self, settings: Settings, models: Models, admission: Admission) -> None:
+    def __init__(self, settings: Settings, models: Models, admission: Admission,
+                 features: RedisFeatures | None = None) -> None:  # fmt: skip
         self.settings = settings
         self.models = models
         self.admission = admission
+        self.features = features  # None: /v1/rank reads the version's own tables
         self.started = False  # the start-up models are loaded
         self.draining = False  # SIGTERM: not ready, new requests refused
 
     # -- life --
 
     async def start(self) -> None:
+        if self.features is not None:
+            await self.features.start()
         try:
             await self.models.start()
         except BaseException:
@@ -79,6 +84,8 @@ class DataPlane:
     async def close(self) -> None:
         self.started = False
         await self.models.close()
+        if self.features is not None:
+            await self.features.close()
 
     # -- state --
 
@@ -175,7 +182,15 @@ class DataPlane:
         """The top k of the candidates for the user, as the RankResponse document."""
         serving, ranker = self.ranking()
         options = self.options(serving.version.config, timeout_ms, priority)
-        candidates = ranker.candidates(body)
+        if self.features is None:
+            candidates = ranker.candidates(body)
+        else:
+            context = ranker.context(body)
+            rows = await self.features.rows(
+                ranker.model_name, ranker.codec, ranker.tables, str(body.user_id),
+                ranker.candidate_ids(body), body.exclude_seen, options.timeout_seconds,
+            )  # fmt: skip
+            candidates = ranker.scored(body, rows, context)
         scores = np.empty(0, dtype=np.float32)
         devices: tuple[str, ...] = ()
         if candidates.inputs is not None:

@@ -1,52 +1,56 @@
-"""Ranking, once: a rank request's ids become feature rows and model inputs (seen items dropped),
-and scores become the top-k answer. The data plane and the benchmarks' baseline and front end
-call it, so they compare serving, not different request handling."""
+"""Ranking, once: a rank request's ids become feature rows (from the version's tables, or from
+an online store: `features.py`) and model inputs (seen items dropped), and scores become the
+top-k answer. The data plane and the benchmarks' baseline and front end call it, so they compare
+serving, not different request handling."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from app.dataplane.errors import PayloadTooLarge, Unprocessable
+from app.dataplane.feature_rows import FeatureRows, Ids
 from app.dataplane.schemas import RankRequest
 from app.settings import LimitSettings
+from models.artifacts.feature_rows import RowCodec
 from models.artifacts.feature_tables import OOV_ROW, FeatureTables
 from models.artifacts.model_config import CONFIG_FILE
 from models.artifacts.ranking_spec import Assembler, built_spec
 from models.artifacts.repository import ModelVersion, RepositoryError
 from models.artifacts.servable import ServableVersion
 
-Ids = Sequence[str] | np.ndarray  # candidate ids: a list, or the catalog's array
 Inputs = dict[str, np.ndarray]
 SeenItems = tuple[np.ndarray, np.ndarray]  # CSR: indptr by user row, item rows
 
 
 @dataclass(frozen=True)
 class Candidates:
-    """What one rank request scores: the user's row, the candidates left and their inputs."""
+    """What one rank request scores: the candidates left and their inputs."""
 
-    user_row: int
+    user_known: bool
     ids: Ids
     unknown: list[str]  # candidate ids not in the catalog, scored through the OOV row
     inputs: Inputs | None  # None when no candidate is left to score
-
-    @property
-    def user_known(self) -> bool:
-        return self.user_row != OOV_ROW
+    degraded: tuple[str, ...] = ()  # sides an online store failed to give (default rows used)
 
 
 class Ranker:
     def __init__(self, model_name: str, model_version: int, assembler: Assembler,
-                 seen: SeenItems | None, limits: LimitSettings) -> None:  # fmt: skip
+                 seen: SeenItems | None, limits: LimitSettings,
+                 vocabularies: tuple[int, ...]) -> None:  # fmt: skip
         self.model_name = model_name
         self.model_version = model_version
         self.assembler = assembler
         self.tables: FeatureTables = assembler.tables
         self.seen = seen
         self.limits = limits
+        tables = self.tables
+        users = len(tables.user_fields)
+        # How rows from an online store must look: the tables' widths, indices within the
+        # vocabularies (an index beyond one would fail the whole batch it joins).
+        self.codec = RowCodec(vocabularies[:users], vocabularies[users:], len(tables.dense_fields))
 
     @classmethod
     def for_version(cls, version: ModelVersion, limits: LimitSettings) -> Ranker:
@@ -55,8 +59,9 @@ class Ranker:
         spec = built_spec(manifest.outputs[0].name)
         assembler = Assembler.create(spec, version.tables, manifest.inputs, manifest.outputs,
                                      version.path / "manifest.json")  # fmt: skip
+        sizes = tuple(manifest.vocabulary_sizes[f] for f in version.tables.categorical_fields)
         return cls(manifest.model_name, manifest.model_version, assembler,
-                   version.load_seen_items(), limits)  # fmt: skip
+                   version.load_seen_items(), limits, sizes)  # fmt: skip
 
     @classmethod
     def for_plain(cls, version: ServableVersion, limits: LimitSettings) -> Ranker | None:
@@ -72,52 +77,77 @@ class Ranker:
             raise RepositoryError(f"{path}: not feature tables ranking can use: {exc}") from None
         signature = version.signature
         assembler = Assembler.create(spec, tables, signature.inputs, signature.outputs, where)
-        return cls(version.model, version.number, assembler, None, limits)
+        # No vocabulary sizes beside a plain model: its rows stay within what its tables use.
+        columns = [*tables.user_categorical.T, *tables.item_categorical.T]
+        sizes = tuple(int(column.max()) + 1 for column in columns)
+        return cls(version.model, version.number, assembler, None, limits, sizes)
 
     def candidates(self, body: RankRequest, with_inputs: bool = True) -> Candidates:
-        """ids -> feature rows -> (seen items dropped) -> model inputs (unless `with_inputs` is
-        false: the benchmarks' front end, which scores nothing). Raises a 4xx error."""
-        tables = self.tables
-        user_row = int(tables.user_rows([str(body.user_id)])[0])
+        """From the version's tables: ids -> feature rows -> (seen items dropped) -> model inputs
+        (unless `with_inputs` is false: the benchmarks' front end, which scores nothing). Raises a
+        4xx error."""
+        context = self.context(body)
+        return self.scored(body, self.table_rows(body), context, with_inputs)
+
+    def context(self, body: RankRequest) -> dict[str, np.ndarray]:
+        """The request's context values, checked (a 4xx naming the field otherwise)."""
         try:
-            context = self.assembler.check_context(body.context)
+            return self.assembler.check_context(body.context)
         except ValueError as exc:
             raise Unprocessable(str(exc)) from None
-        ids, item_rows, unknown = self.candidate_rows(body)
-        if body.exclude_seen and self.seen is None:
-            raise Unprocessable("exclude_seen: this model version has no table of seen items")
-        if body.exclude_seen and self.seen is not None and user_row != OOV_ROW:
-            indptr, seen_rows = self.seen
-            keep = ~np.isin(item_rows, seen_rows[indptr[user_row] : indptr[user_row + 1]])
-            ids, item_rows = np.asarray(ids)[keep], item_rows[keep]
-        inputs = None
-        if with_inputs and len(item_rows):
-            inputs = self.assembler.assemble(user_row, item_rows, context)
-        return Candidates(user_row, ids, unknown, inputs)
 
-    def candidate_rows(self, body: RankRequest) -> tuple[Ids, np.ndarray, list[str]]:
-        """The candidates' ids, their item rows, and the ids not in the catalog."""
+    def table_rows(self, body: RankRequest) -> FeatureRows:
+        tables = self.tables
+        user_row = int(tables.user_rows([str(body.user_id)])[0])
+        ids = self.candidate_ids(body)
+        if body.candidates is None:
+            item_rows, unknown = np.arange(1, len(ids) + 1, dtype=np.int64), []
+        else:
+            item_rows = tables.item_rows(ids)
+            unknown = [ids[int(i)] for i in np.flatnonzero(item_rows == OOV_ROW)]
+        seen = None
+        if body.exclude_seen:
+            if self.seen is None:
+                raise Unprocessable("exclude_seen: this model version has no table of seen items")
+            seen = np.zeros(len(item_rows), dtype=bool)
+            if user_row != OOV_ROW:
+                indptr, seen_rows = self.seen
+                seen = np.isin(item_rows, seen_rows[indptr[user_row] : indptr[user_row + 1]])
+        return FeatureRows(tables.user_categorical[user_row], user_row != OOV_ROW, ids,
+                           tables.item_categorical[item_rows], tables.item_dense[item_rows],
+                           unknown, seen)  # fmt: skip
+
+    def scored(self, body: RankRequest, rows: FeatureRows, context: dict[str, np.ndarray],
+               with_inputs: bool = True) -> Candidates:  # fmt: skip
+        """Rows -> the candidates left once seen items are dropped, and their model inputs."""
+        ids, categorical, dense = rows.ids, rows.item_categorical, rows.item_dense
+        if body.exclude_seen and rows.seen is not None and rows.seen.any():
+            keep = ~rows.seen
+            ids, categorical, dense = np.asarray(ids)[keep], categorical[keep], dense[keep]
+        inputs = None
+        if with_inputs and len(categorical):
+            inputs = self.assembler.assemble(rows.user, categorical, dense, context)
+        return Candidates(rows.user_known, ids, rows.unknown, inputs, rows.degraded)
+
+    def candidate_ids(self, body: RankRequest) -> Ids:
+        """The candidates' ids (the catalog's when the request names none), within the limits."""
         limits = self.limits
         if body.k > limits.max_k:
             raise Unprocessable(f"k: at most {limits.max_k}, got {body.k}")
         if body.candidates is None:
-            catalog = self.tables.item_ids  # already a unicode array: no per-request copy
-            return catalog, np.arange(1, len(catalog) + 1, dtype=np.int64), []
+            return self.tables.item_ids  # already a unicode array: no per-request copy
         if len(body.candidates) > limits.max_candidates:
             raise PayloadTooLarge(
                 f"candidates: {len(body.candidates)} items, limit {limits.max_candidates}"
             )
-        ids = list(map(str, body.candidates))
-        item_rows = self.tables.item_rows(ids)
-        unknown = [ids[i] for i in np.flatnonzero(item_rows == OOV_ROW)]
-        return ids, item_rows, unknown
+        return list(map(str, body.candidates))
 
     def response(self, candidates: Candidates, scores: np.ndarray, variants: dict[str, str],
                  k: int) -> dict[str, Any]:  # fmt: skip
         """The RankResponse document, as plain values: validating a response the server builds
         itself would cost more than the inference (OpenAPI still documents it)."""
         ids = candidates.ids
-        return {
+        document = {
             "model_name": self.model_name,
             "model_version": self.model_version,
             "variants": variants,
@@ -126,6 +156,9 @@ class Ranker:
             "items": [{"item_id": str(ids[i]), "score": float(scores[i])}
                       for i in top_k(scores, k)],
         }  # fmt: skip
+        if candidates.degraded:
+            document["degraded"] = list(candidates.degraded)
+        return document
 
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:

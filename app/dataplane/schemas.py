@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
@@ -37,6 +37,11 @@ class RankResponse(BaseModel):
     user_known: bool
     unknown_items: list[str] = Field(description="candidates scored through the OOV slot")
     items: list[RankedItem]
+    degraded: list[Literal["user", "items", "seen"]] | None = Field(
+        None, description="present when the online feature store ([features] source = redis) "
+        "failed to give these in time: the user's or the items' rows were scored through the OOV "
+        "row, or seen items were not excluded",
+    )  # fmt: skip
 
 
 class ScoreRequest(BaseModel):

@@ -133,22 +133,21 @@ class Assembler:
             values[name] = array
         return values
 
-    def assemble(self, user_row: int, item_rows: np.ndarray, context: dict[str, np.ndarray],
-                 ) -> dict[str, np.ndarray]:  # fmt: skip
-        rows = len(item_rows)
-        tables = self.tables
+    def assemble(self, user: np.ndarray, item_categorical: np.ndarray, item_dense: np.ndarray,
+                 context: dict[str, np.ndarray]) -> dict[str, np.ndarray]:  # fmt: skip
+        """The inputs for one user's row and its candidates' rows (from the tables or a store)."""
+        rows = len(item_categorical)
         inputs = {}
         for name, parts in self.spec.inputs.items():
             dtype = self.dtypes[name]
             pieces = []
             for part in parts:
                 if part == "user.categorical":
-                    pieces.append(np.broadcast_to(tables.user_categorical[user_row],
-                                                  (rows, len(tables.user_fields))))  # fmt: skip
+                    pieces.append(np.broadcast_to(user, (rows, len(user))))
                 elif part == "item.categorical":
-                    pieces.append(tables.item_categorical[item_rows])
+                    pieces.append(item_categorical)
                 elif part == "item.dense":
-                    pieces.append(tables.item_dense[item_rows])
+                    pieces.append(item_dense)
                 else:
                     value = context[part.removeprefix("request.")]
                     pieces.append(np.broadcast_to(value, (rows, len(value))))

@@ -3,8 +3,6 @@ from an overloaded replica, and a replica drained with SIGTERM loses no request.
 
 from __future__ import annotations
 
-import os
-import shutil
 import signal
 import subprocess
 import threading
@@ -16,6 +14,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests import debian
 from tests.app.servers import free_port, start_server, stop, wait_for, wait_ready
 from tests.conftest import ROOT
 
@@ -25,19 +24,7 @@ MAX_IN_FLIGHT = 8
 
 
 def haproxy_binary() -> str:
-    found = shutil.which("haproxy")
-    if found:
-        return found
-    if os.geteuid() == 0 and shutil.which("apt-get"):
-        for command in (
-            ["apt-get", "update", "-qq"],
-            ["apt-get", "install", "-y", "-qq", "haproxy"],
-        ):
-            subprocess.run(command, capture_output=True, timeout=600, check=False)
-        found = shutil.which("haproxy")
-        if found:
-            return found
-    pytest.skip("haproxy is not installed and could not be installed (Debian package haproxy)")
+    return debian.binary("haproxy", "haproxy")
 
 
 def rank_count(url: str) -> float:
