@@ -15,6 +15,7 @@ import uvloop
 
 from app.assembly import cpu_budget, in_process, through_engine, with_process_model
 from app.dataplane.registry import check_repository
+from app.repository_layout import as_repository
 from app.workers.supervisor import Supervisor, worker_count
 from config.settings import Settings, SettingsError, load_settings
 from models.artifacts.repository import RepositoryError
@@ -27,6 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--host", help="override [server] host")
     parser.add_argument("--port", type=int, help="override [server] port")
+    parser.add_argument(
+        "--model-name", help="override [model] name (KServe passes its InferenceService's name)"
+    )
     # What the supervisor starts its children with (not for users).
     parser.add_argument("--role", choices=("engine", "worker", "server"), help=argparse.SUPPRESS)
     parser.add_argument("--settings-json", type=Path, help=argparse.SUPPRESS)
@@ -36,13 +40,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.role is not None:
         return child(args)
     try:
-        overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
-        settings = load_settings(args.settings, **({"server": overrides} if overrides else {}))
+        overrides: dict[str, dict[str, object]] = {}
+        server = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+        if server:
+            overrides["server"] = server
+        if args.model_name:
+            overrides["model"] = {"name": args.model_name}
+        settings = load_settings(args.settings, **overrides)
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings)
     try:
+        settings = as_repository(settings)  # KServe's /mnt/models may hold one model
         checked = check_repository(settings)
     except (RepositoryError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
