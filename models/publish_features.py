@@ -25,8 +25,7 @@ def publish(version: ModelVersion, redis_url: str, prefix: str) -> dict[str, int
     manifest = version.manifest
     keys = KeyLayout(prefix, manifest.model_name)
     sizes = tuple(manifest.vocabulary_sizes[f] for f in tables.categorical_fields)
-    users = len(tables.user_fields)
-    codec = RowCodec(sizes[:users], sizes[users:], len(tables.dense_fields))
+    codec = RowCodec.for_tables(tables, sizes)
     try:
         client = redis.Redis.from_url(redis_url)
         client.ping()  # a wrong URL or Redis down: one clear error before anything is written

@@ -56,59 +56,43 @@ def shown_answer(block: Block, following: Block | None) -> Block | None:
     return following if between.count("\n") <= 2 else None
 
 
-def shell_commands(body: str) -> list[str]:
-    """A shell block's commands: one per line outside quotes (a quoted body may span lines; a
-    backslash continues a line), comments and blank lines dropped."""
-    commands: list[str] = []
-    current = ""
-    quote = None
-    i = 0
-    while i < len(body):
-        char = body[i]
+def split_outside_quotes(text: str, separators: tuple[str, ...], comments: bool = False,
+                         ) -> list[str]:  # fmt: skip
+    """`text` cut at each separator that is not inside quotes, parts stripped, empty ones
+    dropped; with `comments`, a `#` starting a word (outside quotes) drops the rest of its line."""
+    parts: list[str] = []
+    current, quote, i = "", None, 0
+    while i < len(text):
+        char = text[i]
         if quote:
             quote = None if char == quote else quote
         elif char in "'\"":
             quote = char
-        elif char == "\\" and body[i + 1 : i + 2] == "\n":
-            i += 2
-            continue
-        elif char == "#" and (not current or current[-1].isspace()):
-            while i < len(body) and body[i] != "\n":
+        elif comments and char == "#" and (not current or current[-1].isspace()):
+            while i < len(text) and text[i] != "\n":
                 i += 1
             continue
-        elif char == "\n":
-            commands.append(current)
-            current = ""
-            i += 1
-            continue
+        else:
+            separator = next((s for s in separators if text.startswith(s, i)), None)
+            if separator is not None:
+                parts.append(current)
+                current, i = "", i + len(separator)
+                continue
         current += char
         i += 1
-    commands.append(current)
-    return [
-        " ".join(c.split()) if "'" not in c and '"' not in c else c.strip()
-        for c in commands
-        if c.strip()
-    ]
+    return [p.strip() for p in (*parts, current) if p.strip()]
+
+
+def shell_commands(body: str) -> list[str]:
+    """A shell block's commands: one per line outside quotes (a quoted body may span lines; a
+    backslash continues a line), comments and blank lines dropped."""
+    commands = split_outside_quotes(body.replace("\\\n", ""), ("\n",), comments=True)
+    return [" ".join(c.split()) if "'" not in c and '"' not in c else c for c in commands]
 
 
 def command_parts(command: str) -> list[str]:
     """`a && b || c; d` -> its commands, split outside quotes (a pipeline stays whole)."""
-    parts, current, quote = [], "", None
-    i = 0
-    while i < len(command):
-        char = command[i]
-        if quote:
-            quote = None if char == quote else quote
-        elif char in "'\"":
-            quote = char
-        elif command[i : i + 2] in ("&&", "||") or char == ";":
-            parts.append(current.strip())
-            current = ""
-            i += 1 if char == ";" else 2
-            continue
-        current += char
-        i += 1
-    return [p for p in [*parts, current.strip()] if p]
+    return split_outside_quotes(command, ("&&", "||", ";"))
 
 
 def python_m_invocations() -> Iterator[tuple[str, str, list[str]]]:

@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from app.dataplane.feature_rows import FeatureRows, Ids
 from app.dataplane.redis_link import Command, RedisLink, StoreUnavailable
+from app.dataplane.throttled import Throttled
 from app.settings import FeatureSettings
 from models.artifacts.feature_rows import KeyLayout, MalformedRow, RowCodec
 from models.artifacts.feature_tables import OOV_ROW, FeatureTables
@@ -110,22 +111,6 @@ def give_up(future: asyncio.Future[Any]) -> None:
         future.set_exception(StoreUnavailable("timeout"))
 
 
-class Throttled:
-    """A warning at most once per `seconds`, with how many happened meanwhile."""
-
-    def __init__(self, seconds: float = 10.0) -> None:
-        self.seconds = seconds
-        self.count = 0
-        self.last = -seconds
-
-    def __call__(self, message: str) -> None:
-        self.count += 1
-        now = time.monotonic()
-        if now - self.last >= self.seconds:
-            log.warning("feature store: %s (%d such lines meanwhile)", message, self.count)
-            self.count, self.last = 0, now
-
-
 @dataclass
 class Lookup:
     """One request's lookups and the rows gathered so far: the cached ones at once, the OOV row
@@ -154,7 +139,7 @@ class RedisFeatures:
         self.caches: dict[tuple[str, RowCodec], ItemCache] = {}
         self.cache_hits = self.metrics.cache.labels(result="hit")
         self.cache_misses = self.metrics.cache.labels(result="miss")
-        self.warn = Throttled()
+        self.warn = Throttled("feature store", log)
 
     async def start(self) -> None:
         await self.link.start()

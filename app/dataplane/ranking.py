@@ -46,11 +46,9 @@ class Ranker:
         self.tables: FeatureTables = assembler.tables
         self.seen = seen
         self.limits = limits
-        tables = self.tables
-        users = len(tables.user_fields)
         # How rows from an online store must look: the tables' widths, indices within the
         # vocabularies (an index beyond one would fail the whole batch it joins).
-        self.codec = RowCodec(vocabularies[:users], vocabularies[users:], len(tables.dense_fields))
+        self.codec = RowCodec.for_tables(self.tables, vocabularies)
 
     @classmethod
     def for_version(cls, version: ModelVersion, limits: LimitSettings) -> Ranker:

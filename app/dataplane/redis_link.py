@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any, cast
 from urllib.parse import urlsplit
 
@@ -47,7 +48,7 @@ def encode(commands: list[Command]) -> bytes:
 class RespProtocol(asyncio.Protocol):
     """Replies, in order, to the futures waiting for them."""
 
-    def __init__(self, on_lost: Any) -> None:
+    def __init__(self, on_lost: Callable[[], None]) -> None:
         self.reader = hiredis.Reader()
         self.waiting: deque[tuple[int, list[Any], asyncio.Future[list[Any]]]] = deque()
         self.transport: asyncio.Transport | None = None

@@ -29,7 +29,6 @@ import asyncio
 import contextlib
 import logging
 import resource
-import time
 from collections import deque
 from typing import Any
 
@@ -42,6 +41,7 @@ from uvicorn.protocols.http.httptools_impl import (
 )
 
 from app.dataplane.admission import Decision
+from app.dataplane.throttled import Throttled
 from app.http.admission import ADMITTED, HttpAdmission, response_bytes
 from app.http.metrics import ConnectionMetrics
 from app.settings import HttpSettings
@@ -62,24 +62,6 @@ def error_bytes(
     return response_bytes(status, headers, body)
 
 
-class Throttled:
-    """A warning at most once per `seconds`, with how many times it happened meanwhile."""
-
-    def __init__(self, message: str, seconds: float = 10.0) -> None:
-        self.message = message
-        self.seconds = seconds
-        self.count = 0
-        self.last = -seconds
-
-    def __call__(self, detail: object = "") -> None:
-        self.count += 1
-        now = time.monotonic()
-        if now - self.last >= self.seconds:
-            suffix = f": {detail}" if detail else ""
-            log.warning("%s%s (%d since the last such line)", self.message, suffix, self.count)
-            self.count, self.last = 0, now
-
-
 class ConnectionCap:
     """At most `limit` open connections. Idle ones (no request begun) are kept in the order they
     turned idle, so that a new connection beyond the cap closes the one idle the longest."""
@@ -89,8 +71,10 @@ class ConnectionCap:
         self.metrics = metrics
         self.open = 0
         self.idle: dict[Any, None] = {}  # insertion order: the oldest idle first
-        self.warn_evicted = Throttled(f"connection cap ({limit}) reached: closed idle connections")
-        self.warn_refused = Throttled(f"connection cap ({limit}) reached, none idle: refused")
+        self.warn_evicted = Throttled(
+            f"connection cap ({limit}) reached: closed idle connections", log
+        )
+        self.warn_refused = Throttled(f"connection cap ({limit}) reached, none idle: refused", log)
         metrics.open.set_function(lambda: self.open)
 
     def admit(self, connection: Any) -> bool:

@@ -32,7 +32,7 @@ from typing import Any
 import uvicorn
 
 from app.dataplane.plane import DataPlane
-from app.http.protocol import Throttled
+from app.dataplane.throttled import Throttled
 
 log = logging.getLogger(__name__)
 ACCEPT_BURST = 128
@@ -67,7 +67,7 @@ class DrainingServer(uvicorn.Server):
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
         self._listeners: list[socket.socket] = []
-        self._warn_accept = Throttled("accept failed (descriptor limit?)")
+        self._warn_accept = Throttled("accept failed (descriptor limit?)", log)
         await super().serve(sockets)
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from models.artifacts.feature_tables import FeatureTables
+
 INDEX = np.dtype("<i8")
 VALUE = np.dtype("<f4")
 
@@ -52,6 +54,13 @@ class RowCodec:
     user_vocabularies: tuple[int, ...]  # one size per user categorical field (indices < size)
     item_vocabularies: tuple[int, ...]
     dense_width: int
+
+    @classmethod
+    def for_tables(cls, tables: FeatureTables, vocabularies: tuple[int, ...]) -> RowCodec:
+        """The rows of `tables`' fields; `vocabularies`: one size per categorical field, the
+        user's fields first."""
+        users = len(tables.user_fields)
+        return cls(vocabularies[:users], vocabularies[users:], len(tables.dense_fields))
 
     @property
     def item_bytes(self) -> int:
