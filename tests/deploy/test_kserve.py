@@ -1,8 +1,8 @@
 """deploy/kserve/: the ClusterServingRuntime's container started the way KServe starts it (its
 args with `{{.Name}}` filled in, its env, `/mnt/models` filled as the storage initializer fills it)
 serves the InferenceService's model over V2, whether `/mnt/models` holds one model file, one
-model's version folders, or a repository. (No cluster here: the CRD objects are checked for the
-fields KServe reads, not against KServe's schemas.)"""
+model's version folders, or a repository. (No cluster here: the objects are validated against
+KServe's own API types, tests/deploy/crd_schemas.py, and checked for the fields KServe reads.)"""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from app.repository_layout import layout
 from bench import processes
 from models.artifacts.repository import open_version
 from tests.conftest import MODEL_NAME, ROOT
+from tests.deploy import crd_schemas
 
 pytestmark = pytest.mark.timeout(300)
 KSERVE = ROOT / "deploy" / "kserve"
@@ -47,6 +48,20 @@ def test_the_runtime_serves_what_the_inference_service_asks_for() -> None:
     assert env["RECSYS_MODEL__REPOSITORY"] == MOUNT
     assert container["ports"][0]["containerPort"] == int(env["RECSYS_SERVER__PORT"]) == 8080
     assert runtime["spec"]["annotations"]["prometheus.kserve.io/port"] == "8080"
+
+
+def test_the_objects_validate_against_kserves_own_types() -> None:
+    runtime, service = load("cluster-serving-runtime.yaml"), load("inference-service.yaml")
+    crd_schemas.validate_kserve(runtime)
+    crd_schemas.validate_kserve(service)
+    container = runtime["spec"]["containers"][0]
+    for broken in (
+        {**runtime, "spec": {**runtime["spec"], "protocolVersion": ["v2"]}},  # protocolVersions
+        {**runtime, "spec": {**runtime["spec"], "containers": [{**container, "arg": []}]}},
+        {**service, "spec": {"predictor": {"model": {"storageURI": "gs://b/m"}}}},
+    ):
+        with pytest.raises(crd_schemas.SchemaError):
+            crd_schemas.validate_kserve(broken)
 
 
 def kserve_command(mount: Path, port: int, name: str) -> tuple[list[str], dict[str, str]]:

