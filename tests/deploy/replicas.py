@@ -68,7 +68,7 @@ class Load:
 
     def __init__(self, urls: Sequence[str], clients: int, limit: int = 100_000) -> None:
         self.statuses: Counter[int] = Counter()
-        self._urls, self._limit = list(urls), limit
+        self._urls, self._limit, self._sent = list(urls), limit, 0
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._threads = [threading.Thread(target=self._client, args=(i,)) for i in range(clients)]
@@ -76,14 +76,17 @@ class Load:
     def _client(self, index: int) -> None:
         with httpx.Client(base_url=self._urls[index % len(self._urls)], timeout=30) as client:
             while not self._stop.is_set():
+                with self._lock:  # claim one of the `limit` requests before sending it
+                    if self._sent >= self._limit:
+                        self._stop.set()
+                        return
+                    self._sent += 1
                 try:
                     status = client.post("/v1/rank", json=RANK).status_code
                 except httpx.TransportError:
                     status = 0
                 with self._lock:
                     self.statuses[status] += 1
-                    if self.statuses.total() >= self._limit:
-                        self._stop.set()
 
     def __enter__(self) -> Load:
         for thread in self._threads:
@@ -97,5 +100,7 @@ class Load:
             thread.join(timeout=60)
 
     def wait(self, seconds: float) -> None:
-        """Until `limit` requests were sent (or `seconds` passed)."""
+        """Until all `limit` requests were answered (or `seconds` passed)."""
         self._stop.wait(seconds)
+        for thread in self._threads:
+            thread.join(timeout=seconds)
