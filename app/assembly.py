@@ -19,6 +19,7 @@ from app.dataplane.features import RedisFeatures
 from app.dataplane.metrics import load_failure_counter, request_latency
 from app.dataplane.plane import DataPlane
 from app.dataplane.registry import ModelRegistry, OpenedModel
+from app.dataplane.shadow import ShadowMetrics
 from app.workers.supervisor import worker_count
 from config.settings import Settings
 from scheduler.cpu_budget import CpuBudget, this_process
@@ -115,7 +116,8 @@ def in_process(settings: Settings, checked: Sequence[OpenedModel] = (),
 
     def models(metrics: SchedulerMetrics, registry: CollectorRegistry) -> Models:
         failures = load_failure_counter(registry, settings.metrics.prefix)
-        return ModelRegistry(settings, metrics, cores, failures, checked)
+        shadows = ShadowMetrics(registry, settings.metrics.prefix)
+        return ModelRegistry(settings, metrics, cores, failures, checked, shadows)
 
     return assemble(settings, models, registry)
 

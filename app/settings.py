@@ -227,3 +227,26 @@ class FeatureSettings(Section):
     item_cache_ttl_seconds: float = Field(
         60.0, gt=0, description="how long a cached item row is used before it is read again"
     )
+
+
+class ShadowSettings(Section):
+    """Shadow scoring ([shadow]): a candidate variant scores a sampled share of a model's live
+    requests at low priority, compared with what was sent (`GET /v2/models/{name}/shadow`)."""
+
+    candidates: dict[str, str] = Field(
+        default_factory=dict, description="model name -> the variant of its served version that "
+        "shadows it (a name in its manifest or variants); none: shadow scoring is off",
+    )  # fmt: skip
+    sample_fraction: float = Field(
+        0.05, gt=0, le=1, description="share of live requests the candidate scores (every "
+        "1/fraction-th request, rounded)",
+    )  # fmt: skip
+    top_k: int = Field(10, ge=1, description="k of the top-k overlap within a request")
+    max_pending: int = Field(
+        4, ge=1, description="sampled requests waiting for or in the candidate at once; more are "
+        "dropped (outcome busy)",
+    )  # fmt: skip
+    wait_ms: float = Field(
+        1000, gt=0, description="how long a sampled request may wait for the live scheduler to "
+        "be idle and the candidate to score it; later: dropped (outcome shed)",
+    )  # fmt: skip

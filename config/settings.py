@@ -26,6 +26,7 @@ from app.settings import (
     ModelControlSettings,
     ServerSettings,
     ServingModelSettings,
+    ShadowSettings,
 )
 from models.settings import (
     BenchmarkSettings,
@@ -73,6 +74,7 @@ class Settings(BaseSettings):
     limits: LimitSettings = LimitSettings()
     admission: AdmissionSettings = AdmissionSettings()
     features: FeatureSettings = FeatureSettings()
+    shadow: ShadowSettings = ShadowSettings()
     faults: FaultSettings = FaultSettings()
     load_balancing: LoadBalancingSettings = LoadBalancingSettings()
     metrics: MetricsSettings = MetricsSettings()

@@ -268,6 +268,13 @@ class DataPlane:
         served = [self.model(name, version)] if name else self.catalog().serving()
         return documents.statistics(served)
 
+    def shadow(self, name: str, version: str | None = None) -> dict[str, Any]:
+        """How the version's shadow candidate agrees with what it served ([shadow]); its
+        candidate null when none shadows it."""
+        serving = self.model(name, version)
+        report = serving.shadow.document() if serving.shadow else {"candidate": None}
+        return {"name": name, "version": str(serving.version.number), **report}
+
     def model_ready(self, name: str, version: str | None = None) -> bool:
         return self.model(name, version).ready
 

@@ -23,6 +23,7 @@ from app.dataplane.catalog import LOADING, READY, UNAVAILABLE, UNLOADING, Catalo
 from app.dataplane.devices import plan_devices
 from app.dataplane.ranking import Ranker
 from app.dataplane.serving import Serving, ranker_for, start_serving
+from app.dataplane.shadow import ShadowMetrics, shadow_device
 from config.settings import Settings
 from models.artifacts.model_config import CONFIG_FILE, ModelConfig, read_model_config
 from models.artifacts.repository import RepositoryError
@@ -57,9 +58,11 @@ class ModelRegistry(Catalog):
 
     def __init__(self, settings: Settings, metrics: SchedulerMetrics | None, cores: int,
                  on_load_failure: Callable[[str], None] = lambda model: None,
-                 checked: Sequence[OpenedModel] = ()) -> None:  # fmt: skip
+                 checked: Sequence[OpenedModel] = (),
+                 shadow_metrics: ShadowMetrics | None = None) -> None:  # fmt: skip
         """`cores`: what the runtimes of this process may use (the entry point decides)."""
         super().__init__(settings)
+        self._shadow_metrics = shadow_metrics
         self._cores = cores
         self._metrics = metrics
         self._on_load_failure = on_load_failure
@@ -116,7 +119,8 @@ class ModelRegistry(Catalog):
             for version in opened.versions:
                 ranker = await opened.ranker(version, self.settings)
                 serving = await start_serving(version, self.settings, self._metrics, self._cores,
-                                              ranker, self._slots)  # fmt: skip
+                                              ranker, self._slots,
+                                              self._shadow_metrics)  # fmt: skip
                 built.append(serving)
         except BaseException:
             for serving in built:
@@ -273,6 +277,7 @@ def check_repository(settings: Settings, ranking: bool = True) -> list[OpenedMod
         model = open_model(settings, name)
         for version in model.versions:
             plan_devices(version, settings)
+            shadow_device(version, settings)
             model.rankers[version.number] = ranker_for(version, settings) if ranking else None
         opened.append(model)
     return opened

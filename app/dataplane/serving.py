@@ -8,7 +8,7 @@ import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from app.dataplane.devices import (
     fastest_device,
@@ -19,6 +19,7 @@ from app.dataplane.devices import (
     warmup_inputs,
 )
 from app.dataplane.ranking import Ranker
+from app.dataplane.shadow import Shadowed, ShadowMetrics, start_shadow
 from config.settings import Settings
 from models.artifacts.repository import ModelVersion
 from models.artifacts.servable import ANOTHER_CPU, ServableVersion, VariantFile
@@ -69,6 +70,12 @@ class Scoring(Protocol):
     async def stop(self) -> None: ...
 
 
+class ShadowReport(Protocol):
+    """A shadow as the data plane reports it (`app.dataplane.shadow.Shadow` in this process)."""
+
+    def document(self) -> dict[str, Any]: ...
+
+
 @dataclass
 class Serving:
     version: ServableVersion
@@ -79,6 +86,7 @@ class Serving:
     reasons: dict[str, str] = field(default_factory=dict)  # device name -> why it runs its variant
     backends: dict[str, str] = field(default_factory=dict)  # device name -> the backend it runs
     threads: dict[str, int] = field(default_factory=dict)  # device name -> its runtime threads
+    shadow: ShadowReport | None = None  # a candidate scoring a sample of its requests ([shadow])
 
     @property
     def built(self) -> ModelVersion | None:
@@ -105,6 +113,7 @@ async def start_serving(
     cores: int,
     ranker: Ranker | None,
     slots: Mapping[str, asyncio.Semaphore] | None = None,
+    shadow_metrics: ShadowMetrics | None = None,
 ) -> Serving:
     """Sessions on every device that may run the version, warmed up; raises ValueError when none
     can (or a device's settings name a variant it cannot run). `cores`: what the runtimes of this
@@ -170,5 +179,13 @@ async def start_serving(
         metrics.for_model(version.model) if metrics else None,
     )
     scheduler.start()
-    return Serving(version, scheduler, variants, ranker, ready=True, reasons=reasons,
-                   backends=backends, threads=threads)  # fmt: skip
+    try:
+        shadow = await start_shadow(version, scheduler, settings, cores, slots, shadow_metrics)
+    except BaseException:
+        await scheduler.stop()
+        for device in devices:
+            await asyncio.to_thread(device.close)
+        raise
+    scoring: Scoring = scheduler if shadow is None else Shadowed(scheduler, shadow)
+    return Serving(version, scoring, variants, ranker, ready=True, reasons=reasons,
+                   backends=backends, threads=threads, shadow=shadow)  # fmt: skip

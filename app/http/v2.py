@@ -95,6 +95,13 @@ async def model_stats(request: Request, name: str) -> dict[str, Any]:
     return plane(request).statistics(name, version_of(request))
 
 
+@router.get("/models/{name}/shadow")
+@router.get("/models/{name}/versions/{version}/shadow", openapi_extra=VERSIONED)
+async def model_shadow(request: Request, name: str) -> dict[str, Any]:
+    """How a shadow candidate's scores agree with the ones served ([shadow] in the settings)."""
+    return plane(request).shadow(name, version_of(request))
+
+
 @router.post("/models/{name}/infer", openapi_extra=INFER)
 @router.post("/models/{name}/versions/{version}/infer", openapi_extra=VERSIONED_INFER)
 async def infer(request: Request, name: str) -> Response:

@@ -81,6 +81,7 @@ def status(models: Models) -> dict[str, Any]:
             "healthy": {d.name: d.healthy for d in serving.scheduler.devices},
             "load": load,
             "served": dataclasses.asdict(serving.scheduler.served),
+            "shadow": serving.shadow.document() if serving.shadow else None,
         }
     return reported
 

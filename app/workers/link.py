@@ -79,6 +79,17 @@ class Status:
         default_factory=lambda: LoadReport(0, 0, float("inf"), {}, [], 0.0, 0.0, 0.0, 0, True)
     )
     served: Served = field(default_factory=Served)  # what the engine's scheduler served
+    shadow: dict[str, Any] | None = None  # its shadow's document ([shadow]), None: no shadow
+
+
+@dataclass
+class ReportedShadow:
+    """A version's shadow in the engine process, as its last status reported it."""
+
+    status: Status
+
+    def document(self) -> dict[str, Any]:
+        return self.status.shadow or {"candidate": None}
 
 
 class EngineLink:
@@ -168,6 +179,7 @@ class EngineLink:
                     load["predicted_wait_seconds"] = float("inf")
                 status.load = LoadReport(**load)
                 status.served = Served(**reported["served"])
+                status.shadow = reported["shadow"]
 
     def answered(self, message: dict[str, Any], inline: bytes) -> None:
         entry = self.pending.pop(message["id"], None)
@@ -359,7 +371,8 @@ class EngineModels(Catalog):
                 scheduler = RemoteScheduler(self.link, name, version.number, [],
                                             BatchingConfig(**entry["batching"]))  # fmt: skip
                 ranker = await opened.ranker(version, self.settings)
-                serving = Serving(version, scheduler, {}, ranker, ready=True)
+                serving = Serving(version, scheduler, {}, ranker, ready=True,
+                                  shadow=ReportedShadow(scheduler.status))  # fmt: skip
                 describe(serving, scheduler, described)
                 self.link.servings.append((serving, scheduler))
                 model.versions[version.number] = serving

@@ -1,0 +1,302 @@
+"""Shadow scoring: a candidate (another variant of the served version) scores a sampled share of
+the version's live requests off the critical path, and each is compared with the answer sent.
+
+The live answer never waits for it. A sampled request's inputs are copied at submit time (a
+worker's shared-memory slot is reused once it is answered); once the live answer is out, the
+candidate is given the rows only while the live scheduler has nothing queued or running (waiting,
+with back-off, up to `wait_ms`), at low priority, on a device that shares the live one's batch
+slots; what cannot be scored in time is dropped and counted, never queued without bound.
+Results: `recsys_shadow_requests_total{model,candidate,outcome}` and the document
+`GET /v2/models/{name}/shadow` returns (`Shadow.document`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from prometheus_client import CollectorRegistry
+from prometheus_client import Counter as PromCounter
+
+from app.dataplane.devices import RUNTIME_OF_BACKEND, create_device, plan_devices, warmup_inputs
+from app.settings import ShadowSettings
+from config.settings import Settings
+from models.artifacts.servable import ServableVersion, VariantFile
+from models.metrics import average_ranks
+from scheduler.batch import Inputs, Scored
+from scheduler.device import Device
+from scheduler.errors import DeadlineExceeded, Overloaded
+from scheduler.load import LoadReport
+from scheduler.metrics import ModelMetrics
+from scheduler.router import make_router
+from scheduler.scheduler import HIGH, LOW, BatchingConfig, Scheduler
+from scheduler.served import Served
+from scheduler.settings import DeviceSettings
+
+log = logging.getLogger(__name__)
+
+OUTCOMES = ("compared", "busy", "shed", "failed")  # bounded label values
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """One request's output as the candidate scored it, against the one sent."""
+
+    spearman: float  # rank correlation of the rows within the request
+    top_k_overlap: float  # |top k sent & top k candidate| / k, k capped at the rows
+    max_abs_difference: float
+    distinct: int  # distinct values, the candidate's
+    distinct_sent: int
+
+
+def compare(sent: np.ndarray, candidate: np.ndarray, k: int) -> Agreement:
+    """Pure. One row, or rows all equal in both: a perfect rank correlation (nothing to order)."""
+    a = np.asarray(sent, dtype=np.float64).ravel()
+    b = np.asarray(candidate, dtype=np.float64).ravel()
+    if a.shape != b.shape:
+        raise ValueError(f"shapes differ: sent {a.shape}, candidate {b.shape}")
+    distinct_a, distinct_b = len(np.unique(a)), len(np.unique(b))
+    if len(a) < 2 or (distinct_a == 1 and distinct_b == 1):
+        rho = 1.0
+    elif distinct_a == 1 or distinct_b == 1:
+        rho = 0.0  # one ranks the rows, the other ties them all
+    else:
+        rho = float(np.corrcoef(average_ranks(a), average_ranks(b))[0, 1])
+    top = min(k, len(a))
+    overlap = len(
+        set(np.argsort(-a, kind="stable")[:top]) & set(np.argsort(-b, kind="stable")[:top])
+    )
+    difference = float(np.max(np.abs(a - b))) if len(a) else 0.0
+    return Agreement(rho, overlap / top if top else 1.0, difference, distinct_b, distinct_a)
+
+
+@dataclass
+class Tally:
+    """One output's agreement over the requests compared so far."""
+
+    requests: int = 0
+    spearman_sum: float = 0.0
+    spearman_min: float = math.inf
+    overlap_sum: float = 0.0
+    overlap_min: float = math.inf
+    max_abs_difference: float = 0.0
+    distinct: int = 0
+    distinct_sent: int = 0
+
+    def add(self, agreement: Agreement) -> None:
+        self.requests += 1
+        self.spearman_sum += agreement.spearman
+        self.spearman_min = min(self.spearman_min, agreement.spearman)
+        self.overlap_sum += agreement.top_k_overlap
+        self.overlap_min = min(self.overlap_min, agreement.top_k_overlap)
+        self.max_abs_difference = max(self.max_abs_difference, agreement.max_abs_difference)
+        self.distinct += agreement.distinct
+        self.distinct_sent += agreement.distinct_sent
+
+    def document(self) -> dict[str, Any]:
+        n = max(self.requests, 1)
+        return {
+            "requests": self.requests,
+            "spearman": {"mean": self.spearman_sum / n, "min": _finite(self.spearman_min)},
+            "top_k_overlap": {"mean": self.overlap_sum / n, "min": _finite(self.overlap_min)},
+            "max_abs_difference": self.max_abs_difference,
+            "distinct_ratio": self.distinct / self.distinct_sent if self.distinct_sent else None,
+        }
+
+
+def _finite(value: float) -> float | None:
+    return None if math.isinf(value) else value
+
+
+class ShadowMetrics:
+    def __init__(self, registry: CollectorRegistry, prefix: str) -> None:
+        self.requests = PromCounter(
+            f"{prefix}_shadow_requests", "Sampled live requests offered to a shadow candidate, by "
+            "outcome: compared, busy (max_pending reached), shed (not scored within wait_ms), "
+            "failed", ["model", "candidate", "outcome"], registry=registry,
+        )  # fmt: skip
+
+
+@dataclass
+class Shadow:
+    """`candidate` shadowing `live` (the same version's scheduler, in this process)."""
+
+    model: str
+    variant: str
+    live: Scheduler
+    candidate: Scheduler
+    settings: ShadowSettings
+    metrics: ShadowMetrics | None = None
+    outcomes: Counter[str] = field(default_factory=Counter)
+    tallies: dict[str, Tally] = field(default_factory=dict)
+    _seen: int = 0
+    _pending: set[asyncio.Task[None]] = field(default_factory=set)
+
+    @property
+    def every(self) -> int:
+        return max(1, round(1 / self.settings.sample_fraction))
+
+    def offer(self, inputs: Inputs, answer: asyncio.Future[Scored]) -> None:
+        """A live request just submitted: sampled, it is scored by the candidate once answered."""
+        self._seen += 1
+        if self._seen % self.every:
+            return
+        if len(self._pending) >= self.settings.max_pending:
+            self._count("busy")
+            return
+        copied = {name: np.array(array, copy=True) for name, array in inputs.items()}
+        task = asyncio.ensure_future(self._score(copied, answer))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _score(self, inputs: Inputs, answer: asyncio.Future[Scored]) -> None:
+        try:
+            sent = await asyncio.shield(answer)
+        except BaseException:  # the live request failed or was cancelled: nothing to compare
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.wait_ms / 1000
+        pause = 0.001
+        while not self._live_idle():
+            if loop.time() + pause > deadline:
+                self._count("shed")
+                return
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.016)
+        try:
+            scored = await self.candidate.submit_nowait(
+                inputs, max(deadline - loop.time(), 0.001), LOW
+            )
+        except (Overloaded, DeadlineExceeded):
+            self._count("shed")
+            return
+        except Exception as exc:  # a device failed: counted and logged, never raised
+            self._count("failed")
+            log.warning("shadow %s of %s failed: %r", self.variant, self.model, exc)
+            return
+        for name, sent_output in sent.outputs.items():
+            if np.issubdtype(sent_output.dtype, np.floating) and name in scored.outputs:
+                agreement = compare(sent_output, scored.outputs[name], self.settings.top_k)
+                self.tallies.setdefault(name, Tally()).add(agreement)
+        self._count("compared")
+
+    def _live_idle(self) -> bool:
+        statistics = self.live.statistics()
+        return statistics.queued_rows == 0 and not any(statistics.in_flight_batches.values())
+
+    def _count(self, outcome: str) -> None:
+        self.outcomes[outcome] += 1
+        if self.metrics:
+            self.metrics.requests.labels(self.model, self.variant, outcome).inc()
+
+    def document(self) -> dict[str, Any]:
+        return {
+            "candidate": self.variant,
+            "sample_fraction": 1 / self.every,
+            "top_k": self.settings.top_k,
+            "requests": {outcome: self.outcomes[outcome] for outcome in OUTCOMES},
+            "outputs": {name: tally.document() for name, tally in self.tallies.items()},
+        }
+
+    async def close(self) -> None:
+        for task in list(self._pending):
+            task.cancel()
+        await asyncio.gather(*self._pending, return_exceptions=True)
+        await self.candidate.stop()
+        for device in self.candidate.devices:
+            await asyncio.to_thread(device.close)
+
+
+class Shadowed:
+    """A version's scheduler with a shadow: scores as the live scheduler does (every other
+    member is the live one's), and offers each submitted request to the shadow."""
+
+    def __init__(self, live: Scheduler, shadow: Shadow) -> None:
+        self.live = live
+        self.shadow = shadow
+
+    @property
+    def devices(self) -> Sequence[Device]:
+        return self.live.devices
+
+    @property
+    def batching(self) -> BatchingConfig:
+        return self.live.batching
+
+    @property
+    def running(self) -> bool:
+        return self.live.running
+
+    @property
+    def served(self) -> Served:
+        return self.live.served
+
+    @property
+    def metrics(self) -> ModelMetrics | None:
+        return self.live.metrics
+
+    def load(self) -> LoadReport:
+        return self.live.load()
+
+    async def drain(self, limit_seconds: float) -> None:
+        await self.live.drain(limit_seconds)
+
+    def submit_nowait(self, inputs: Inputs, timeout_seconds: float | None = None,
+                      priority: int = HIGH) -> asyncio.Future[Scored]:  # fmt: skip
+        answer = self.live.submit_nowait(inputs, timeout_seconds, priority)
+        self.shadow.offer(inputs, answer)
+        return answer
+
+    async def stop(self) -> None:
+        await self.shadow.close()
+        await self.live.stop()
+
+
+def shadow_device(version: ServableVersion, settings: Settings,
+                  ) -> tuple[DeviceSettings, VariantFile] | None:  # fmt: skip
+    """The variant [shadow] candidates names for the version's model and the first device here
+    that runs it; None when none is named. Pure (start-up checks a repository with it): raises
+    ValueError naming the setting when the version has no such variant or no device runs it."""
+    name = settings.shadow.candidates.get(version.model)
+    if name is None:
+        return None
+    where = f"shadow.candidates.{version.model}: {version.model} version {version.number}"
+    variant = version.variants.get(name)
+    if variant is None:
+        known = ", ".join(sorted(version.variants))
+        raise ValueError(f"{where} has no variant {name!r} (it has {known})")
+    for config, _ in plan_devices(version, settings):
+        if RUNTIME_OF_BACKEND[config.backend] in variant.runtimes:
+            return config, variant
+    raise ValueError(f"{where}: no device here runs {name!r} ({', '.join(variant.runtimes)})")
+
+
+async def start_shadow(version: ServableVersion, live: Scheduler, settings: Settings, cores: int,
+                       slots: Mapping[str, asyncio.Semaphore] | None,
+                       metrics: ShadowMetrics | None) -> Shadow | None:  # fmt: skip
+    """The version's shadow candidate (`shadow_device`) on a device that shares its batch slots
+    with the live device of that name, warmed up; None when none is named."""
+    chosen = shadow_device(version, settings)
+    if chosen is None:
+        return None
+    config, variant = chosen
+    device = await asyncio.to_thread(create_device, version, config, variant, settings, cores,
+                                     slots.get(config.name) if slots else None)  # fmt: skip
+    try:
+        sizes = settings.routing.warmup_rows if version.batched else (1,)
+        await asyncio.to_thread(device.warm_up, warmup_inputs(version, max(sizes)), sizes)
+    except BaseException:
+        await asyncio.to_thread(device.close)
+        raise
+    candidate = Scheduler([device], make_router(settings.routing.policy), live.batching)
+    candidate.start()
+    log.info("%s version %d: %s shadows it on device %s (%s), every %d-th request",
+             version.model, version.number, variant.name, device.name, config.backend,
+             max(1, round(1 / settings.shadow.sample_fraction)))  # fmt: skip
+    return Shadow(version.model, variant.name, live, candidate, settings.shadow, metrics)
