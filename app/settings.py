@@ -238,8 +238,8 @@ class ShadowSettings(Section):
         "shadows it (a name in its manifest or variants); none: shadow scoring is off",
     )  # fmt: skip
     sample_fraction: float = Field(
-        0.05, gt=0, le=1, description="share of live requests the candidate scores (every "
-        "1/fraction-th request, rounded)",
+        0.05, gt=0, le=1, description="share of live requests the candidate scores, drawn at "
+        "random",
     )  # fmt: skip
     top_k: int = Field(10, ge=1, description="k of the top-k overlap within a request")
     max_pending: int = Field(

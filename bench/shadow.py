@@ -136,8 +136,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"p99 {result['p99_ms']:6.2f} ms, goodput {result['goodput']:6.0f}/s, "
                     f"{result['cpu_us_per_request']:5.0f} us CPU/request")  # fmt: skip
     print(f"shadow scoring: user-sized ranker at FP32 on onnxruntime-cpu, one core, 100 rows a "
-          f"request (V2 JSON); {CANDIDATE} shadowing every {round(1 / args.sample_fraction)}th "
-          f"request; {rate:.0f}/s offered = {args.load:.0%} of the capacity without a shadow "
+          f"request (V2 JSON); {CANDIDATE} shadowing a random {args.sample_fraction:.0%} of "
+          f"requests; {rate:.0f}/s offered = {args.load:.0%} of the capacity without a shadow "
           f"({capacity:.0f}/s at p99 <= {args.p99_ms:g} ms); {args.rounds} rounds of "
           f"{args.seconds:g} s, medians (range):")  # fmt: skip
     for key, unit in (("p50_ms", "ms"), ("p99_ms", "ms"), ("goodput", "/s"),

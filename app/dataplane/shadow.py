@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import random
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -150,17 +151,14 @@ class Shadow:
     metrics: ShadowMetrics | None = None
     outcomes: Counter[str] = field(default_factory=Counter)
     tallies: dict[str, Tally] = field(default_factory=dict)
-    _seen: int = 0
+    # Sampled at random, not every n-th: a client cycling through a fixed list of requests would
+    # alias with a period and show the candidate the same few requests over and over.
+    _sampler: random.Random = field(default_factory=lambda: random.Random(0))
     _pending: set[asyncio.Task[None]] = field(default_factory=set)
-
-    @property
-    def every(self) -> int:
-        return max(1, round(1 / self.settings.sample_fraction))
 
     def offer(self, inputs: Inputs, answer: asyncio.Future[Scored]) -> None:
         """A live request just submitted: sampled, it is scored by the candidate once answered."""
-        self._seen += 1
-        if self._seen % self.every:
+        if self._sampler.random() >= self.settings.sample_fraction:
             return
         if len(self._pending) >= self.settings.max_pending:
             self._count("busy")
@@ -213,9 +211,10 @@ class Shadow:
     def document(self) -> dict[str, Any]:
         return {
             "candidate": self.variant,
-            "sample_fraction": 1 / self.every,
+            "sample_fraction": self.settings.sample_fraction,
             "top_k": self.settings.top_k,
             "requests": {outcome: self.outcomes[outcome] for outcome in OUTCOMES},
+            "pending": len(self._pending),
             "outputs": {name: tally.document() for name, tally in self.tallies.items()},
         }
 
@@ -311,7 +310,7 @@ async def start_shadow(version: ServableVersion, live: Scheduler, settings: Sett
         raise
     candidate = Scheduler([device], make_router(settings.routing.policy), live.batching)
     candidate.start()
-    log.info("%s version %d: %s shadows it on device %s (%s), every %d-th request",
-             version.model, version.number, variant.name, device.name, config.backend,
-             max(1, round(1 / settings.shadow.sample_fraction)))  # fmt: skip
+    log.info("%s version %d: %s shadows %.1f%% of its requests on device %s (%s)",
+             version.model, version.number, variant.name, 100 * settings.shadow.sample_fraction,
+             device.name, config.backend)  # fmt: skip
     return Shadow(version.model, variant.name, live, candidate, settings.shadow, metrics)

@@ -116,6 +116,24 @@ async def test_what_cannot_be_scored_in_time_is_dropped_and_counted(built_reposi
         await plane.close()
 
 
+async def test_a_random_share_is_sampled(built_repository: Path) -> None:
+    plane = await plane_with(built_repository, "pruned-int8", sample_fraction=0.3)
+    try:
+        scoring = plane.model(MODEL_NAME).scheduler
+        assert isinstance(scoring, Shadowed)
+        version = repository.open_version(built_repository, MODEL_NAME)
+        split = version.load_test_split()
+        rows = version.tables.assemble(split.user_rows[:10], split.item_rows[:10])
+        for _ in range(200):
+            await scoring.submit_nowait(rows)
+        await wait_until(lambda: plane.shadow(MODEL_NAME)["pending"] == 0)
+        sampled = scoring.shadow.outcomes.total()
+        assert 35 <= sampled <= 85, sampled  # binomial(200, 0.3): 60, sd 6.5
+        assert scoring.shadow.outcomes["compared"] == sampled
+    finally:
+        await plane.close()
+
+
 async def wait_until(condition: Any, seconds: float = 30) -> None:
     deadline = asyncio.get_running_loop().time() + seconds
     while not condition():
@@ -140,21 +158,26 @@ def test_a_server_reports_how_its_shadow_agrees(
 ) -> None:
     """With workers, the engine process shadows and each worker reports its status."""
     settings = {"SHADOW__CANDIDATES": json.dumps({MODEL_NAME: candidate}),
-                "SHADOW__SAMPLE_FRACTION": "0.5", "SHADOW__TOP_K": "5",
+                "SHADOW__SAMPLE_FRACTION": "1", "SHADOW__TOP_K": "5",
                 "SERVER__WORKERS": str(workers)}  # fmt: skip
     with running_server(built_repository, settings, tmp_path / "server.log", DEVICES) as (_, url):
         with httpx.Client(base_url=url, timeout=30) as client:
             for user in range(1, 41):
                 assert client.post("/v1/rank", json={"user_id": user, "k": 5}).status_code == 200
-            wait_for(lambda: client.get(f"/v2/models/{MODEL_NAME}/shadow").json()["requests"]
-                     ["compared"] == 20, 30, "20 of 40 requests compared")  # fmt: skip
+
+            def compared() -> int:
+                report = client.get(f"/v2/models/{MODEL_NAME}/shadow").json()
+                return int(report["requests"]["compared"])
+
+            wait_for(lambda: compared() == 40, 30, "the 40 requests compared")
             report = client.get(f"/v2/models/{MODEL_NAME}/versions/1/shadow").json()
             assert client.get("/v2/models/no-such-model/shadow").status_code == 404
-        assert shadow_counter(url, candidate) == 20
+        assert shadow_counter(url, candidate) == 40
     assert report["candidate"] == candidate and report["version"] == "1"
-    assert report["sample_fraction"] == 0.5 and report["top_k"] == 5
+    assert report["sample_fraction"] == 1 and report["top_k"] == 5
+    assert report["requests"] == {"compared": 40, "busy": 0, "shed": 0, "failed": 0}
     figures = report["outputs"]["probability"]
-    assert figures["requests"] == 20
+    assert figures["requests"] == 40
     if agrees:  # INT8 of the same weights: the order kept, the top 5 the same
         assert figures["spearman"]["min"] > 0.999 and figures["top_k_overlap"]["mean"] > 0.9
     else:  # the unpruned baseline: another model, measured as one
