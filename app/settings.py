@@ -250,3 +250,11 @@ class ShadowSettings(Section):
         1000, gt=0, description="how long a sampled request may wait for the live scheduler to "
         "be idle and the candidate to score it; later: dropped (outcome shed)",
     )  # fmt: skip
+    min_requests: int = Field(
+        2000, ge=1, description="compared requests before the candidate is judged by [gate]'s "
+        "no-label thresholds (numerics_min_spearman, numerics_max_distinct_change), and again "
+        "after each as many more",
+    )  # fmt: skip
+    pool_rows: int = Field(
+        100_000, ge=100, description="the most recent compared rows the judgement pools, per output"
+    )

@@ -13,8 +13,8 @@ Results: `recsys_shadow_requests_total{model,candidate,outcome}` and the documen
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
-import math
 import random
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -26,6 +26,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client import Counter as PromCounter
 
 from app.dataplane.devices import RUNTIME_OF_BACKEND, create_device, plan_devices, warmup_inputs
+from app.dataplane.shadow_compare import Tally, compare
+from app.dataplane.shadow_gate import Gate, RecentRows, Verdict, judge
 from app.settings import ShadowSettings
 from config.settings import Settings
 from models.artifacts.servable import ServableVersion, VariantFile
@@ -42,92 +44,6 @@ from scheduler.settings import DeviceSettings
 log = logging.getLogger(__name__)
 
 OUTCOMES = ("compared", "busy", "shed", "failed")  # bounded label values
-
-
-@dataclass(frozen=True)
-class Agreement:
-    """One request's output as the candidate scored it, against the one sent."""
-
-    spearman: float  # rank correlation of the rows within the request
-    top_k_overlap: float  # |top k sent & top k candidate| / k, k capped at the rows
-    max_abs_difference: float
-    distinct: int  # distinct values, the candidate's
-    distinct_sent: int
-
-
-def compare(sent: np.ndarray, candidate: np.ndarray, k: int) -> Agreement:
-    """Pure. One row, or rows all equal in both: a perfect rank correlation (nothing to order).
-    Runs per sampled request on the serving thread: one sort of each side does all of it."""
-    a = np.asarray(sent, dtype=np.float64).ravel()
-    b = np.asarray(candidate, dtype=np.float64).ravel()
-    if a.shape != b.shape:
-        raise ValueError(f"shapes differ: sent {a.shape}, candidate {b.shape}")
-    (ranks_a, order_a, distinct_a), (ranks_b, order_b, distinct_b) = _ranked(a), _ranked(b)
-    if len(a) < 2 or (distinct_a == 1 and distinct_b == 1):
-        rho = 1.0
-    elif distinct_a == 1 or distinct_b == 1:
-        rho = 0.0  # one ranks the rows, the other ties them all
-    else:  # Pearson's r of the average ranks (both have mean (n + 1) / 2)
-        da, db = ranks_a - (len(a) + 1) / 2, ranks_b - (len(b) + 1) / 2
-        rho = float(np.dot(da, db) / np.sqrt(np.dot(da, da) * np.dot(db, db)))
-    top = min(k, len(a))
-    overlap = len(np.intersect1d(order_a[len(a) - top :], order_b[len(b) - top :]))
-    difference = float(np.max(np.abs(a - b))) if len(a) else 0.0
-    return Agreement(rho, overlap / top if top else 1.0, difference, distinct_b, distinct_a)
-
-
-def _ranked(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-    """1-based average ranks (a run of equal values shares the mean of its ranks), the rows in
-    ascending order (stable: of equal values, the later row ranks higher in the top k), and the
-    number of distinct values."""
-    order = np.argsort(values, kind="stable")
-    ordered = values[order]
-    new = np.empty(len(values), dtype=bool)
-    new[:1] = True
-    np.not_equal(ordered[1:], ordered[:-1], out=new[1:])
-    starts = np.flatnonzero(new)
-    ends = np.append(starts[1:], len(values))
-    ranks = np.empty(len(values), dtype=np.float64)
-    ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
-    return ranks, order, len(starts)
-
-
-@dataclass
-class Tally:
-    """One output's agreement over the requests compared so far."""
-
-    requests: int = 0
-    spearman_sum: float = 0.0
-    spearman_min: float = math.inf
-    overlap_sum: float = 0.0
-    overlap_min: float = math.inf
-    max_abs_difference: float = 0.0
-    distinct: int = 0
-    distinct_sent: int = 0
-
-    def add(self, agreement: Agreement) -> None:
-        self.requests += 1
-        self.spearman_sum += agreement.spearman
-        self.spearman_min = min(self.spearman_min, agreement.spearman)
-        self.overlap_sum += agreement.top_k_overlap
-        self.overlap_min = min(self.overlap_min, agreement.top_k_overlap)
-        self.max_abs_difference = max(self.max_abs_difference, agreement.max_abs_difference)
-        self.distinct += agreement.distinct
-        self.distinct_sent += agreement.distinct_sent
-
-    def document(self) -> dict[str, Any]:
-        n = max(self.requests, 1)
-        return {
-            "requests": self.requests,
-            "spearman": {"mean": self.spearman_sum / n, "min": _finite(self.spearman_min)},
-            "top_k_overlap": {"mean": self.overlap_sum / n, "min": _finite(self.overlap_min)},
-            "max_abs_difference": self.max_abs_difference,
-            "distinct_ratio": self.distinct / self.distinct_sent if self.distinct_sent else None,
-        }
-
-
-def _finite(value: float) -> float | None:
-    return None if math.isinf(value) else value
 
 
 class ShadowMetrics:
@@ -148,9 +64,13 @@ class Shadow:
     live: Scheduler
     candidate: Scheduler
     settings: ShadowSettings
+    gate: Gate
     metrics: ShadowMetrics | None = None
     outcomes: Counter[str] = field(default_factory=Counter)
     tallies: dict[str, Tally] = field(default_factory=dict)
+    pools: dict[str, RecentRows] = field(default_factory=dict)
+    verdicts: dict[str, Verdict] = field(default_factory=dict)  # per output, the latest
+    _judging: asyncio.Task[None] | None = None
     # Sampled at random, not every n-th: a client cycling through a fixed list of requests would
     # alias with a period and show the candidate the same few requests over and over.
     _sampler: random.Random = field(default_factory=lambda: random.Random(0))
@@ -197,7 +117,25 @@ class Shadow:
             if np.issubdtype(sent_output.dtype, np.floating) and name in scored.outputs:
                 agreement = compare(sent_output, scored.outputs[name], self.settings.top_k)
                 self.tallies.setdefault(name, Tally()).add(agreement)
+                pool = self.pools.setdefault(name, RecentRows(self.settings.pool_rows))
+                pool.add(sent_output, scored.outputs[name])
         self._count("compared")
+        compared = self.outcomes["compared"]
+        if compared % self.gate.min_requests == 0 and self._judging is None:
+            self._judging = asyncio.ensure_future(self._judge(compared))
+
+    async def _judge(self, compared: int) -> None:
+        """The gate over each output's pooled rows, off the event loop's thread (sorting the
+        pool takes milliseconds; numpy lets the loop run meanwhile)."""
+        try:
+            for name, pool in list(self.pools.items()):
+                sent, candidate = (array.copy() for array in pool.rows())
+                verdict = await asyncio.to_thread(judge, sent, candidate, compared, self.gate)
+                self.verdicts[name] = verdict
+                log.info("shadow %s of %s, output %s: %s: %s", self.variant, self.model, name,
+                         verdict.state, verdict.reason)  # fmt: skip
+        finally:
+            self._judging = None
 
     def _live_idle(self) -> bool:
         statistics = self.live.statistics()
@@ -208,20 +146,40 @@ class Shadow:
         if self.metrics:
             self.metrics.requests.labels(self.model, self.variant, outcome).inc()
 
+    def verdict(self) -> str:
+        """fails: an output failed its latest judgement; passes: every output passed; else
+        pending (fewer than min_requests compared yet)."""
+        states = {self.verdicts[name].state if name in self.verdicts else "pending"
+                  for name in self.tallies}  # fmt: skip
+        if "fails" in states:
+            return "fails"
+        return "passes" if states == {"passes"} else "pending"
+
     def document(self) -> dict[str, Any]:
+        compared = self.outcomes["compared"]
+        pending = Verdict("pending", f"{compared} of {self.gate.min_requests} requests compared",
+                          compared, 0)  # fmt: skip
         return {
             "candidate": self.variant,
             "sample_fraction": self.settings.sample_fraction,
             "top_k": self.settings.top_k,
+            "verdict": self.verdict(),
             "requests": {outcome: self.outcomes[outcome] for outcome in OUTCOMES},
             "pending": len(self._pending),
-            "outputs": {name: tally.document() for name, tally in self.tallies.items()},
+            "outputs": {
+                name: {
+                    **tally.document(),
+                    "gate": dataclasses.asdict(self.verdicts.get(name, pending)),
+                }
+                for name, tally in self.tallies.items()
+            },
         }
 
     async def close(self) -> None:
-        for task in list(self._pending):
+        tasks = [*self._pending, *([self._judging] if self._judging else [])]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._pending, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self.candidate.stop()
         for device in self.candidate.devices:
             await asyncio.to_thread(device.close)
@@ -313,4 +271,6 @@ async def start_shadow(version: ServableVersion, live: Scheduler, settings: Sett
     log.info("%s version %d: %s shadows %.1f%% of its requests on device %s (%s)",
              version.model, version.number, variant.name, 100 * settings.shadow.sample_fraction,
              device.name, config.backend)  # fmt: skip
-    return Shadow(version.model, variant.name, live, candidate, settings.shadow, metrics)
+    gate = Gate(settings.shadow.min_requests, settings.gate.numerics_min_spearman,
+                settings.gate.numerics_max_distinct_change)  # fmt: skip
+    return Shadow(version.model, variant.name, live, candidate, settings.shadow, gate, metrics)

@@ -17,7 +17,9 @@ import pytest
 
 from app.assembly import in_process
 from app.dataplane.plane import DataPlane
-from app.dataplane.shadow import Shadow, Shadowed, compare
+from app.dataplane.shadow import Shadow, Shadowed
+from app.dataplane.shadow_compare import compare
+from app.dataplane.shadow_gate import Gate, RecentRows, judge
 from config.settings import load_settings
 from models.artifacts import repository
 from tests.app.servers import running_server, wait_for
@@ -45,6 +47,29 @@ def test_compare_measures_rank_agreement_top_k_and_differences() -> None:
     assert compare(scores[:1], scores[:1] + 0.1, k=10).spearman == 1.0  # one row: nothing to order
     with pytest.raises(ValueError, match="shapes differ"):
         compare(scores, scores[:4], k=2)
+
+
+def test_the_pool_keeps_the_most_recent_rows() -> None:
+    pool = RecentRows(5)
+    pool.add(np.arange(3.0), np.arange(3.0) + 10)
+    pool.add(np.arange(3.0, 7.0), np.arange(3.0, 7.0) + 10)  # wraps: 0 and 1 overwritten
+    sent, candidate = pool.rows()
+    assert sorted(sent) == [2.0, 3.0, 4.0, 5.0, 6.0] and sorted(candidate - sent) == [10.0] * 5
+    pool.add(np.arange(100.0, 112.0), np.arange(100.0, 112.0))  # more than it holds
+    assert sorted(pool.rows()[0]) == [107.0, 108.0, 109.0, 110.0, 111.0]
+
+
+def test_the_gate_waits_for_enough_requests_then_judges_as_accelerate_does() -> None:
+    gate = Gate(min_requests=10, min_spearman=0.999, max_distinct_change=0.01)
+    rng = np.random.default_rng(0)
+    sent = rng.random(5000)
+    assert judge(sent, sent, 9, gate).state == "pending"
+    close = judge(sent, sent + rng.normal(0, 1e-5, 5000), 10, gate)
+    assert close.state == "passes" and "Spearman 1.00000 over 5,000 rows of 10" in close.reason
+    far = judge(sent, sent + rng.normal(0, 0.05, 5000), 10, gate)
+    assert far.state == "fails" and far.reason.startswith("Spearman 0.9")
+    collapsed = judge(sent, np.round(sent, 2), 10, gate)  # 100 values: ties everywhere
+    assert collapsed.state == "fails" and collapsed.reason.startswith("scores collapse")
 
 
 async def plane_with(repository_path: Path, candidate: str, **shadow: Any) -> DataPlane:
@@ -158,7 +183,7 @@ def test_a_server_reports_how_its_shadow_agrees(
 ) -> None:
     """With workers, the engine process shadows and each worker reports its status."""
     settings = {"SHADOW__CANDIDATES": json.dumps({MODEL_NAME: candidate}),
-                "SHADOW__SAMPLE_FRACTION": "1", "SHADOW__TOP_K": "5",
+                "SHADOW__SAMPLE_FRACTION": "1", "SHADOW__TOP_K": "5", "SHADOW__MIN_REQUESTS": "20",
                 "SERVER__WORKERS": str(workers)}  # fmt: skip
     with running_server(built_repository, settings, tmp_path / "server.log", DEVICES) as (_, url):
         with httpx.Client(base_url=url, timeout=30) as client:
@@ -170,6 +195,8 @@ def test_a_server_reports_how_its_shadow_agrees(
                 return int(report["requests"]["compared"])
 
             wait_for(lambda: compared() == 40, 30, "the 40 requests compared")
+            wait_for(lambda: client.get(f"/v2/models/{MODEL_NAME}/shadow").json()["outputs"]
+                     ["probability"]["gate"]["requests"] == 40, 30, "judged at 40")  # fmt: skip
             report = client.get(f"/v2/models/{MODEL_NAME}/versions/1/shadow").json()
             assert client.get("/v2/models/no-such-model/shadow").status_code == 404
         assert shadow_counter(url, candidate) == 40
@@ -178,10 +205,15 @@ def test_a_server_reports_how_its_shadow_agrees(
     assert report["requests"] == {"compared": 40, "busy": 0, "shed": 0, "failed": 0}
     figures = report["outputs"]["probability"]
     assert figures["requests"] == 40
+    gate = figures["gate"]
+    assert gate["rows"] > 40 * 100, gate  # /v1/rank over the whole catalog: every item a row
     if agrees:  # INT8 of the same weights: the order kept, the top 5 the same
         assert figures["spearman"]["min"] > 0.999 and figures["top_k_overlap"]["mean"] > 0.9
-    else:  # the unpruned baseline: another model, measured as one
+        assert report["verdict"] == gate["state"] == "passes", gate
+    else:  # the unpruned baseline: another model, measured as one and refused
         assert figures["spearman"]["mean"] < 0.99 and figures["max_abs_difference"] > 0.01
+        assert report["verdict"] == gate["state"] == "fails", gate
+        assert gate["reason"].startswith("Spearman 0.9"), gate
 
 
 async def test_a_model_with_no_candidate_reports_none(built_repository: Path) -> None:
