@@ -258,3 +258,18 @@ class ShadowSettings(Section):
     pool_rows: int = Field(
         100_000, ge=100, description="the most recent compared rows the judgement pools, per output"
     )
+
+
+class CanarySplit(Section):
+    version: int = Field(ge=1, description="the canary version (the rest go to the latest other)")
+    share: float = Field(ge=0, le=1, description="share of keyed requests it takes")
+
+
+class CanarySettings(Section):
+    """Canary versions ([canary]): a share of a model's requests, sticky by key (the user id for
+    /v1/rank, V2's `routing_key` parameter otherwise), go to a new version; both versions must be
+    served (the model's version_policy)."""
+
+    splits: dict[str, CanarySplit] = Field(
+        default_factory=dict, description="model name -> {version, share}; none: no canary"
+    )

@@ -18,6 +18,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from app.settings import (
     AdmissionSettings,
+    CanarySettings,
     FeatureSettings,
     GrpcSettings,
     HttpSettings,
@@ -75,6 +76,7 @@ class Settings(BaseSettings):
     admission: AdmissionSettings = AdmissionSettings()
     features: FeatureSettings = FeatureSettings()
     shadow: ShadowSettings = ShadowSettings()
+    canary: CanarySettings = CanarySettings()
     faults: FaultSettings = FaultSettings()
     load_balancing: LoadBalancingSettings = LoadBalancingSettings()
     metrics: MetricsSettings = MetricsSettings()

@@ -20,6 +20,7 @@ import numpy as np
 
 from app.dataplane import documents
 from app.dataplane.admission import PRIORITIES, Admission, Decision
+from app.dataplane.canary import to_canary
 from app.dataplane.catalog import Models
 from app.dataplane.devices import example_inputs
 from app.dataplane.errors import Forbidden, PayloadTooLarge, Unauthorized, Unprocessable
@@ -77,6 +78,9 @@ class DataPlane:
         self.started = True
         served = [f"{s.version.model} version {s.version.number}" for s in self.models.serving()]
         log.info("ready: %s", ", ".join(served) or "no model loaded")
+        for name, split in self.settings.canary.splits.items():
+            log.info("canary: %s version %d takes %.1f%% of keyed requests (sticky by key)",
+                     name, split.version, 100 * split.share)  # fmt: skip
 
     def drain(self) -> None:
         self.draining = True
@@ -109,6 +113,25 @@ class DataPlane:
         """The version a request names (None: the latest ready one)."""
         return self.catalog().get(name, version)
 
+    def route(self, name: str, version: str | None, key: str | None) -> Serving:
+        """The version that serves a request: the one it names; else, with a canary split for
+        the model ([canary]), the canary for its share of keys and the latest other ready version
+        for the rest; else the latest ready one."""
+        models = self.accepting()
+        split = self.settings.canary.splits.get(name)
+        if version is not None or split is None:
+            return models.get(name, version)
+        served = models.versions(name)
+        if to_canary(key, split.share) and split.version in served:
+            canary = models.get(name, str(split.version))
+            if canary.ready:
+                return canary
+        for number in reversed(served):
+            stable = models.get(name, str(number))
+            if number != split.version and stable.ready:
+                return stable
+        return models.get(name)
+
     def admit(self, low_priority: bool | None) -> bool:
         """Count an inference request in (True), or refuse it (False, counted as a refusal);
         one that is counted in is counted out with `admission.leave()`."""
@@ -134,11 +157,11 @@ class DataPlane:
 
     async def infer(self, name: str, version: str | None, tensors: dict[str, np.ndarray],
                     outputs: Sequence[str] = (), timeout_ms: float | None = None,
-                    priority: int | None = None) -> Inferred:  # fmt: skip
+                    priority: int | None = None, key: str | None = None) -> Inferred:  # fmt: skip
         """A V2 request's decoded tensors, checked against the model's inputs and scored; the
-        outputs named (all of them when none is). No await before the submit: a version swapped
-        out meanwhile is never submitted to."""
-        serving = self.accepting().get(name, version)
+        outputs named (all of them when none is). `key`: its routing key (a canary split's). No
+        await before the submit: a version swapped out meanwhile is never submitted to."""
+        serving = self.route(name, version, key)
         if not serving.ready:
             raise NotReady(f"model {name!r} is not ready")
         version_ = serving.version
@@ -164,10 +187,11 @@ class DataPlane:
         here: the scheduler's future."""
         return self.model(name, version).scheduler.submit_nowait(inputs, timeout_seconds, priority)
 
-    def ranking(self) -> tuple[Serving, Ranker]:
-        """The /v1 model: a version served with feature tables and a ranking spec."""
+    def ranking(self, user_id: str | None = None) -> tuple[Serving, Ranker]:
+        """The /v1 model: a version served with feature tables and a ranking spec (a canary
+        split's for this user)."""
         name = self.settings.model.name
-        serving = self.accepting().get(name)
+        serving = self.route(name, None, user_id)
         if serving.ranker is None:
             raise UnknownModel(
                 f"model {name!r} has no feature tables and ranking spec ([ranking] in its "
@@ -180,7 +204,7 @@ class DataPlane:
     async def rank(self, body: RankRequest, timeout_ms: float | None = None,
                    priority: int | None = None) -> dict[str, Any]:  # fmt: skip
         """The top k of the candidates for the user, as the RankResponse document."""
-        serving, ranker = self.ranking()
+        serving, ranker = self.ranking(str(body.user_id))
         options = self.options(serving.version.config, timeout_ms, priority)
         if self.features is None:
             candidates = ranker.candidates(body)

@@ -130,6 +130,12 @@ def call_options(
     return (min(asked) if asked else None), level
 
 
+def routing_key(request: pb.ModelInferRequest) -> str | None:
+    """The `routing_key` parameter (a canary split's key), as a string parameter."""
+    parameters = request.parameters
+    return parameters["routing_key"].string_param[:256] if "routing_key" in parameters else None
+
+
 def priority_parameter(request: pb.ModelInferRequest) -> int | None:
     """Triton's `priority` parameter as sent (1 highest, 2 or more low, 0: the default)."""
     parameters = request.parameters
@@ -253,7 +259,7 @@ class InferenceService(rpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
         timeout_ms, priority = call_options(request, context)
         inferred = await self.plane.infer(
             request.model_name, request.model_version or None, decode(request),
-            [o.name for o in request.outputs], timeout_ms, priority,
+            [o.name for o in request.outputs], timeout_ms, priority, routing_key(request),
         )  # fmt: skip
         response = pb.ModelInferResponse(
             model_name=request.model_name, model_version=str(inferred.serving.version.number),

@@ -129,7 +129,7 @@ async def infer_body(served: DataPlane, name: str, version: str | None, body: by
     priority = numbered_priority(parameters.priority, "parameters.priority")
     asked = [spec.name for spec in parsed.outputs or ()]
     inferred = await served.infer(name, version, decode_inputs(parsed, tail), asked, timeout_ms,
-                                  priority)  # fmt: skip
+                                  priority, parameters.routing_key)  # fmt: skip
     header: dict[str, Any] = {"model_name": name,
                               "model_version": str(inferred.serving.version.number)}  # fmt: skip
     if parsed.id is not None:

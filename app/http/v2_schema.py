@@ -44,6 +44,9 @@ class RequestParameters(Parameters):
     priority: Annotated[StrictInt, Field(ge=0)] | None = Field(
         None, description="1 is the highest; 0 or absent: the default priority"
     )
+    routing_key: Annotated[StrictStr, Field(max_length=256)] | None = Field(
+        None, description="a canary split's key ([canary]): the same key, the same version"
+    )
 
 
 class InputTensor(BaseModel):
