@@ -237,6 +237,11 @@ class ShadowSettings(Section):
         default_factory=dict, description="model name -> the variant of its served version that "
         "shadows it (a name in its manifest or variants); none: shadow scoring is off",
     )  # fmt: skip
+    versions: dict[str, int] = Field(
+        default_factory=dict, description="model name -> a version that shadows the latest "
+        "other version served (serve both; with a [canary] share of 0 none of the traffic "
+        "reaches it): a new version seen on live requests before it serves any",
+    )  # fmt: skip
     sample_fraction: float = Field(
         0.05, gt=0, le=1, description="share of live requests the candidate scores, drawn at "
         "random",

@@ -23,7 +23,13 @@ from app.dataplane.catalog import LOADING, READY, UNAVAILABLE, UNLOADING, Catalo
 from app.dataplane.devices import plan_devices
 from app.dataplane.ranking import Ranker
 from app.dataplane.serving import Serving, ranker_for, start_serving
-from app.dataplane.shadow import ShadowMetrics, shadow_device
+from app.dataplane.shadow import (
+    Shadowed,
+    ShadowMetrics,
+    shadow_device,
+    start_candidate,
+    version_shadow,
+)
 from config.settings import Settings
 from models.artifacts.model_config import CONFIG_FILE, ModelConfig, read_model_config
 from models.artifacts.repository import RepositoryError
@@ -33,6 +39,7 @@ from scheduler.errors import UnknownModel
 from scheduler.faults import FaultInjector, FaultMode
 from scheduler.load import combine
 from scheduler.metrics import SchedulerMetrics
+from scheduler.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -122,11 +129,27 @@ class ModelRegistry(Catalog):
                                               ranker, self._slots,
                                               self._shadow_metrics)  # fmt: skip
                 built.append(serving)
+            await self._shadow_version(name, built)
         except BaseException:
             for serving in built:
                 await serving.close()
             raise
         return opened.fingerprint, built
+
+    async def _shadow_version(self, name: str, built: list[Serving]) -> None:
+        """[shadow] versions: the candidate version on its own device, shadowing the latest
+        other version served."""
+        pair = version_shadow(name, [s.version.number for s in built], self.settings)
+        if pair is None:
+            return
+        by_number = {s.version.number: s for s in built}
+        live, candidate = by_number[pair[0]], by_number[pair[1]].version
+        assert isinstance(live.scheduler, Scheduler)  # version_shadow refused a variant shadow
+        config, variant = plan_devices(candidate, self.settings)[0]
+        shadow = await start_candidate(candidate, config, variant, f"version {candidate.number}",
+                                       live.scheduler, self.settings, self._cores, self._slots,
+                                       self._shadow_metrics)  # fmt: skip
+        live.scheduler, live.shadow = Shadowed(live.scheduler, shadow), shadow
 
     async def unload(self, name: str) -> None:
         async with self._lock:
@@ -279,6 +302,7 @@ def check_repository(settings: Settings, ranking: bool = True) -> list[OpenedMod
             plan_devices(version, settings)
             shadow_device(version, settings)
             model.rankers[version.number] = ranker_for(version, settings) if ranking else None
+        version_shadow(name, [version.number for version in model.versions], settings)
         opened.append(model)
     return opened
 

@@ -252,12 +252,40 @@ def shadow_device(version: ServableVersion, settings: Settings,
 async def start_shadow(version: ServableVersion, live: Scheduler, settings: Settings, cores: int,
                        slots: Mapping[str, asyncio.Semaphore] | None,
                        metrics: ShadowMetrics | None) -> Shadow | None:  # fmt: skip
-    """The version's shadow candidate (`shadow_device`) on a device that shares its batch slots
-    with the live device of that name, warmed up; None when none is named."""
+    """The version's variant candidate (`shadow_device`); None when none is named."""
     chosen = shadow_device(version, settings)
     if chosen is None:
         return None
     config, variant = chosen
+    return await start_candidate(version, config, variant, variant.name, live, settings, cores,
+                                 slots, metrics)  # fmt: skip
+
+
+def version_shadow(model: str, served: list[int], settings: Settings) -> tuple[int, int] | None:
+    """Pure: (the live version, the candidate version) [shadow] versions names for the model:
+    the candidate shadows the latest other version served; None when none is named. Raises
+    ValueError naming the setting when the candidate or another version is not served."""
+    candidate = settings.shadow.versions.get(model)
+    if candidate is None:
+        return None
+    where = f"shadow.versions.{model}: version {candidate}"
+    if candidate not in served:
+        raise ValueError(f"{where} is not served (serving {', '.join(map(str, sorted(served)))}; "
+                         "its config.toml's version_policy says which)")  # fmt: skip
+    others = [number for number in served if number != candidate]
+    if not others:
+        raise ValueError(f"{where} is the only version served: nothing to shadow")
+    if model in settings.shadow.candidates:
+        raise ValueError(f"{where}: shadow.candidates names a variant for {model} too; one shadow")
+    return max(others), candidate
+
+
+async def start_candidate(version: ServableVersion, config: DeviceSettings, variant: VariantFile,
+                          label: str, live: Scheduler, settings: Settings, cores: int,
+                          slots: Mapping[str, asyncio.Semaphore] | None,
+                          metrics: ShadowMetrics | None) -> Shadow:  # fmt: skip
+    """`variant` of `version` on its own device (sharing the batch slots of the live device of
+    that name), warmed up, shadowing `live`; `label` names it in metrics and the document."""
     device = await asyncio.to_thread(create_device, version, config, variant, settings, cores,
                                      slots.get(config.name) if slots else None)  # fmt: skip
     try:
@@ -268,9 +296,9 @@ async def start_shadow(version: ServableVersion, live: Scheduler, settings: Sett
         raise
     candidate = Scheduler([device], make_router(settings.routing.policy), live.batching)
     candidate.start()
-    log.info("%s version %d: %s shadows %.1f%% of its requests on device %s (%s)",
-             version.model, version.number, variant.name, 100 * settings.shadow.sample_fraction,
-             device.name, config.backend)  # fmt: skip
+    log.info("%s: %s (%s of version %d) shadows %.1f%% of its requests on device %s (%s)",
+             version.model, label, variant.name, version.number,
+             100 * settings.shadow.sample_fraction, device.name, config.backend)  # fmt: skip
     gate = Gate(settings.shadow.min_requests, settings.gate.numerics_min_spearman,
                 settings.gate.numerics_max_distinct_change)  # fmt: skip
-    return Shadow(version.model, variant.name, live, candidate, settings.shadow, gate, metrics)
+    return Shadow(version.model, label, live, candidate, settings.shadow, gate, metrics)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -121,3 +122,45 @@ def test_a_server_splits_traffic_by_key(workers: int, two_versions: Path, tmp_pa
         for options, served in keyed:
             result = client.infer(MODEL_NAME, tensors, parameters=options)
             assert result.get_response().model_version == served, options
+
+
+def test_a_new_version_shadows_first_then_takes_a_share(two_versions: Path, tmp_path: Path) -> None:
+    """[canary] share 0 and [shadow] versions: version 2 scores copies of version 1's requests,
+    compared and judged, while every answer still comes from version 1 and version 2's own
+    statistics count nothing."""
+    settings = {"CANARY__SPLITS": json.dumps({MODEL_NAME: {"version": 2, "share": 0.0}}),
+                "SHADOW__VERSIONS": json.dumps({MODEL_NAME: 2}), "SHADOW__SAMPLE_FRACTION": "1",
+                "SHADOW__MIN_REQUESTS": "10"}  # fmt: skip
+    with running_server(two_versions, settings, tmp_path / "server.log", DEVICES) as (_, url):
+        with httpx.Client(base_url=url, timeout=30) as client:
+            for user in range(1, 21):
+                answer = client.post("/v1/rank", json={"user_id": user, "k": 3}).json()
+                assert answer["model_version"] == 1, answer
+
+            def report() -> dict[str, Any]:
+                got: dict[str, Any] = client.get(
+                    f"/v2/models/{MODEL_NAME}/versions/1/shadow"
+                ).json()
+                return got
+
+            wait_for(lambda: report()["requests"]["compared"] == 20, 30, "20 requests compared")
+            wait_for(lambda: report()["verdict"] != "pending", 30, "a verdict")
+            shadow = report()
+        assert shadow["candidate"] == "version 2" and shadow["verdict"] == "passes", shadow
+        figures = shadow["outputs"]["probability"]
+        assert (
+            figures["spearman"]["min"] == pytest.approx(1.0) and figures["max_abs_difference"] == 0
+        )
+        assert version_counts(url) == {"1": 20, "2": 0}
+
+
+def test_a_shadow_version_that_is_not_served_stops_start_up(
+    two_versions: Path, tmp_path: Path
+) -> None:
+    settings = {"SHADOW__VERSIONS": json.dumps({MODEL_NAME: 3})}
+    with (pytest.raises(RuntimeError) as raised,
+          running_server(two_versions, settings, tmp_path / "server.log", DEVICES)):  # fmt: skip
+        pass
+    assert f"shadow.versions.{MODEL_NAME}: version 3 is not served (serving 1, 2" in str(
+        raised.value
+    )
