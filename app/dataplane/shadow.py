@@ -1,5 +1,6 @@
-"""Shadow scoring: a candidate (another variant of the served version) scores a sampled share of
-the version's live requests off the critical path, and each is compared with the answer sent.
+"""Shadow scoring: a candidate (another variant of the served version, `[shadow] candidates`, or
+another version of the model, `[shadow] versions`) scores a sampled share of the version's live
+requests off the critical path, and each is compared with the answer sent.
 
 The live answer never waits for it. A sampled request's inputs are copied at submit time (a
 worker's shared-memory slot is reused once it is answered); once the live answer is out, the
@@ -57,7 +58,8 @@ class ShadowMetrics:
 
 @dataclass
 class Shadow:
-    """`candidate` shadowing `live` (the same version's scheduler, in this process)."""
+    """`candidate` (its own scheduler and device) shadowing `live` (a version's scheduler, in
+    this process); `variant`: how metrics and the document name the candidate."""
 
     model: str
     variant: str
