@@ -77,8 +77,10 @@ class Prometheus:
 
     def query(self, promql: str, at: float) -> dict[str, float]:
         """An instant query's vector as {pod (or "") : value}."""
-        answer = httpx.get(f"{self.url}/api/v1/query", params={"query": promql, "time": at},
-                           timeout=10).json()  # fmt: skip
+        reply = httpx.get(f"{self.url}/api/v1/query", params={"query": promql, "time": at},
+                          timeout=10)  # fmt: skip
+        reply.raise_for_status()  # 503 in plain text while Prometheus starts
+        answer = reply.json()
         assert answer["status"] == "success", answer
         return {s["metric"].get("pod", ""): float(s["value"][1]) for s in answer["data"]["result"]}
 
