@@ -23,8 +23,8 @@ from statistics import median
 
 from bench import loadgen, processes
 from bench.stats import summarize
-from bench.stepping import Stepping, step_up
-from bench.workers import ALL_CORES, meets, tree_cpu_seconds
+from bench.stepping import Stepping, step_up, within_target
+from bench.workers import ALL_CORES, tree_cpu_seconds
 from bench.workload import rank_bodies
 from config.settings import load_settings
 from models.artifacts.repository import open_version
@@ -95,7 +95,7 @@ def measure(label: str, env: dict[str, str], bodies: list[str],
 
         row["throughput"], _ = step_up(
             lambda rate: summarize(offer(rate, args.step_seconds)),
-            lambda s: meets(s, args.step_seconds, args.p99_ms),
+            lambda s: within_target(s, args.step_seconds, args.p99_ms),
             Stepping(400.0, factor=1.5, refine=2), show,
         )  # fmt: skip
     return row

@@ -32,7 +32,7 @@ import orjson
 from bench import loadgen, processes
 from bench.plain_models import user_sized_ranker
 from bench.stats import Summary, summarize
-from bench.stepping import Stepping, step_up
+from bench.stepping import Stepping, step_up, within_target
 from bench.workload import rank_bodies
 from config.settings import load_settings
 from models.artifacts.repository import open_version
@@ -101,9 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         return loadgen.run(spec)
 
     def meets(s: Summary) -> bool:
-        bad = s.refused + s.errors + s.deadline_exceeded + s.client_timeouts + s.unsent
-        return bool(bad < 0.01 * s.offered_per_second * args.step_seconds
-                    and s.latency_ms["p99"] <= args.p99_ms)  # fmt: skip
+        return within_target(s, args.step_seconds, args.p99_ms)
 
     def show(label: str) -> Callable[[float, Summary, bool], None]:
         def printed(rate: float, s: Summary, ok: bool) -> None:

@@ -26,7 +26,7 @@ from bench import loadgen, processes
 from bench.multi_model import USER_MODEL, user_bodies
 from bench.plain_models import user_sized_ranker
 from bench.stats import Summary, summarize
-from bench.stepping import Stepping, step_up
+from bench.stepping import Stepping, step_up, within_target
 from bench.user_model import cpu_seconds
 
 DEVICES = [{"name": "cpu", "backend": "onnxruntime-cpu", "variant": "model"}]  # FP32 served
@@ -110,9 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         with processes.running(command, port, server_env(root, None), log, processes.SERVER_CPUS):
 
             def meets(s: Summary) -> bool:
-                bad = s.refused + s.errors + s.deadline_exceeded + s.client_timeouts + s.unsent
-                return bool(bad < 0.01 * s.offered_per_second * args.step_seconds
-                            and s.latency_ms["p99"] <= args.p99_ms)  # fmt: skip
+                return within_target(s, args.step_seconds, args.p99_ms)
 
             def show(rate: float, s: Summary, ok: bool) -> None:
                 say(f"  capacity step {rate:7.0f}/s: goodput {s.ok_per_second:7.0f}/s, p99 "

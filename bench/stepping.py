@@ -10,6 +10,13 @@ from typing import Any
 from bench.stats import Summary
 
 
+def within_target(s: Summary, step_seconds: float, p99_ms: float) -> bool:
+    """A step met the target: p99 within `p99_ms`, under 1% of what was offered refused, failed,
+    timed out or unsent."""
+    bad = s.refused + s.errors + s.deadline_exceeded + s.client_timeouts + s.unsent
+    return bool(bad < 0.01 * s.offered_per_second * step_seconds and s.latency_ms["p99"] <= p99_ms)
+
+
 @dataclass(frozen=True)
 class Stepping:
     first_rate: float

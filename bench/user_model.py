@@ -24,7 +24,7 @@ from bench import grpc_loadgen, loadgen, processes
 from bench.multi_model import USER_MODEL, user_bodies
 from bench.plain_models import user_sized_ranker
 from bench.stats import Summary, summarize
-from bench.stepping import Stepping, step_up
+from bench.stepping import Stepping, step_up, within_target
 
 OPENVINO: list[dict[str, object]] = [{"name": "cpu-openvino", "backend": "openvino-cpu"}]
 ONNXRUNTIME: list[dict[str, object]] = [{"name": "cpu-onnxruntime", "backend": "onnxruntime-cpu"}]
@@ -63,9 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict[str, float]] = {}
 
     def meets(s: Summary) -> bool:
-        bad = s.refused + s.errors + s.deadline_exceeded + s.client_timeouts + s.unsent
-        return bool(bad < 0.01 * s.offered_per_second * args.step_seconds
-                    and s.latency_ms["p99"] <= args.p99_ms)  # fmt: skip
+        return within_target(s, args.step_seconds, args.p99_ms)
 
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)

@@ -25,7 +25,7 @@ from bench.crossing import process_cpu
 from bench.multi_model import USER_MODEL, user_bodies
 from bench.plain_models import user_sized_ranker
 from bench.stats import Summary, summarize
-from bench.stepping import Stepping, step_up
+from bench.stepping import Stepping, step_up, within_target
 from bench.workload import rank_bodies
 from config.settings import load_settings
 from models.artifacts.repository import open_version
@@ -53,11 +53,6 @@ CONFIGS: dict[str, tuple[dict[str, str], set[int]]] = {
 def tree_cpu_seconds(pid: int) -> float:
     """CPU seconds of a process and every descendant alive now."""
     return sum(process_cpu(pid).values())
-
-
-def meets(s: Summary, step_seconds: float, p99_ms: float) -> bool:
-    bad = s.refused + s.errors + s.deadline_exceeded + s.client_timeouts + s.unsent
-    return bool(bad < 0.01 * s.offered_per_second * step_seconds and s.latency_ms["p99"] <= p99_ms)
 
 
 def measure(label: str, env: dict[str, str], cpus: set[int], bodies: list[str], path: str,
@@ -88,7 +83,7 @@ def measure(label: str, env: dict[str, str], cpus: set[int], bodies: list[str], 
 
         best, _ = step_up(
             lambda rate: summarize(offer(rate, args.step_seconds)),
-            lambda s: meets(s, args.step_seconds, args.p99_ms),
+            lambda s: within_target(s, args.step_seconds, args.p99_ms),
             Stepping(200.0, factor=1.5, refine=3), show,
         )  # fmt: skip
     return {

@@ -33,13 +33,19 @@ def compare(sent: np.ndarray, candidate: np.ndarray, k: int) -> Agreement:
         rho = 1.0
     elif distinct_a == 1 or distinct_b == 1:
         rho = 0.0  # one ranks the rows, the other ties them all
-    else:  # Pearson's r of the average ranks (both have mean (n + 1) / 2)
-        da, db = ranks_a - (len(a) + 1) / 2, ranks_b - (len(b) + 1) / 2
-        rho = float(np.dot(da, db) / np.sqrt(np.dot(da, da) * np.dot(db, db)))
+    else:
+        rho = rank_correlation(ranks_a, ranks_b) or 0.0  # neither is constant here
     top = min(k, len(a))
     overlap = len(np.intersect1d(order_a[len(a) - top :], order_b[len(b) - top :]))
     difference = float(np.max(np.abs(a - b))) if len(a) else 0.0
     return Agreement(rho, overlap / top if top else 1.0, difference, distinct_b, distinct_a)
+
+
+def rank_correlation(ranks_a: np.ndarray, ranks_b: np.ndarray) -> float | None:
+    """Spearman's rho: Pearson's r of two rank vectors; None when either is constant."""
+    da, db = ranks_a - ranks_a.mean(), ranks_b - ranks_b.mean()
+    scale = np.sqrt(np.dot(da, da) * np.dot(db, db))
+    return float(np.dot(da, db) / scale) if scale else None
 
 
 def ranked(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:

@@ -9,7 +9,7 @@ from typing import Literal
 
 import numpy as np
 
-from app.dataplane.shadow_compare import ranked
+from app.dataplane.shadow_compare import rank_correlation, ranked
 
 
 @dataclass(frozen=True)
@@ -58,9 +58,9 @@ def judge(sent: np.ndarray, candidate: np.ndarray, requests: int, gate: Gate) ->
         return Verdict("pending", f"{requests} of {gate.min_requests} requests compared",
                        requests, len(sent))  # fmt: skip
     (ranks_a, _, distinct_a), (ranks_b, _, distinct_b) = ranked(sent), ranked(candidate)
-    da, db = ranks_a - ranks_a.mean(), ranks_b - ranks_b.mean()
-    scale = np.sqrt(np.dot(da, da) * np.dot(db, db))
-    rho = float(np.dot(da, db) / scale) if scale else float(distinct_a == distinct_b)
+    rho = rank_correlation(ranks_a, ranks_b)
+    if rho is None:  # a constant side: agreement only if both are
+        rho = float(distinct_a == distinct_b)
     change = abs(distinct_b - distinct_a) / max(distinct_a, 1)
     figures = (f"Spearman {rho:.5f} over {len(sent):,} rows of {requests:,} requests, "
                f"{distinct_b:,} distinct scores vs {distinct_a:,}")  # fmt: skip

@@ -24,6 +24,7 @@ from config.settings import load_settings
 from models.artifacts import repository
 from tests.app.servers import running_server, wait_for
 from tests.conftest import MODEL_NAME
+from tests.prometheus_text import value
 
 pytestmark = pytest.mark.timeout(300)
 DEVICES = [{"name": "cpu", "backend": "onnxruntime-cpu"}]
@@ -84,18 +85,26 @@ async def plane_with(repository_path: Path, candidate: str, **shadow: Any) -> Da
     return plane
 
 
+def held_out_rows(repository_path: Path, count: int) -> dict[str, np.ndarray]:
+    version = repository.open_version(repository_path, MODEL_NAME)
+    split = version.load_test_split()
+    return version.tables.assemble(split.user_rows[:count], split.item_rows[:count])
+
+
+def shadowed_scheduler(plane: DataPlane) -> Shadowed:
+    scoring = plane.model(MODEL_NAME).scheduler
+    assert isinstance(scoring, Shadowed)
+    return scoring
+
+
 @pytest.fixture
 async def shadowed(
     built_repository: Path,
 ) -> AsyncIterator[tuple[Shadowed, Shadow, dict[str, np.ndarray]]]:
     plane = await plane_with(built_repository, "pruned-int8")
     try:
-        scoring = plane.model(MODEL_NAME).scheduler
-        assert isinstance(scoring, Shadowed)
-        version = repository.open_version(built_repository, MODEL_NAME)
-        split = version.load_test_split()
-        rows = version.tables.assemble(split.user_rows[:100], split.item_rows[:100])
-        yield scoring, scoring.shadow, rows
+        scoring = shadowed_scheduler(plane)
+        yield scoring, scoring.shadow, held_out_rows(built_repository, 100)
     finally:
         await plane.close()
 
@@ -123,11 +132,8 @@ async def test_the_shadow_scores_only_once_the_live_device_has_no_work(
 async def test_what_cannot_be_scored_in_time_is_dropped_and_counted(built_repository: Path) -> None:
     plane = await plane_with(built_repository, "pruned-int8", wait_ms=1, max_pending=1)
     try:
-        scoring = plane.model(MODEL_NAME).scheduler
-        assert isinstance(scoring, Shadowed)
-        version = repository.open_version(built_repository, MODEL_NAME)
-        split = version.load_test_split()
-        rows = version.tables.assemble(split.user_rows[:100], split.item_rows[:100])
+        scoring = shadowed_scheduler(plane)
+        rows = held_out_rows(built_repository, 100)
         first = scoring.submit_nowait(rows)  # sampled: waits for the busy one below, 1 ms at most
         busy = scoring.submit_nowait(repeated(rows, 300))  # sampled too: max_pending reached
         await asyncio.gather(first, busy)
@@ -144,11 +150,8 @@ async def test_what_cannot_be_scored_in_time_is_dropped_and_counted(built_reposi
 async def test_a_random_share_is_sampled(built_repository: Path) -> None:
     plane = await plane_with(built_repository, "pruned-int8", sample_fraction=0.3)
     try:
-        scoring = plane.model(MODEL_NAME).scheduler
-        assert isinstance(scoring, Shadowed)
-        version = repository.open_version(built_repository, MODEL_NAME)
-        split = version.load_test_split()
-        rows = version.tables.assemble(split.user_rows[:10], split.item_rows[:10])
+        scoring = shadowed_scheduler(plane)
+        rows = held_out_rows(built_repository, 10)
         for _ in range(200):
             await scoring.submit_nowait(rows)
         await wait_until(lambda: plane.shadow(MODEL_NAME)["pending"] == 0)
@@ -167,11 +170,10 @@ async def wait_until(condition: Any, seconds: float = 30) -> None:
 
 
 def shadow_counter(url: str, candidate: str) -> float:
-    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
-        if line.startswith("recsys_shadow_requests_total{") and f'candidate="{candidate}"' in line \
-                and 'outcome="compared"' in line:  # fmt: skip
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    return (
+        value(text, "recsys_shadow_requests_total", candidate=candidate, outcome="compared") or 0.0
+    )
 
 
 @pytest.mark.parametrize(

@@ -19,13 +19,13 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
-from prometheus_client.parser import text_string_to_metric_families
 
 from bench.processes import ADMIN_HEADERS, ADMIN_TOKEN
 from models.artifacts import repository
 from models.runtime import OnnxRuntimeSession
 from tests.app.servers import free_port, running_server, wait_for
 from tests.conftest import MODEL_NAME
+from tests.prometheus_text import samples
 
 pytestmark = pytest.mark.timeout(240)
 DEVICE = [{"name": "cpu", "backend": "onnxruntime-cpu"}]
@@ -40,15 +40,6 @@ def children(pid: int) -> dict[str, list[int]]:
         role = command[command.index(b"--role") + 1].decode()
         roles.setdefault(role, []).append(int(child))
     return roles
-
-
-def samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
-    return [
-        (sample.labels, sample.value)
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == name
-    ]
 
 
 @pytest.fixture(scope="module")

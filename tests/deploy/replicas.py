@@ -13,9 +13,9 @@ from subprocess import Popen
 from types import TracebackType
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.app.servers import free_port, start_server, stop
+from tests.prometheus_text import value
 
 DEVICES = [{"name": "cpu", "backend": "onnxruntime-cpu"}]
 RANK = {"user_id": 1, "k": 10}
@@ -35,13 +35,9 @@ class Replica:
     def ranked(self) -> float:
         """/v1/rank requests this replica answered 200, from its own /metrics."""
         text = httpx.get(f"{self.url}/metrics", timeout=5).text
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name == "recsys_request_duration_seconds_count" and sample.labels == {
-                    "endpoint": "/v1/rank", "status": "200",
-                }:  # fmt: skip
-                    return float(sample.value)
-        return 0.0
+        count = value(text, "recsys_request_duration_seconds_count", endpoint="/v1/rank",
+                      status="200")  # fmt: skip
+        return count or 0.0
 
 
 @contextmanager

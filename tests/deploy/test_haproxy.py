@@ -16,12 +16,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests import debian
 from tests.app.servers import free_port, stop, wait_for, wait_ready
 from tests.conftest import ROOT
 from tests.deploy.replicas import RANK, Load, Replica, replicas
+from tests.prometheus_text import value
 
 pytestmark = pytest.mark.timeout(300)
 MAX_IN_FLIGHT = 8
@@ -53,12 +53,9 @@ class Cluster:
     replicas: list[Replica]
 
     def haproxy_counter(self, name: str, server: str) -> float:
-        text = httpx.get(f"{self.stats}/metrics", timeout=5).text
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name == name and sample.labels.get("server") == server:
-                    return float(sample.value)
-        raise AssertionError(f"HAProxy reports no {name} for {server}")
+        found = value(httpx.get(f"{self.stats}/metrics", timeout=5).text, name, server=server)
+        assert found is not None, f"HAProxy reports no {name} for {server}"
+        return found
 
 
 @pytest.fixture
