@@ -265,6 +265,44 @@ class ShadowSettings(Section):
     )
 
 
+VariantKind = Literal["bf16", "int8", "int8-tables", "openvino-int8", "openvino-fp16", "fp16"]
+
+
+class SelfAccelerationSettings(Section):
+    """Self-acceleration ([self_acceleration]): for a plain ONNX model with no acceleration
+    record, the server builds `python -m models accelerate`'s variants from sampled live rows,
+    shadows them ([shadow]'s sample_fraction, min_requests and gate), promotes the fastest that
+    agrees and keeps watching it (`GET /v2/models/{name}/shadow`)."""
+
+    enabled: bool = Field(True, description="self-accelerate plain models with no record")
+    kinds: tuple[VariantKind, ...] = Field(
+        ("bf16", "int8", "openvino-int8"), description="variant kinds tried (bf16: the source at "
+        "BF16 on OpenVINO where the CPU executes it, no file; int8: ONNX Runtime static INT8, "
+        "needs onnx; openvino-int8: NNCF, needs nncf, which the serving install lacks; "
+        "int8-tables, openvino-fp16, fp16 as `accelerate` makes them)",
+    )  # fmt: skip
+    calibration_rows: int = Field(
+        2000, ge=16, description="live input rows sampled to build and time the variants on (INT8 "
+        "is calibrated on them)",
+    )  # fmt: skip
+    min_speedup: float = Field(
+        1.1, ge=1, description="a variant is shadowed only if it runs this many times faster "
+        "than the source at the batch sizes served (single-threaded, timed at build)",
+    )  # fmt: skip
+    watch_fraction: float = Field(
+        0.01, gt=0, le=1, description="after promotion: the share of live requests the source "
+        "scores beside the promoted variant; the variant is demoted when they drift apart",
+    )  # fmt: skip
+    build_cores: int = Field(
+        1, ge=1, description="CPU budget: cores the build (a child process at the lowest "
+        "priority) may run on",
+    )  # fmt: skip
+    build_cpu_seconds: int = Field(
+        600, ge=10, description="CPU budget: CPU seconds the build may take; beyond it, it is "
+        "stopped and the source keeps serving",
+    )  # fmt: skip
+
+
 class CanarySplit(Section):
     version: int = Field(ge=1, description="the canary version (the rest go to the latest other)")
     share: float = Field(ge=0, le=1, description="share of keyed requests it takes")

@@ -105,7 +105,12 @@ def main(argv: list[str] | None = None) -> int:
             for rate in rates:
                 for round_ in range(args.rounds):
                     for setup, overrides in SETUPS.items():
-                        env = {**os.environ, "RECSYS_MODEL__REPOSITORY": str(root), **overrides}
+                        env = {
+                            **os.environ,
+                            **processes.AS_DROPPED_IN,
+                            "RECSYS_MODEL__REPOSITORY": str(root),
+                            **overrides,
+                        }
                         used = cpu_per_request(env, bodies, path, rate, args.seconds, log)
                         runs = results.setdefault(workload, {}).setdefault(f"{rate:g}", {})
                         runs.setdefault(setup, []).append(used)

@@ -240,7 +240,11 @@ def main(argv: list[str] | None = None) -> int:
             if args.only not in offered.label:
                 continue
             model = offered.model or settings.model.name
-            env = {**os.environ, "RECSYS_MODEL__REPOSITORY": str(offered.root)}
+            env = {
+                **os.environ,
+                **processes.AS_DROPPED_IN,
+                "RECSYS_MODEL__REPOSITORY": str(offered.root),
+            }
             print(f"{offered.label} (server pinned to core 0; {args.seconds:g} s a run)")
             front = [sys.executable, "-m", "bench.apps", offered.front, "--repository",
                      str(offered.root)]  # fmt: skip

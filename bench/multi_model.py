@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         (root / settings.model.name).symlink_to(built_root / settings.model.name)
         user_sized_ranker(root / USER_MODEL / "1" / "model.onnx")
         port = processes.free_port()
-        env = {**os.environ, "RECSYS_MODEL__REPOSITORY": str(root)}
+        env = {**os.environ, **processes.AS_DROPPED_IN, "RECSYS_MODEL__REPOSITORY": str(root)}
         command = [sys.executable, "-m", "app", "--port", str(port)]
         log = args.out.with_suffix(".server.log")
         with processes.running(command, port, env, log, processes.SERVER_CPUS):

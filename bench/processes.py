@@ -15,6 +15,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# The model a benchmark compares settings on stays as dropped in (self-acceleration would swap
+# it for a faster variant partway through a run; `bench.self_acceleration` measures that).
+AS_DROPPED_IN = {"RECSYS_SELF_ACCELERATION__ENABLED": "false"}
 SERVER_CPUS = {0}  # the server under test; the load generator has core 1 (loadgen.GENERATOR_CPU)
 
 

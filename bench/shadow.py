@@ -47,7 +47,7 @@ def accelerated_model(root: Path) -> None:
 
 
 def server_env(root: Path, shadow: float | None) -> dict[str, str]:
-    env = {**os.environ, "RECSYS_MODEL__REPOSITORY": str(root),
+    env = {**os.environ, **processes.AS_DROPPED_IN, "RECSYS_MODEL__REPOSITORY": str(root),
            "RECSYS_DEVICES": json.dumps(DEVICES)}  # fmt: skip
     if shadow is not None:
         env |= {"RECSYS_SHADOW__CANDIDATES": json.dumps({USER_MODEL: CANDIDATE}),

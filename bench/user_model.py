@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         user_sized_ranker(root / USER_MODEL / "1" / "model.onnx")
         for label, (devices, transport) in CONFIGS.items():
             port, grpc_port = processes.free_port(), processes.free_port()
-            env = {**os.environ, "RECSYS_MODEL__REPOSITORY": str(root),
+            env = {**os.environ, **processes.AS_DROPPED_IN, "RECSYS_MODEL__REPOSITORY": str(root),
                    "RECSYS_DEVICES": json.dumps(devices),
                    "RECSYS_GRPC__PORT": str(grpc_port)}  # fmt: skip
             generator = grpc_loadgen.run if transport == "grpc" else loadgen.run

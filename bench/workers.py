@@ -123,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
             for label, (overrides, cpus) in CONFIGS.items():
                 if args.only and args.only not in label:
                     continue
-                env = {**os.environ, "RECSYS_MODEL__REPOSITORY": str(root),
+                env = {**os.environ, **processes.AS_DROPPED_IN,
+                       "RECSYS_MODEL__REPOSITORY": str(root),
                        **{f"RECSYS_{k}": v for k, v in overrides.items()}}  # fmt: skip
                 row = measure(label, env, cpus, bodies, path, args)
                 results.setdefault(workload, {})[label] = row

@@ -25,6 +25,7 @@ from app.settings import (
     LimitSettings,
     LoadBalancingSettings,
     ModelControlSettings,
+    SelfAccelerationSettings,
     ServerSettings,
     ServingModelSettings,
     ShadowSettings,
@@ -76,6 +77,7 @@ class Settings(BaseSettings):
     admission: AdmissionSettings = AdmissionSettings()
     features: FeatureSettings = FeatureSettings()
     shadow: ShadowSettings = ShadowSettings()
+    self_acceleration: SelfAccelerationSettings = SelfAccelerationSettings()
     canary: CanarySettings = CanarySettings()
     faults: FaultSettings = FaultSettings()
     load_balancing: LoadBalancingSettings = LoadBalancingSettings()

@@ -187,54 +187,98 @@ def gate_variant(reference: Outputs, candidate: Outputs, rows: Rows, settings: S
     return Verdict(True, "passes: " + "; ".join(reasons)), figures
 
 
-def candidates(version: Path, calibration: Rows, work: Path, quantize_outputs: bool,
-               ) -> list[Candidate]:  # fmt: skip
+@dataclass(frozen=True)
+class Prepared:
+    """The source with every node named, and the nodes each kind keeps float."""
+
+    source: Path
+    named: Path
+    output_layers: tuple[str, ...]  # kept float in INT8 unless quantize_outputs
+    output_path: tuple[str, ...]  # kept float in FP16
+    has_tables: bool
+
+
+def prepare(version: Path, work: Path, quantize_outputs: bool) -> Prepared:
     source = version / SOURCE
-    prepared = named(source, work / "named.onnx")
-    keep = () if quantize_outputs else tuple(output_layers(onnx.load(str(prepared))))
+    named_file = named(source, work / "named.onnx")
+    model = onnx.load(str(named_file))
+    keep = () if quantize_outputs else tuple(output_layers(model))
     log.info("output layers kept float in INT8: %s", ", ".join(keep) or "none")
-    made = [Candidate("model", source, "onnx", "fp32", "cpu", ("onnxruntime", "openvino"))]
-    log.info("writing int8 (ONNX Runtime, static QDQ, per-channel weights)")
+    path = tuple(n.name for n in output_path(model))
+    return Prepared(source, named_file, keep, path, bool(embedding_tables(model)))
+
+
+def _int8(kind: str, version: Path, prepared: Prepared, calibration: Outputs, work: Path,
+          ) -> Candidate | None:  # fmt: skip
+    tables = kind == "int8-tables"
+    if tables and not prepared.has_tables:
+        return None
+    log.info("writing %s (ONNX Runtime, static QDQ, per-channel weights%s)", kind,
+             ", embedding tables too" if tables else "")  # fmt: skip
+    target = version / f"model.{kind}.onnx"
     quantize.quantize_onnxruntime_int8(
-        prepared, version / "model.int8.onnx", calibration.inputs, quantize_gather=False,
-        keep_float_weights=(), keep_float_nodes=keep,
+        prepared.named, target, calibration, quantize_gather=tables, keep_float_weights=(),
+        keep_float_nodes=prepared.output_layers,
     )  # fmt: skip
-    made.append(Candidate("int8", version / "model.int8.onnx", "onnx", "int8", "cpu",
-                          ("onnxruntime",)))  # fmt: skip
-    if embedding_tables(onnx.load(str(prepared))):
-        log.info("writing int8-tables (int8 also with the embedding tables quantized)")
-        quantize.quantize_onnxruntime_int8(
-            prepared, version / "model.int8-tables.onnx", calibration.inputs,
-            quantize_gather=True, keep_float_weights=(), keep_float_nodes=keep,
-        )  # fmt: skip
-        made.append(Candidate("int8-tables", version / "model.int8-tables.onnx", "onnx",
-                              "int8", "cpu", ("onnxruntime",)))  # fmt: skip
+    return Candidate(kind, target, "onnx", "int8", "cpu", ("onnxruntime",))
+
+
+def _openvino_int8(kind: str, version: Path, prepared: Prepared, calibration: Outputs,
+                   work: Path) -> Candidate:  # fmt: skip
     log.info("writing openvino-int8 (NNCF)")
+    target = version / "model.openvino-int8.xml"
     quantize.convert_openvino(
-        prepared, work / "float.xml", version / "model.openvino-int8.xml", calibration.inputs,
-        keep_float_weights=(), keep_float_nodes=keep,
+        prepared.named, work / "float.xml", target, calibration, keep_float_weights=(),
+        keep_float_nodes=prepared.output_layers,
     )  # fmt: skip
-    made.append(Candidate("openvino-int8", version / "model.openvino-int8.xml", "openvino-ir",
-                          "int8", "cpu", ("openvino",)))  # fmt: skip
+    return Candidate(kind, target, "openvino-ir", "int8", "cpu", ("openvino",))
+
+
+def _openvino_fp16(kind: str, version: Path, prepared: Prepared, calibration: Outputs,
+                   work: Path) -> Candidate:  # fmt: skip
     log.info("writing openvino-fp16 (IR with FP16 weights: half the embedding tables' size)")
     import openvino as ov
 
-    ov.save_model(ov.convert_model(str(source)), str(version / "model.openvino-fp16.xml"),
-                  compress_to_fp16=True)  # fmt: skip
+    target = version / "model.openvino-fp16.xml"
+    ov.save_model(ov.convert_model(str(prepared.source)), str(target), compress_to_fp16=True)
     # Computed at FP32: OpenVINO keeps the weights in FP16 and widens them on every call, so
     # memory halves and latency grows (three times the source's at 256 rows here). At BF16 it
     # was as fast as the source at BF16 but its outputs collapsed (57 distinct scores of 2,997).
-    made.append(Candidate("openvino-fp16", version / "model.openvino-fp16.xml", "openvino-ir",
-                          "fp16", "cpu", ("openvino",), "f32"))  # fmt: skip
+    return Candidate(kind, target, "openvino-ir", "fp16", "cpu", ("openvino",), "f32")
+
+
+def _fp16(kind: str, version: Path, prepared: Prepared, calibration: Outputs, work: Path,
+          ) -> Candidate:  # fmt: skip
     log.info("writing fp16 (for the CUDA provider)")
-    path = [n.name for n in output_path(onnx.load(str(prepared)))]
-    quantize.convert_float16(prepared, version / "model.fp16.onnx", keep_float_nodes=tuple(path))
-    made.append(Candidate("fp16", version / "model.fp16.onnx", "onnx", "fp16", "gpu",
-                          ("onnxruntime",)))  # fmt: skip
-    if bf16_supported():
-        made.append(Candidate("bf16", source, "onnx", "bf16", "cpu", ("openvino",), "bf16"))
-    else:
+    target = version / "model.fp16.onnx"
+    quantize.convert_float16(prepared.named, target, keep_float_nodes=prepared.output_path)
+    return Candidate(kind, target, "onnx", "fp16", "gpu", ("onnxruntime",))
+
+
+def _bf16(kind: str, version: Path, prepared: Prepared, calibration: Outputs, work: Path,
+          ) -> Candidate | None:  # fmt: skip
+    if not bf16_supported():
         log.info("bf16: this CPU does not execute BF16; not recorded")
+        return None
+    return Candidate(kind, prepared.source, "onnx", "bf16", "cpu", ("openvino",), "bf16")
+
+
+# kind -> its builder: the variant written into the version folder (bf16: no file, the source
+# run at BF16), or None where it does not apply (a model without tables; a CPU without BF16).
+BUILDERS: dict[str, Callable[[str, Path, Prepared, Outputs, Path], Candidate | None]] = {
+    "int8": _int8, "int8-tables": _int8, "openvino-int8": _openvino_int8,
+    "openvino-fp16": _openvino_fp16, "fp16": _fp16, "bf16": _bf16,
+}  # fmt: skip
+
+
+def candidates(version: Path, calibration: Rows, work: Path, quantize_outputs: bool,
+               ) -> list[Candidate]:  # fmt: skip
+    prepared = prepare(version, work, quantize_outputs)
+    made = [Candidate("model", prepared.source, "onnx", "fp32", "cpu", ("onnxruntime", "openvino"))]
+    for kind, build in BUILDERS.items():
+        candidate = build(kind, version, prepared, calibration.inputs, work)
+        if candidate is not None:
+            made.append(candidate)
     return made
 
 

@@ -6,9 +6,14 @@ from __future__ import annotations
 import threading
 from typing import Literal
 
+import numpy as np
+
 from scheduler.backend import Backend, Inputs, Outputs
 
-FaultMode = Literal["none", "fail", "stall"]
+FaultMode = Literal["none", "fail", "stall", "perturb"]
+# perturb: float outputs get Gaussian noise of this many times their spread within the batch
+# (answers that rank rows differently, as a model gone wrong would)
+PERTURB_SCALE = 0.5
 STALL_LIMIT_SECONDS = 60.0  # a stalled call gives up eventually, so no thread hangs forever
 
 
@@ -20,6 +25,7 @@ class FaultInjector:
         self.mode: FaultMode = "none"
         self._unstall = threading.Event()
         self.execution_precision = inner.execution_precision
+        self._noise = np.random.default_rng(0)
 
     def set_mode(self, mode: FaultMode) -> None:
         self.mode = mode
@@ -38,8 +44,18 @@ class FaultInjector:
         if self.mode == "stall":
             self._unstall.wait(STALL_LIMIT_SECONDS)
             raise RuntimeError("injected stall")
-        return self.inner.run(inputs)
+        outputs = self.inner.run(inputs)
+        if self.mode == "perturb":
+            outputs = {name: perturbed(array, self._noise) for name, array in outputs.items()}
+        return outputs
 
     def close(self) -> None:
         self._unstall.set()
         self.inner.close()
+
+
+def perturbed(array: np.ndarray, noise: np.random.Generator) -> np.ndarray:
+    if not np.issubdtype(array.dtype, np.floating) or array.size < 2:
+        return array
+    spread = float(np.std(array)) or 1.0
+    return (array + noise.normal(0, PERTURB_SCALE * spread, array.shape)).astype(array.dtype)

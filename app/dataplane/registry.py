@@ -21,9 +21,12 @@ from pathlib import Path
 
 from app.dataplane.catalog import LOADING, READY, UNAVAILABLE, UNLOADING, Catalog, ServedModel
 from app.dataplane.devices import plan_devices
+from app.dataplane.live_record import not_self_accelerated
 from app.dataplane.ranking import Ranker
+from app.dataplane.self_acceleration import SelfAccelerator, live_or_none
 from app.dataplane.serving import Serving, ranker_for, start_serving
 from app.dataplane.shadow import (
+    Shadow,
     Shadowed,
     ShadowMetrics,
     shadow_device,
@@ -47,11 +50,15 @@ DRAIN_LIMIT_SECONDS = 30.0  # a replaced version waits at most this for its queu
 
 
 def folder_fingerprint(model_path: Path) -> str:
-    """Changes when a version folder, a file in one, or the model's config.toml changes."""
+    """Changes when a version folder, a file in one, or the model's config.toml changes; not
+    with a hidden one (self-acceleration's lock and work in progress)."""
     digest = hashlib.sha256()
     files = [model_path / CONFIG_FILE]
     for number in versions_on_disk(model_path):
-        files += sorted(p for p in (model_path / str(number)).rglob("*") if p.is_file())
+        folder = model_path / str(number)
+        hidden = list(folder.rglob(".*"))
+        files += sorted(p for p in folder.rglob("*") if p.is_file()
+                        and not any(p == h or h in p.parents for h in hidden))  # fmt: skip
     for path in files:
         if path.is_file():
             stat = path.stat()
@@ -130,6 +137,8 @@ class ModelRegistry(Catalog):
                                               self._shadow_metrics)  # fmt: skip
                 built.append(serving)
             await self._shadow_version(name, built)
+            for serving in built:
+                await self._self_accelerate(name, serving)
         except BaseException:
             for serving in built:
                 await serving.close()
@@ -150,6 +159,26 @@ class ModelRegistry(Catalog):
                                        live.scheduler, self.settings, self._cores, self._slots,
                                        self._shadow_metrics)  # fmt: skip
         live.scheduler, live.shadow = Shadowed(live.scheduler, shadow), shadow
+
+    async def _self_accelerate(self, name: str, serving: Serving) -> None:
+        """[self_acceleration]: a plain version with no record but one live traffic gated."""
+        version = serving.version
+        record = await asyncio.to_thread(live_or_none, version.path)
+        why_not = not_self_accelerated(version, self.settings, record)
+        if why_not is not None:
+            log.info("%s version %d: not self-accelerated: %s", name, version.number, why_not)
+            return
+        assert isinstance(serving.scheduler, Scheduler)  # no [shadow] for it: not_self_accelerated
+
+        async def reload() -> None:
+            await self.load(name)
+
+        accelerator = SelfAccelerator(
+            serving, record, serving.scheduler, self.settings, self._cores, self._slots,
+            self._shadow_metrics, reload,
+        )  # fmt: skip
+        serving.scheduler, serving.shadow = Shadowed(serving.scheduler, accelerator), accelerator
+        accelerator.start()
 
     async def unload(self, name: str) -> None:
         async with self._lock:
@@ -203,9 +232,11 @@ class ModelRegistry(Catalog):
                 await self.unload(name)
 
     async def set_fault(self, device: str, mode: FaultMode) -> bool:
-        """Every served model's session on `device` fails or stalls (they share the device)."""
+        """Every served model's session on `device` fails, stalls or perturbs its outputs (they
+        share the device); `<device>.shadow`: the shadow candidates' sessions on it."""
+        devices = [d for s in self.serving() for d in (*s.scheduler.devices, *shadow_devices(s))]
         found = [
-            d.backend for s in self.serving() for d in s.scheduler.devices
+            d.backend for d in devices
             if isinstance(d, Device) and d.name == device and isinstance(d.backend, FaultInjector)
         ]  # fmt: skip
         for backend in found:
@@ -235,6 +266,14 @@ class ModelRegistry(Catalog):
         for serving in self.serving():
             await serving.close()
         self.models.clear()
+
+
+def shadow_devices(serving: Serving) -> list[Device]:
+    """The devices of the candidates shadowing a version ([shadow], or self-acceleration's)."""
+    shadow = serving.shadow
+    if isinstance(shadow, SelfAccelerator):
+        return [d for s in shadow.shadows.values() for d in s.candidate.devices]
+    return list(shadow.candidate.devices) if isinstance(shadow, Shadow) else []
 
 
 def versions_to_serve(settings: Settings, name: str, config: ModelConfig, on_disk: list[int],

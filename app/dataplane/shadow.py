@@ -20,7 +20,7 @@ import random
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from prometheus_client import CollectorRegistry
@@ -45,6 +45,7 @@ from scheduler.settings import DeviceSettings
 log = logging.getLogger(__name__)
 
 OUTCOMES = ("compared", "busy", "shed", "failed")  # bounded label values
+SHADOW_DEVICE_SUFFIX = ".shadow"  # a candidate's device: the live device's name and this
 
 
 class ShadowMetrics:
@@ -187,11 +188,19 @@ class Shadow:
             await asyncio.to_thread(device.close)
 
 
+class Observer(Protocol):
+    """What sees each submitted request: a Shadow, or self-acceleration's sampling and shadows."""
+
+    def offer(self, inputs: Inputs, answer: asyncio.Future[Scored]) -> None: ...
+
+    async def close(self) -> None: ...
+
+
 class Shadowed:
     """A version's scheduler with a shadow: scores as the live scheduler does (every other
     member is the live one's), and offers each submitted request to the shadow."""
 
-    def __init__(self, live: Scheduler, shadow: Shadow) -> None:
+    def __init__(self, live: Scheduler, shadow: Observer) -> None:
         self.live = live
         self.shadow = shadow
 
@@ -288,7 +297,9 @@ async def start_candidate(version: ServableVersion, config: DeviceSettings, vari
                           metrics: ShadowMetrics | None) -> Shadow:  # fmt: skip
     """`variant` of `version` on its own device (sharing the batch slots of the live device of
     that name), warmed up, shadowing `live`; `label` names it in metrics and the document."""
-    device = await asyncio.to_thread(create_device, version, config, variant, settings, cores,
+    # Named apart from the live device (the fault switch tells them apart), sharing its slots.
+    named = config.model_copy(update={"name": f"{config.name}{SHADOW_DEVICE_SUFFIX}"})
+    device = await asyncio.to_thread(create_device, version, named, variant, settings, cores,
                                      slots.get(config.name) if slots else None)  # fmt: skip
     try:
         sizes = settings.routing.warmup_rows if version.batched else (1,)

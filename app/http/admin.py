@@ -25,6 +25,7 @@ class FaultRequest(BaseModel):
 
 @router.post("/faults/{device}")
 async def set_fault(request: Request, device: str, body: FaultRequest) -> dict[str, str]:
-    """Every served model's session on that device fails or stalls (they share the device)."""
+    """Every served model's session on that device fails, stalls or perturbs its outputs (they
+    share the device; a shadow candidate's session is not touched)."""
     await plane(request).set_fault(device, body.mode)
     return {"device": device, "mode": body.mode}

@@ -47,6 +47,20 @@ class AcceleratedVariant(Strict):
     latency_ms: dict[str, dict[str, float]]  # runtime -> batch rows -> median ms (CPU only)
 
 
+class LiveEvidence(Strict):
+    """How live traffic gated the variants: the server's self-acceleration, with no rows of the
+    user's but the requests it answered."""
+
+    sample_fraction: float  # the share of live requests each candidate scored
+    min_requests: int  # compared requests a verdict needs
+    started_at: str  # the first sampled request
+    judged_at: str
+    requests: dict[str, int]  # variant -> requests compared when it was judged
+    build_seconds: float | None = None  # building and timing the variants, wall clock
+    build_cpu_seconds: float | None = None  # and CPU (the child process at low priority)
+    demoted: dict[str, str] = Field(default_factory=dict)  # variant -> when and why (drift)
+
+
 class AccelerationRecord(Strict):
     schema_version: Literal[1]
     created_at: str
@@ -58,6 +72,9 @@ class AccelerationRecord(Strict):
     variants: tuple[AcceleratedVariant, ...]
     default_variants: dict[str, str]  # backend ("openvino-cpu", ...) -> the fastest servable
     default_reasons: dict[str, str] = Field(default_factory=dict)  # backend -> why
+    # "live traffic": written by the server (self-acceleration), which keeps watching it
+    gated_on: Literal["held-out rows", "live traffic"] = "held-out rows"
+    live: LiveEvidence | None = None
 
 
 def read_record(path: Path) -> AccelerationRecord:
@@ -88,6 +105,15 @@ def cpu_model() -> str:
     import platform
 
     return platform.processor() or platform.machine()
+
+
+def live_note(record: AccelerationRecord, variant: str) -> str:
+    """What gated `variant` on live traffic, for the reason a record's default is served."""
+    if record.live is None or variant not in record.live.requests:
+        return ""
+    live = record.live
+    return (f"; gated on live traffic: {live.requests[variant]:,} requests compared, "
+            f"{live.started_at} to {live.judged_at}")  # fmt: skip
 
 
 def fastest(variants: tuple[AcceleratedVariant, ...] | list[AcceleratedVariant], runtime: str,

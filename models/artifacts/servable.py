@@ -16,7 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from models.artifacts.acceleration_record import RECORD, cpu_model, fastest, read_record
+from models.artifacts.acceleration_record import (
+    RECORD,
+    cpu_model,
+    fastest,
+    live_note,
+    read_record,
+)
 from models.artifacts.checksum import sha256_file
 from models.artifacts.model_config import (
     CONFIG_FILE,
@@ -180,6 +186,7 @@ def _accelerated(path: Path, source: Path, max_rows: int | None,
         runtime = backend.removesuffix("-cpu")
         if backend.endswith("-cpu") and max_rows is not None:
             defaults[backend], reasons[backend] = fastest(record.variants, runtime, max_rows)
+            reasons[backend] += live_note(record, defaults[backend])
     return variants, defaults, reasons
 
 
