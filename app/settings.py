@@ -305,7 +305,10 @@ class SelfAccelerationSettings(Section):
 
 class CanarySplit(Section):
     version: int = Field(ge=1, description="the canary version (the rest go to the latest other)")
-    share: float = Field(ge=0, le=1, description="share of keyed requests it takes")
+    share: float = Field(0.0, ge=0, le=1, description="share of keyed requests it takes")
+    promoted: bool = Field(
+        False, description="every request that names no version goes to it, keyed or not"
+    )
 
 
 class CanarySettings(Section):

@@ -5,6 +5,7 @@ them from a plain repository; the multi-model benchmark serves the user-sized ra
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -69,14 +70,16 @@ def fixed_shape_model(path: Path) -> Path:
     return _save(graph, path)
 
 
-def user_sized_ranker(path: Path, vocabulary: int = 5000, seed: int = 0) -> Path:
+def user_sized_ranker(path: Path, vocabulary: int = 5000, seed: int = 0,
+                      hidden: tuple[int, ...] = (256, 128)) -> Path:  # fmt: skip
     """A ranker of a user's size: `cat` INT64 [-1, 8] (ids below `vocabulary` per field) and
     `dense` FP32 [-1, 4] -> `score` FP32 [-1]; 8 embeddings of 16 and a 132-256-128-1 tower,
-    about 0.7 million parameters."""
+    about 0.7 million parameters (`hidden`: other tower widths)."""
     rng = np.random.default_rng(seed)
     fields, width = 8, 16
     tables = rng.normal(0, 0.05, (fields * vocabulary, width)).astype(np.float32)
-    layers = [(fields * width + 4, 256), (256, 128), (128, 1)]
+    widths = [fields * width + 4, *hidden, 1]
+    layers = list(itertools.pairwise(widths))
     initializers = [
         numpy_helper.from_array(tables, "embeddings"),
         numpy_helper.from_array((np.arange(fields) * vocabulary).astype(np.int64), "offsets"),

@@ -112,6 +112,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--promote-rate", type=float, default=400.0)
     parser.add_argument("--promote-limit-seconds", type=float, default=600.0)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--hidden",
+        default="256,128",
+        help="the tower's widths (the default: the "
+        "user-sized ranker; wider: a model whose arithmetic dominates a request)",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench/results/self_acceleration.json"))
     parser.add_argument("-q", "--quiet", action="store_true", help="print the result only")
     args = parser.parse_args(argv)
@@ -121,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         servers: dict[str, tuple[int, int, str]] = {}
         for label, enabled in (("fp32", "false"), ("self-accelerated", "true")):
             root = Path(scratch) / label
-            user_sized_ranker(root / USER_MODEL / "1" / "model.onnx")
+            hidden = tuple(int(w) for w in args.hidden.split(","))
+            user_sized_ranker(root / USER_MODEL / "1" / "model.onnx", hidden=hidden)
             port = processes.free_port()
             env = {**os.environ, "RECSYS_MODEL__REPOSITORY": str(root),
                    "RECSYS_SELF_ACCELERATION__ENABLED": enabled}  # fmt: skip
@@ -149,8 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         variants = {label: served(url) for label, (_, _, url) in servers.items()}
     live = promotion.get("record", {}).get("live") or {}
     print(
-        f"user-sized ranker, 100 rows a request over V2 JSON, server on one core, default "
-        f"settings; p99 <= {args.p99_ms:g} ms; medians of {args.rounds} alternating rounds:"
+        f"ranker with a {args.hidden} tower, 100 rows a request over V2 JSON, server on one core, "
+        f"default settings; p99 <= {args.p99_ms:g} ms; medians of {args.rounds} alternating rounds:"
     )
     results: dict[str, Any] = {"promotion": promotion, "servers": {}}
     for label, measured in runs.items():

@@ -91,7 +91,8 @@ class FaultSettings(Section):
     )
     admin_enabled: bool = Field(
         False, description="fault injection for tests: POST /admin/faults/{device} {\"mode\": "
-        "\"fail\" | \"stall\" | \"none\"}; never on a server others can reach",
+        "\"fail\" | \"stall\" | \"perturb\" | \"none\"} (`<device>.shadow`: its shadow "
+        "candidates); never on a server others can reach",
     )  # fmt: skip
     admin_token: str = Field(
         "", description="the bearer token the fault endpoints require (Authorization: Bearer), "

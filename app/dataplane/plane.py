@@ -18,9 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from app.dataplane import documents
+from app.dataplane import canary, documents
 from app.dataplane.admission import PRIORITIES, Admission, Decision
-from app.dataplane.canary import to_canary
 from app.dataplane.catalog import Models
 from app.dataplane.devices import example_inputs
 from app.dataplane.errors import Forbidden, PayloadTooLarge, Unauthorized, Unprocessable
@@ -29,6 +28,7 @@ from app.dataplane.ranking import Ranker
 from app.dataplane.schemas import RankRequest, ScoreRequest
 from app.dataplane.serving import Serving
 from app.dataplane.tensors import check_against, check_built, rows_array
+from app.settings import CanarySplit
 from config.settings import Settings
 from models.artifacts.feature_tables import CATEGORICAL_INPUT, DENSE_INPUT
 from models.artifacts.model_config import ModelConfig
@@ -64,6 +64,8 @@ class DataPlane:
         self.features = features  # None: /v1/rank reads the version's own tables
         self.started = False  # the start-up models are loaded
         self.draining = False  # SIGTERM: not ready, new requests refused
+        # [canary] splits, as the repository API changed them since start-up (not kept on restart)
+        self.splits: dict[str, CanarySplit] = dict(settings.canary.splits)
 
     # -- life --
 
@@ -78,9 +80,8 @@ class DataPlane:
         self.started = True
         served = [f"{s.version.model} version {s.version.number}" for s in self.models.serving()]
         log.info("ready: %s", ", ".join(served) or "no model loaded")
-        for name, split in self.settings.canary.splits.items():
-            log.info("canary: %s version %d takes %.1f%% of keyed requests (sticky by key)",
-                     name, split.version, 100 * split.share)  # fmt: skip
+        for name, split in self.splits.items():
+            log.info("%s", canary.describe(name, split))
 
     def drain(self) -> None:
         self.draining = True
@@ -118,14 +119,14 @@ class DataPlane:
         the model ([canary]), the canary for its share of keys and the latest other ready version
         for the rest; else the latest ready one."""
         models = self.accepting()
-        split = self.settings.canary.splits.get(name)
+        split = self.splits.get(name)
         if version is not None or split is None:
             return models.get(name, version)
         served = models.versions(name)
-        if to_canary(key, split.share) and split.version in served:
-            canary = models.get(name, str(split.version))
-            if canary.ready:
-                return canary
+        if canary.to_canary(key, split.share, split.promoted) and split.version in served:
+            chosen = models.get(name, str(split.version))
+            if chosen.ready:
+                return chosen
         for number in reversed(served):
             stable = models.get(name, str(number))
             if number != split.version and stable.ready:
@@ -338,6 +339,36 @@ class DataPlane:
                 f'load and unload need [model_control] mode = "explicit" (it is {mode!r})'
             )
         return models
+
+    def canary(self, name: str) -> dict[str, Any]:
+        """The model's canary split now (None: none) and the versions it serves."""
+        served = self.accepting().versions(name)
+        if not served:
+            raise UnknownModel(f"model {name!r} is not loaded")
+        split = self.splits.get(name)
+        return {"model": name, "split": split.model_dump() if split else None,
+                "versions": [str(v) for v in served]}  # fmt: skip
+
+    def set_canary(self, name: str, split: CanarySplit | None,
+                   credential: str | None) -> dict[str, Any]:  # fmt: skip
+        """Give the model's canary version a share, promote it, or (None) take the split back;
+        logged. One process's routing: refused with worker processes, each routing alone."""
+        self.authorize(credential)
+        if self.settings.server.workers > 1:
+            raise Forbidden("canary changes need [server] workers = 1 (each worker routes alone; "
+                            "set [canary] splits and restart)")  # fmt: skip
+        served = self.accepting().versions(name)
+        if not served:
+            raise UnknownModel(f"model {name!r} is not loaded")
+        if split is not None:
+            problem = canary.split_problem(split, served)
+            if problem is not None:
+                raise InvalidInput(problem)
+            self.splits[name] = split
+        else:
+            self.splits.pop(name, None)
+        log.info("%s", canary.describe(name, split))
+        return self.canary(name)
 
     async def set_fault(self, device: str, mode: FaultMode) -> None:
         if not await self.accepting().set_fault(device, mode):

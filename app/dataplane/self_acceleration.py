@@ -16,8 +16,10 @@ is made faster on its own live traffic, with nothing for the user to run.
    beside it; when they drift apart past the gate the variant is demoted (the record says when
    and why) and the model reloads onto the next fastest, else the source.
 
-Where one version folder is served by several processes (workers each a whole server), one of
-them holds the folder's lock and does this; the others reload when the record changes.
+Where one version folder is served by several processes (workers each a whole server), the first
+to hold enough sampled rows takes the folder's lock and builds and shadows; after promotion every
+process watches its own requests and the first to see drift rewrites the record (under the lock);
+each reloads when another rewrites the record.
 """
 
 from __future__ import annotations
@@ -113,6 +115,10 @@ class SelfAccelerator:
         self._started_at = ""
         self._lock_file: IO[str] | None = None
         self._task: asyncio.Task[None] | None = None
+        self._follower: asyncio.Task[None] | None = None
+        self._seen: tuple[int, int] | None = None  # the record's (mtime, size) as last read
+        self._writing = False
+        self._reloading = False
         self._child: asyncio.subprocess.Process | None = None
         self._max_rows = live.batching.max_batch_rows
 
@@ -137,9 +143,9 @@ class SelfAccelerator:
     # -- the steps --
 
     async def _run(self) -> None:
+        self._seen = await asyncio.to_thread(self._record_stamp)
+        self._follower = asyncio.create_task(self._follow(), name="self-acceleration follower")
         try:
-            if not await self._lead():
-                return
             if self.record is None:
                 await self._accelerate()
             else:
@@ -151,19 +157,32 @@ class SelfAccelerator:
             log.exception("%s version %d: self-acceleration failed", self.version.model,
                           self.version.number)  # fmt: skip
 
-    async def _lead(self) -> bool:
-        """Hold the folder's lock (True); while another process holds it, follow: reload when
-        the record changes (False, once reloading)."""
-        seen = self._record_stamp()
+    async def _follow(self) -> None:
+        """Reload when another process serving this folder rewrites the record."""
         while True:
-            if await asyncio.to_thread(self._try_lock):
-                return True
-            self._set("following", "another process self-accelerates this version; this one "
-                      "reloads when the record changes")  # fmt: skip
             await asyncio.sleep(POLL_SECONDS)
-            if self._record_stamp() != seen:
-                await self._reload_model("the record changed")
+            stamp = await asyncio.to_thread(self._record_stamp)
+            if stamp != self._seen and not self._writing:
+                self._seen = stamp
+                await self._reload_model("another process rewrote the record")
+                return
+
+    async def _write(self, record: AccelerationRecord) -> None:
+        self._writing = True
+        try:
+            await asyncio.to_thread(write_record, self.version.path, record)
+            self._seen = await asyncio.to_thread(self._record_stamp)
+        finally:
+            self._writing = False
+
+    async def _lock(self, seconds: float) -> bool:
+        """The folder's lock, waiting up to `seconds` for another process to release it."""
+        deadline = time.monotonic() + seconds
+        while not await asyncio.to_thread(self._try_lock):
+            if time.monotonic() > deadline:
                 return False
+            await asyncio.sleep(POLL_SECONDS / 10)
+        return True
 
     def _try_lock(self) -> bool:
         handle = open(self.version.path / LOCK, "a")  # noqa: SIM115 (held until close)
@@ -185,6 +204,11 @@ class SelfAccelerator:
         self._set("sampling", f"copying {self.own.calibration_rows:,} input rows from "
                   f"{self.settings.shadow.sample_fraction:.1%} of live requests")  # fmt: skip
         await self._rows_full.wait()
+        if not await self._lock(0):  # the first process to hold enough rows builds
+            self._rows.clear()
+            self._set("following", "another process builds and shadows this version's variants; "
+                      "this one reloads when it writes the record")  # fmt: skip
+            return
         rows = {name: np.concatenate([r[name] for r in self._rows]) for name in self._rows[0]}
         self._rows.clear()
         count = len(next(iter(rows.values())))
@@ -250,7 +274,7 @@ class SelfAccelerator:
             built, gates, passed, evidence, cpu_model(),
             self.own.calibration_rows, judged, self._max_rows, refs, sizes,
         )  # fmt: skip
-        await asyncio.to_thread(write_record, self.version.path, record)
+        await self._write(record)
         return record
 
     async def _build(self, rows: Inputs) -> list[Built]:
@@ -328,10 +352,14 @@ class SelfAccelerator:
         while shadow.verdict() != "fails":
             await asyncio.sleep(POLL_SECONDS)
         reason = "; ".join(v.reason for v in shadow.verdicts.values() if v.state == "fails")
+        # Every process watches its own requests; the first to see drift rewrites the record.
+        if not await self._lock(30) or await asyncio.to_thread(self._record_stamp) != self._seen:
+            await self._reload_model("another process rewrote the record")
+            return
         rewritten = record
         for name in promoted:
             rewritten = demoted(rewritten, name, reason, now(), self._max_rows)
-        await asyncio.to_thread(write_record, self.version.path, rewritten)
+        await self._write(rewritten)
         self._set("demoting", f"{', '.join(sorted(promoted))} drifted from the source: {reason}")
         log.warning("%s version %d: demoting %s: drifted from the source: %s", self.version.model,
                     self.version.number, ", ".join(sorted(promoted)), reason)  # fmt: skip
@@ -345,6 +373,9 @@ class SelfAccelerator:
         await shadow.close()
 
     async def _reload_model(self, why: str) -> None:
+        if self._reloading:
+            return
+        self._reloading = True
         if self._lock_file is not None:  # for the accelerator of the version reloaded
             self._lock_file.close()
             self._lock_file = None
@@ -414,9 +445,10 @@ class SelfAccelerator:
         if self._child is not None and self._child.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 self._child.kill()
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        tasks = [t for t in (self._task, self._follower) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         for shadow in self.shadows.values():
             await shadow.close()
         if self._lock_file is not None:

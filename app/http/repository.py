@@ -7,9 +7,11 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, Request, Response
+from pydantic import ValidationError
 
 from app.http.dependencies import bearer, plane
 from app.http.errors import ERROR_RESPONSES, json_response
+from app.settings import CanarySplit
 from scheduler.errors import InvalidInput
 
 router = APIRouter(prefix="/v2/repository", tags=["KServe V2 model repository"],
@@ -59,6 +61,34 @@ async def load(
     del body
     await plane(request).load_model(name, bearer(request))
     return json_response({})
+
+
+@router.get("/models/{name}/canary")
+async def canary(request: Request, name: str) -> Response:
+    """The model's canary split (`[canary]`, as changed since start-up) and its versions."""
+    return json_response(plane(request).canary(name))
+
+
+@router.post("/models/{name}/canary")
+async def set_canary(request: Request, name: str) -> Response:
+    """`{"version": 2, "share": 0.1}`: the canary version takes that share of keyed requests;
+    `{"version": 2, "promoted": true}`: every request; with `[faults] admin_token` set, it needs
+    that token. Logged; not kept on restart (`[canary] splits` is)."""
+    document = await options(request)
+    try:
+        split = CanarySplit.model_validate(document)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        field = ".".join(str(part) for part in first["loc"]) or "body"
+        raise InvalidInput(f"{field}: {first['msg']}") from None
+    return json_response(plane(request).set_canary(name, split, bearer(request)))
+
+
+@router.delete("/models/{name}/canary")
+async def remove_canary(request: Request, name: str) -> Response:
+    """Remove the split: a request that names no version goes to the latest ready one, as
+    with no canary (to roll back, set the share to 0 instead)."""
+    return json_response(plane(request).set_canary(name, None, bearer(request)))
 
 
 @router.post("/models/{name}/unload")

@@ -15,6 +15,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from app.dataplane.canary import bucket, to_canary
+from bench.processes import ADMIN_HEADERS, ADMIN_TOKEN
 from models.artifacts import repository
 from tests.app.servers import free_port, running_server, wait_for
 from tests.conftest import MODEL_NAME
@@ -54,6 +55,26 @@ def two_versions(built_repository: Path, tmp_path: Path) -> Path:
     return root
 
 
+def v2_inputs(root: Path) -> list[dict[str, Any]]:
+    """Two real rows of the built model as V2 JSON inputs."""
+    version = repository.open_version(root, MODEL_NAME, 1)
+    split = version.load_test_split()
+    arrays = version.tables.assemble(split.user_rows[:2], split.item_rows[:2])
+    return [{"name": n, "datatype": "INT64" if a.dtype == np.int64 else "FP32",
+             "shape": list(a.shape), "data": a.ravel().tolist()}
+            for n, a in arrays.items()]  # fmt: skip
+
+
+def version_of(url: str, inputs: list[dict[str, Any]], key: str | None) -> str:
+    """The version that answers a V2 request with this routing key (None: without one)."""
+    body: dict[str, Any] = {"inputs": inputs}
+    if key is not None:
+        body["parameters"] = {"routing_key": key}
+    answer = httpx.post(f"{url}/v2/models/{MODEL_NAME}/infer", json=body)
+    assert answer.status_code == 200, answer.text
+    return str(answer.json()["model_version"])
+
+
 def version_counts(url: str) -> dict[str, int]:
     """Each version's own statistics: the requests it served."""
     counts = {}
@@ -85,12 +106,7 @@ def test_a_server_splits_traffic_by_key(workers: int, two_versions: Path, tmp_pa
 
             # V2 over REST: the routing_key parameter; none: the stable version; a named
             # version: that one.
-            version = repository.open_version(two_versions, MODEL_NAME, 1)
-            split = version.load_test_split()
-            arrays = version.tables.assemble(split.user_rows[:2], split.item_rows[:2])
-            inputs = [{"name": n, "datatype": "INT64" if a.dtype == np.int64 else "FP32",
-                       "shape": list(a.shape), "data": a.ravel().tolist()}
-                      for n, a in arrays.items()]  # fmt: skip
+            inputs = v2_inputs(two_versions)
             canary_key = next(str(u) for u in users if expected[u] == "2")
             for parameters, served in (({"routing_key": canary_key}, "2"),
                                        ({"routing_key": "1"} if expected[1] == "1" else {}, "1"),
@@ -112,9 +128,10 @@ def test_a_server_splits_traffic_by_key(workers: int, two_versions: Path, tmp_pa
         # gRPC with tritonclient: the same parameter, the same version.
         client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
         tensors = []
-        for name, array in arrays.items():
-            datatype = "INT64" if array.dtype == np.int64 else "FP32"
-            tensor = grpcclient.InferInput(name, list(array.shape), datatype)
+        for entry in inputs:
+            array = np.array(entry["data"]).reshape(entry["shape"])
+            array = array.astype(np.int64 if entry["datatype"] == "INT64" else np.float32)
+            tensor = grpcclient.InferInput(entry["name"], entry["shape"], entry["datatype"])
             tensor.set_data_from_numpy(array)
             tensors.append(tensor)
         keyed: list[tuple[dict[str, str] | None, str]] = [({"routing_key": canary_key}, "2"),
@@ -127,10 +144,11 @@ def test_a_server_splits_traffic_by_key(workers: int, two_versions: Path, tmp_pa
 def test_a_new_version_shadows_first_then_takes_a_share(two_versions: Path, tmp_path: Path) -> None:
     """[canary] share 0 and [shadow] versions: version 2 scores copies of version 1's requests,
     compared and judged, while every answer still comes from version 1 and version 2's own
-    statistics count nothing."""
+    statistics count nothing; then the repository API gives it a share, promotes it, and takes
+    the split back, each step logged."""
     settings = {"CANARY__SPLITS": json.dumps({MODEL_NAME: {"version": 2, "share": 0.0}}),
                 "SHADOW__VERSIONS": json.dumps({MODEL_NAME: 2}), "SHADOW__SAMPLE_FRACTION": "1",
-                "SHADOW__MIN_REQUESTS": "10"}  # fmt: skip
+                "SHADOW__MIN_REQUESTS": "10", "FAULTS__ADMIN_TOKEN": ADMIN_TOKEN}  # fmt: skip
     with running_server(two_versions, settings, tmp_path / "server.log", DEVICES) as (_, url):
         with httpx.Client(base_url=url, timeout=30) as client:
             for user in range(1, 21):
@@ -152,6 +170,37 @@ def test_a_new_version_shadows_first_then_takes_a_share(two_versions: Path, tmp_
             figures["spearman"]["min"] == pytest.approx(1.0) and figures["max_abs_difference"] == 0
         )
         assert version_counts(url) == {"1": 20, "2": 0}
+        # Then a share, then promotion, through the repository API (the token it needs).
+        canary = f"{url}/v2/repository/models/{MODEL_NAME}/canary"
+        assert httpx.post(canary, json={"version": 2, "share": 0.25}).status_code == 401
+        with httpx.Client(timeout=30, headers=ADMIN_HEADERS) as admin:
+            answer = admin.post(canary, json={"version": 2, "share": 0.25})
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["split"] == {"version": 2, "share": 0.25, "promoted": False}
+            for user in range(1, 41):
+                served = httpx.post(f"{url}/v1/rank", json={"user_id": user, "k": 3}).json()
+                assert str(served["model_version"]) == ("2" if to_canary(str(user), 0.25) else "1")
+            assert admin.post(canary, json={"version": 2, "promoted": True}).status_code == 200
+            canary_user = next(str(u) for u in range(1, 100) if to_canary(str(u), 0.25))
+            for user in (1, 2, 3):
+                served = httpx.post(f"{url}/v1/rank", json={"user_id": user, "k": 3}).json()
+                assert served["model_version"] == 2  # every key
+            inputs = v2_inputs(two_versions)
+            assert version_of(url, inputs, None) == "2"  # and a request with none
+            assert admin.get(canary).json()["split"]["promoted"] is True
+            back = admin.post(canary, json={"version": 2, "share": 0})  # rolled back
+            assert back.status_code == 200 and version_of(url, inputs, canary_user) == "1"
+            assert admin.delete(canary).status_code == 200  # no split: the latest version
+            assert admin.get(canary).json()["split"] is None
+            assert version_of(url, inputs, "user-9") == "2"
+            refused = admin.post(canary, json={"version": 3, "share": 0.5})
+            assert refused.status_code == 400 and "version: 3 is not served" in refused.text
+            refused = admin.post(canary, json={"version": 2, "share": 2})
+            assert refused.status_code == 400 and "share" in refused.text
+        log = (tmp_path / "server.log").read_text()
+        assert "canary: movielens-dcnv2 version 2 takes 25.0%" in log
+        assert "canary: movielens-dcnv2 version 2 promoted" in log
+        assert "canary: movielens-dcnv2: split removed" in log
 
 
 def test_a_shadow_version_that_is_not_served_stops_start_up(

@@ -133,13 +133,16 @@ class Traffic:
         self.thread = threading.Thread(target=self._send, daemon=True)
 
     def _send(self) -> None:
-        with httpx.Client(base_url=self.url, timeout=30) as client:
-            while not self.stopped.is_set():
-                if not self.running.wait(0.1):
-                    continue
-                answer = client.post("/v2/models/ranker/infer", json=self.bodies[self.sent % 40])
-                self.failed += answer.status_code != 200
-                self.sent += 1
+        while not self.stopped.is_set():
+            # A connection per batch of 20 requests: with worker processes, each gets some.
+            with httpx.Client(base_url=self.url, timeout=30) as client:
+                for _ in range(20):
+                    if not self.running.wait(0.1):
+                        break
+                    body = self.bodies[self.sent % 40]
+                    answer = client.post("/v2/models/ranker/infer", json=body)
+                    self.failed += answer.status_code != 200
+                    self.sent += 1
 
 
 @contextmanager
@@ -239,3 +242,21 @@ def test_a_candidate_that_disagrees_is_never_promoted(repository: Path, tmp_path
     assert not int8.servable and int8.gate.startswith("live traffic fails: Spearman")
     assert not (repository / "ranker" / "1" / "model.int8.onnx").exists()  # never moved in
     assert (repository / "ranker" / "1" / RECORD).is_file()
+
+
+def test_with_workers_each_a_server_one_leads_and_the_others_follow(
+    repository: Path, tmp_path: Path
+) -> None:
+    """Two worker processes serving one folder: the first with enough sampled rows takes the
+    folder's lock, builds, shadows and promotes; the other reloads when the record appears;
+    every answer then comes from INT8."""
+    settings = {**SETTINGS, "SERVER__WORKERS": "2", "SERVER__ENGINE": "per_worker"}
+    with running_server(repository, settings, tmp_path / "server.log", DEVICES) as (_, url):
+        with traffic(url):
+            wait_for(lambda: (tmp_path / "server.log").read_text().count("reloading (") >= 2, 300,
+                     "both processes reloaded")  # fmt: skip
+            answers = {served_variant(url)[0] for _ in range(20)}  # from either process
+        assert answers == {"int8"}, answers
+    log = (tmp_path / "server.log").read_text()
+    assert log.count("self-acceleration promoting") == 1  # one process built and promoted
+    assert log.count("reloading (another process rewrote the record)") == 1, log[-3000:]

@@ -104,6 +104,7 @@ async def shadowed(
     plane = await plane_with(built_repository, "pruned-int8")
     try:
         scoring = shadowed_scheduler(plane)
+        assert isinstance(scoring.shadow, Shadow)
         yield scoring, scoring.shadow, held_out_rows(built_repository, 100)
     finally:
         await plane.close()
@@ -138,6 +139,7 @@ async def test_what_cannot_be_scored_in_time_is_dropped_and_counted(built_reposi
         busy = scoring.submit_nowait(repeated(rows, 300))  # sampled too: max_pending reached
         await asyncio.gather(first, busy)
         shadow = scoring.shadow
+        assert isinstance(shadow, Shadow)
         await wait_until(lambda: shadow.outcomes["shed"] == 1)
         assert shadow.outcomes == {"shed": 1, "busy": 1}, shadow.outcomes
         assert plane.shadow(MODEL_NAME)["requests"] == {
@@ -155,6 +157,7 @@ async def test_a_random_share_is_sampled(built_repository: Path) -> None:
         for _ in range(200):
             await scoring.submit_nowait(rows)
         await wait_until(lambda: plane.shadow(MODEL_NAME)["pending"] == 0)
+        assert isinstance(scoring.shadow, Shadow)
         sampled = scoring.shadow.outcomes.total()
         assert 35 <= sampled <= 85, sampled  # binomial(200, 0.3): 60, sd 6.5
         assert scoring.shadow.outcomes["compared"] == sampled
