@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, Histogram
 from app.dataplane.admission import Admission
 from app.dataplane.catalog import Models
 from app.dataplane.features import RedisFeatures
-from app.dataplane.metrics import load_failure_counter, request_latency
+from app.dataplane.metrics import load_failure_counter, request_latency, served_variant_gauge
 from app.dataplane.plane import DataPlane
 from app.dataplane.registry import ModelRegistry, OpenedModel
 from app.dataplane.shadow import ShadowMetrics
@@ -117,7 +117,8 @@ def in_process(settings: Settings, checked: Sequence[OpenedModel] = (),
     def models(metrics: SchedulerMetrics, registry: CollectorRegistry) -> Models:
         failures = load_failure_counter(registry, settings.metrics.prefix)
         shadows = ShadowMetrics(registry, settings.metrics.prefix)
-        return ModelRegistry(settings, metrics, cores, failures, checked, shadows)
+        variants = served_variant_gauge(registry, settings.metrics.prefix)
+        return ModelRegistry(settings, metrics, cores, failures, checked, shadows, variants)
 
     return assemble(settings, models, registry)
 

@@ -19,6 +19,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from prometheus_client import Gauge
+
 from app.dataplane.catalog import LOADING, READY, UNAVAILABLE, UNLOADING, Catalog, ServedModel
 from app.dataplane.devices import plan_devices
 from app.dataplane.live_record import not_self_accelerated
@@ -36,7 +38,13 @@ from app.dataplane.shadow import (
 from config.settings import Settings
 from models.artifacts.model_config import CONFIG_FILE, ModelConfig, read_model_config
 from models.artifacts.repository import RepositoryError
-from models.artifacts.servable import ServableVersion, model_names, open_servable, versions_on_disk
+from models.artifacts.servable import (
+    PLAIN_VARIANT,
+    ServableVersion,
+    model_names,
+    open_servable,
+    versions_on_disk,
+)
 from scheduler.device import Device
 from scheduler.errors import UnknownModel
 from scheduler.faults import FaultInjector, FaultMode
@@ -73,10 +81,12 @@ class ModelRegistry(Catalog):
     def __init__(self, settings: Settings, metrics: SchedulerMetrics | None, cores: int,
                  on_load_failure: Callable[[str], None] = lambda model: None,
                  checked: Sequence[OpenedModel] = (),
-                 shadow_metrics: ShadowMetrics | None = None) -> None:  # fmt: skip
+                 shadow_metrics: ShadowMetrics | None = None,
+                 served_variants: Gauge | None = None) -> None:  # fmt: skip
         """`cores`: what the runtimes of this process may use (the entry point decides)."""
         super().__init__(settings)
         self._shadow_metrics = shadow_metrics
+        self._served_variants = served_variants
         self._cores = cores
         self._metrics = metrics
         self._on_load_failure = on_load_failure
@@ -247,6 +257,14 @@ class ModelRegistry(Catalog):
         """The device and load gauges /metrics reports, as of now (the headroom capped by the
         front end's)."""
         served = self.serving()
+        if self._served_variants is not None:
+            self._served_variants.clear()  # retired versions drop out
+            for serving in served:
+                version = serving.version
+                for device, variant in serving.variants.items():
+                    gated = "source" if variant.name == PLAIN_VARIANT else version.gated_on
+                    self._served_variants.labels(version.model, str(version.number), device,
+                                                 variant.name, gated).set(1)  # fmt: skip
         for serving in served:
             if serving.scheduler.metrics is not None:
                 devices = [d for d in serving.scheduler.devices if isinstance(d, Device)]

@@ -73,6 +73,9 @@ class ServableVersion:
     default_reasons: Mapping[str, str] = field(default_factory=dict)  # the same keys -> why
     # Backends whose default is timed at start-up: the record was measured on another CPU.
     timed_defaults: frozenset[str] = frozenset()
+    # What gated its variants: "build" (a manifest), the record's "held-out rows" or "live
+    # traffic"; "" for a plain file alone.
+    gated_on: str = ""
 
     @property
     def batched(self) -> bool:
@@ -127,9 +130,10 @@ def open_servable(root: Path, model: str, number: int, config: ModelConfig | Non
         defaults = {"cpu": PLAIN_VARIANT, "gpu": PLAIN_VARIANT}
         reasons: dict[str, str] = {}
         timed: frozenset[str] = frozenset()
+        gated_on = ""
         if (path / RECORD).is_file():
             rows = config.max_batch_rows or max_batch_rows
-            accelerated, defaults, reasons = _accelerated(path, file, rows)
+            accelerated, defaults, reasons, gated_on = _accelerated(path, file, rows)
             variants |= accelerated
             timed = frozenset(b for b, why in reasons.items() if why.startswith(ANOTHER_CPU))
     signature = _apply_overrides(signature, config, root / model / CONFIG_FILE)
@@ -146,15 +150,28 @@ def open_servable(root: Path, model: str, number: int, config: ModelConfig | Non
                    f"{defaults[key]!r} is the float variant it comes from"
                    for key in defaults}  # fmt: skip
     return ServableVersion(
-        model, number, path, config, signature, variants, defaults, built, reasons, timed
+        model,
+        number,
+        path,
+        config,
+        signature,
+        variants,
+        defaults,
+        built,
+        reasons,
+        timed,
+        "build" if built is not None else gated_on,
     )
 
 
-def _accelerated(path: Path, source: Path, max_rows: int | None,
-                 ) -> tuple[dict[str, VariantFile], dict[str, str], dict[str, str]]:  # fmt: skip
-    """The servable variants `python -m models accelerate` recorded, each file checked, and the
+Accelerated = tuple[dict[str, VariantFile], dict[str, str], dict[str, str], str]
+
+
+def _accelerated(path: Path, source: Path, max_rows: int | None) -> Accelerated:
+    """The servable variants `python -m models accelerate` recorded, each file checked, the
     default per backend: the record's fastest where it was measured on this CPU model; else none
-    (a speed measured on another CPU says little here: the server times them at start-up)."""
+    (a speed measured on another CPU says little here: the server times them at start-up), and
+    what gated them (the record's `gated_on`)."""
     record = read_record(path)
     if record.source.file != source.name or sha256_file(source) != record.source.sha256:
         raise RepositoryError(
@@ -187,7 +204,7 @@ def _accelerated(path: Path, source: Path, max_rows: int | None,
         if backend.endswith("-cpu") and max_rows is not None:
             defaults[backend], reasons[backend] = fastest(record.variants, runtime, max_rows)
             reasons[backend] += live_note(record, defaults[backend])
-    return variants, defaults, reasons
+    return variants, defaults, reasons, record.gated_on
 
 
 def _runnable_defaults(manifest: Manifest, cpu_default: str | None) -> dict[str, str]:

@@ -201,6 +201,9 @@ def test_int8_is_promoted_on_live_traffic_kept_on_restart_and_demoted_on_drift(
         compared = value(metrics, "recsys_shadow_requests_total", candidate="int8",
                          outcome="compared")  # fmt: skip
         assert compared is not None and compared >= 150
+        assert value(metrics, "recsys_served_variant", model="ranker", version="1", device="cpu",
+                     variant="int8", gated_on="live traffic") == 1  # fmt: skip
+        assert value(metrics, "recsys_served_variant", variant="model") is None  # replaced
     record = read_record(version)
     assert record.gated_on == "live traffic" and record.live is not None
     assert record.live.requests["int8"] >= 150 and record.calibration_rows.rows == 1000
@@ -218,6 +221,8 @@ def test_int8_is_promoted_on_live_traffic_kept_on_restart_and_demoted_on_drift(
             sender.running.set()
             after = wait_for_state(url, "serving the source", 300)
         assert served_variant(url)[0] == "model", after
+        metrics = httpx.get(f"{url}/metrics").text
+        assert value(metrics, "recsys_served_variant", variant="model", gated_on="source") == 1
     record = read_record(version)
     int8 = next(v for v in record.variants if v.name == "int8")
     assert not int8.servable and int8.gate.startswith("demoted at ")
