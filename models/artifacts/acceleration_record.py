@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -90,8 +91,12 @@ def read_record(path: Path) -> AccelerationRecord:
 
 
 def write_record(path: Path, record: AccelerationRecord) -> None:
+    """Whole or not at all: a server reloading as it is written reads the old record or the new
+    one (a hidden temporary file, renamed over it)."""
     text = json.dumps(record.model_dump(mode="json"), indent=2)
-    (path / RECORD).write_text(text + "\n", encoding="utf-8")
+    partial = path / f".{RECORD}.partial"
+    partial.write_text(text + "\n", encoding="utf-8")
+    os.replace(partial, path / RECORD)
 
 
 def cpu_model() -> str:
