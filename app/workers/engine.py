@@ -82,6 +82,13 @@ def status(models: Models) -> dict[str, Any]:
             "load": load,
             "served": dataclasses.asdict(serving.scheduler.served),
             "shadow": serving.shadow.document() if serving.shadow else None,
+            # What each device serves now: self-acceleration may promote or demote a variant.
+            "variants": {
+                d: {**dataclasses.asdict(v), "path": str(v.path)}
+                for d, v in serving.variants.items()
+            },
+            "reasons": serving.reasons,
+            "backends": serving.backends,
         }
     return reported
 

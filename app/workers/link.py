@@ -41,6 +41,7 @@ from app.workers.wire import (
     write_arrays,
 )
 from config.settings import Settings
+from models.artifacts.servable import VariantFile
 from scheduler.batch import Inputs, Scored
 from scheduler.errors import DeadlineExceeded, NotReady, UnknownModel
 from scheduler.faults import FaultMode
@@ -80,6 +81,9 @@ class Status:
     )
     served: Served = field(default_factory=Served)  # what the engine's scheduler served
     shadow: dict[str, Any] | None = None  # its shadow's document ([shadow]), None: no shadow
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)  # device -> what it serves
+    reasons: dict[str, str] = field(default_factory=dict)
+    backends: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -180,6 +184,12 @@ class EngineLink:
                 status.load = LoadReport(**load)
                 status.served = Served(**reported["served"])
                 status.shadow = reported["shadow"]
+                status.variants = reported["variants"]
+                status.reasons, status.backends = reported["reasons"], reported["backends"]
+        for serving, _ in self.servings:
+            known = self.statuses.get((serving.version.model, serving.version.number))
+            if known is not None:
+                follow_variants(serving, known)
 
     def answered(self, message: dict[str, Any], inline: bytes) -> None:
         entry = self.pending.pop(message["id"], None)
@@ -327,6 +337,20 @@ class RemoteScheduler:
 
     async def stop(self) -> None:
         pass
+
+
+def follow_variants(serving: Serving, status: Status) -> None:
+    """The variants the engine's devices serve now, when they changed (a variant promoted or
+    demoted there): this worker's config and metadata say what actually scores its requests."""
+    names = {device: fields["name"] for device, fields in status.variants.items()}
+    if not names or names == {d: v.name for d, v in serving.variants.items()}:
+        return
+    serving.variants = {
+        device: VariantFile(**{**fields, "path": Path(fields["path"]),
+                               "runtimes": tuple(fields["runtimes"])})
+        for device, fields in status.variants.items()
+    }  # fmt: skip
+    serving.reasons, serving.backends = status.reasons, status.backends
 
 
 def describe(serving: Serving, scheduler: RemoteScheduler, described: dict[str, Any]) -> None:

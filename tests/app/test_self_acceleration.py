@@ -265,3 +265,18 @@ def test_with_workers_each_a_server_one_leads_and_the_others_follow(
     text = log.read_text()
     assert text.count("self-acceleration promoting") == 1  # one process built and promoted
     assert text.count("reloading (another process rewrote the record)") == 1, text[-3000:]
+
+
+def test_through_the_engine_process_the_workers_say_what_it_promoted(
+    repository: Path, tmp_path: Path
+) -> None:
+    """Workers feeding one engine: the engine (the only process with sessions) self-accelerates;
+    the workers report its state and, once it promotes, the variant it serves."""
+    settings = {**SETTINGS, "SERVER__WORKERS": "2", "SERVER__ENGINE": "process"}
+    log = tmp_path / "server.log"
+    with running_server(repository, settings, log, DEVICES) as (_, url), traffic(url):
+        wait_for_state(url, "watching", 300)  # the engine's, as a worker reports it
+        wait_for(lambda: {served_variant(url)[0] for _ in range(20)} == {"int8"}, 60,
+                 "every worker describing int8")  # fmt: skip
+        assert "gated on live traffic" in served_variant(url)[1]
+    assert log.read_text().count("self-acceleration promoting") == 1
