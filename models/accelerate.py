@@ -52,7 +52,7 @@ from models.gate import Verdict, numerics_gate, paired_bootstrap_auc_difference,
 from models.graph_statistics import graph_statistics
 from models.rows_file import Rows, read_rows
 from models.runtime import OnnxRuntimeSession, OpenVinoSession
-from models.settings import GateSettings
+from models.settings import BenchmarkSettings, GateSettings
 
 log = logging.getLogger(__name__)
 SOURCE = "model.onnx"
@@ -271,10 +271,34 @@ BUILDERS: dict[str, Callable[[str, Path, Prepared, Outputs, Path], Candidate | N
 }  # fmt: skip
 
 
+def source_candidate(source: Path) -> Candidate:
+    return Candidate("model", source, "onnx", "fp32", "cpu", ("onnxruntime", "openvino"))
+
+
+def time_candidates(made: list[Candidate], inputs: Outputs, settings: BenchmarkSettings,
+                    ) -> dict[str, dict[str, dict[str, float]]]:  # fmt: skip
+    """Single-threaded median latency in ms of each CPU candidate, per runtime and batch rows
+    (`inputs` repeated up to the largest batch), interleaved as `models.benchmark` times them."""
+    largest = max(settings.batch_rows)
+    repeat = -(-largest // len(next(iter(inputs.values()))))
+    tiled = {k: np.concatenate([v] * repeat)[:largest] for k, v in inputs.items()}
+    runners = [
+        Runner(c.name, runtime, c.hint or c.precision, c.session(runtime, threads=1))
+        for c in made if c.device == "cpu" for runtime in c.runtimes
+    ]  # fmt: skip
+    log.info("timing %d (variant, runtime) pairs at %s rows, single-threaded", len(runners),
+             ", ".join(map(str, settings.batch_rows)))  # fmt: skip
+    latency: dict[str, dict[str, dict[str, float]]] = {}
+    for t in benchmark(runners, tiled, settings):
+        cells = latency.setdefault(t.variant, {}).setdefault(t.runtime, {})
+        cells[str(t.batch_rows)] = t.median_seconds * 1e3
+    return latency
+
+
 def candidates(version: Path, calibration: Rows, work: Path, quantize_outputs: bool,
                ) -> list[Candidate]:  # fmt: skip
     prepared = prepare(version, work, quantize_outputs)
-    made = [Candidate("model", prepared.source, "onnx", "fp32", "cpu", ("onnxruntime", "openvino"))]
+    made = [source_candidate(prepared.source)]
     for kind, build in BUILDERS.items():
         candidate = build(kind, version, prepared, calibration.inputs, work)
         if candidate is not None:
@@ -301,17 +325,7 @@ def accelerate(version: Path, eval_file: Path, calibration_file: Path | None, se
     with tempfile.TemporaryDirectory() as scratch:
         made = candidates(version, calibration, Path(scratch), quantize_outputs)
         reference = run_rows(made[0].session("onnxruntime"), rows.inputs)
-        timing_rows = max(settings.benchmark.batch_rows)
-        repeat = -(-timing_rows // rows.count)
-        timing_inputs = {k: np.concatenate([v] * repeat)[:timing_rows]
-                         for k, v in rows.inputs.items()}  # fmt: skip
-        runners = [
-            Runner(c.name, runtime, c.hint or c.precision, c.session(runtime, threads=1))
-            for c in made if c.device == "cpu" for runtime in c.runtimes
-        ]  # fmt: skip
-        log.info("timing %d (variant, runtime) pairs at %s rows, single-threaded", len(runners),
-                 ", ".join(map(str, settings.benchmark.batch_rows)))  # fmt: skip
-        timings = benchmark(runners, timing_inputs, settings.benchmark)
+        timings = time_candidates(made, rows.inputs, settings.benchmark)
         recorded = []
         for candidate in made:
             runtime = "onnxruntime" if "onnxruntime" in candidate.runtimes else "openvino"
@@ -322,10 +336,7 @@ def accelerate(version: Path, eval_file: Path, calibration_file: Path | None, se
             )
             verdict, figures = gate_variant(reference, outputs, rows, settings)
             log.info("gate %s: %s", candidate.name, verdict.reason)
-            latency: dict[str, dict[str, float]] = {}
-            for t in timings:
-                if t.variant == candidate.name:
-                    latency.setdefault(t.runtime, {})[str(t.batch_rows)] = t.median_seconds * 1e3
+            latency = timings.get(candidate.name, {})
             ir = candidate.format == "openvino-ir"
             weights = candidate.file.with_suffix(".bin") if ir else None
             size = candidate.file.stat().st_size + (weights.stat().st_size if weights else 0)

@@ -27,7 +27,6 @@ from typing import Any
 import numpy as np
 
 from config.settings import load_settings
-from models.benchmark import Runner, benchmark
 from models.rows_file import Rows
 from models.settings import BenchmarkSettings
 
@@ -64,8 +63,7 @@ def build_and_time(
                 skipped[kind] = "made for a GPU; not timed on this CPU"
             else:
                 made.append(candidate)
-    source = accelerate.Candidate("model", version / accelerate.SOURCE, "onnx", "fp32", "cpu",
-                                  ("onnxruntime", "openvino"))  # fmt: skip
+    source = accelerate.source_candidate(version / accelerate.SOURCE)
     reference = accelerate.run_rows(source.session("onnxruntime"), rows)
     unlabelled = Rows(rows, {})
     kept: list[accelerate.Candidate] = []
@@ -80,15 +78,7 @@ def build_and_time(
         else:
             skipped[candidate.name] = f"disagrees on the sampled rows: {verdict.reason}"
     timing = BenchmarkSettings(batch_rows=batch_rows, seconds_per_cell=seconds_per_cell)
-    total = len(reference[next(iter(reference))])
-    repeat = -(-max(batch_rows) // total)
-    inputs = {k: np.concatenate([v] * repeat)[: max(batch_rows)] for k, v in rows.items()}
-    runners = [Runner(c.name, runtime, c.hint or c.precision, c.session(runtime, threads=1))
-               for c in [source, *kept] for runtime in c.runtimes]  # fmt: skip
-    latency: dict[str, dict[str, dict[str, float]]] = {}
-    for t in benchmark(runners, inputs, timing):
-        cells = latency.setdefault(t.variant, {}).setdefault(t.runtime, {})
-        cells[str(t.batch_rows)] = t.median_seconds * 1e3
+    latency = accelerate.time_candidates([source, *kept], rows, timing)
     return {
         "variants": [
             {

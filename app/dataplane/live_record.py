@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -75,7 +76,7 @@ def relative_latency(built: Built, source: Built, runtime: str, max_rows: int) -
     for rows in sizes:
         best = min(cells[rows] for cells in source.latency_ms.values() if rows in cells)
         ratios.append(mine[rows] / best)
-    return math.exp(sum(map(math.log, ratios)) / len(ratios)) if ratios else math.inf
+    return statistics.geometric_mean(ratios) if ratios else math.inf
 
 
 def worth_shadowing(built: Sequence[Built], runtimes: set[str], max_rows: int,

@@ -25,7 +25,7 @@ from app.dataplane.catalog import LOADING, READY, UNAVAILABLE, UNLOADING, Catalo
 from app.dataplane.devices import plan_devices
 from app.dataplane.live_record import not_self_accelerated
 from app.dataplane.ranking import Ranker
-from app.dataplane.self_acceleration import SelfAccelerator, live_or_none
+from app.dataplane.self_acceleration import SelfAccelerator
 from app.dataplane.serving import Serving, ranker_for, start_serving
 from app.dataplane.shadow import (
     Shadow,
@@ -148,7 +148,7 @@ class ModelRegistry(Catalog):
                 built.append(serving)
             await self._shadow_version(name, built)
             for serving in built:
-                await self._self_accelerate(name, serving)
+                self._self_accelerate(name, serving)
         except BaseException:
             for serving in built:
                 await serving.close()
@@ -170,11 +170,10 @@ class ModelRegistry(Catalog):
                                        self._shadow_metrics)  # fmt: skip
         live.scheduler, live.shadow = Shadowed(live.scheduler, shadow), shadow
 
-    async def _self_accelerate(self, name: str, serving: Serving) -> None:
+    def _self_accelerate(self, name: str, serving: Serving) -> None:
         """[self_acceleration]: a plain version with no record but one live traffic gated."""
         version = serving.version
-        record = await asyncio.to_thread(live_or_none, version.path)
-        why_not = not_self_accelerated(version, self.settings, record)
+        why_not = not_self_accelerated(version, self.settings, version.record)
         if why_not is not None:
             log.info("%s version %d: not self-accelerated: %s", name, version.number, why_not)
             return
@@ -184,7 +183,7 @@ class ModelRegistry(Catalog):
             await self.load(name)
 
         accelerator = SelfAccelerator(
-            serving, record, serving.scheduler, self.settings, self._cores, self._slots,
+            serving, serving.scheduler, self.settings, self._cores, self._slots,
             self._shadow_metrics, reload,
         )  # fmt: skip
         serving.scheduler, serving.shadow = Shadowed(serving.scheduler, accelerator), accelerator

@@ -41,7 +41,7 @@ from typing import IO, Any
 import numpy as np
 import orjson
 
-from app.dataplane.devices import RUNTIME_OF_BACKEND, plan_devices
+from app.dataplane.devices import DEVICE_KIND_OF_BACKEND, RUNTIME_OF_BACKEND, plan_devices
 from app.dataplane.live_record import (
     SOURCE,
     Built,
@@ -58,13 +58,13 @@ from models.artifacts.acceleration_record import (
     AccelerationRecord,
     LiveEvidence,
     cpu_model,
-    read_record,
     write_record,
 )
 from models.artifacts.repository import RepositoryError, file_ref
 from models.artifacts.servable import PLAIN_VARIANT, VariantFile
 from scheduler.batch import Inputs, Scored
 from scheduler.scheduler import Scheduler
+from scheduler.settings import DeviceSettings
 
 log = logging.getLogger(__name__)
 LOCK = ".self-acceleration.lock"
@@ -80,9 +80,9 @@ def timed_batch_rows(request_rows: list[int], max_rows: int) -> list[int]:
     return sorted({typical, round((typical * max_rows) ** 0.5), max_rows})
 
 
-def live_or_none(version_path: Path) -> AccelerationRecord | None:
-    """The version's acceleration record, if it has one."""
-    return read_record(version_path) if (version_path / RECORD).is_file() else None
+def with_weights(path: Path) -> list[Path]:
+    """A model file and, for OpenVINO IR, its weights beside it."""
+    return [path, *([path.with_suffix(".bin")] if path.suffix == ".xml" else [])]
 
 
 def now() -> str:
@@ -93,12 +93,13 @@ class SelfAccelerator:
     """One served version's self-acceleration (its state in `document()`); `reload` reloads
     the model from its folder (the registry's), `live` is the version's own scheduler."""
 
-    def __init__(self, serving: Serving, record: AccelerationRecord | None, live: Scheduler,
-                 settings: Settings, cores: int,
+    def __init__(self, serving: Serving, live: Scheduler, settings: Settings, cores: int,
                  slots: Mapping[str, asyncio.Semaphore] | None, metrics: ShadowMetrics | None,
                  reload: Callable[[], Awaitable[None]]) -> None:  # fmt: skip
         self.serving, self.version, self.live = serving, serving.version, live
-        self.record = record  # the one live traffic gated, when there is one
+        # The record the version was opened with (not_self_accelerated: none, or one live
+        # traffic gated): what it serves comes from it.
+        self.record = serving.version.record
         self.settings, self.own = settings, settings.self_acceleration
         self._cores, self._slots, self._metrics, self._reload = cores, slots, metrics, reload
         self.state, self.reason = "starting", ""
@@ -218,8 +219,9 @@ class SelfAccelerator:
         served = self._served_configs()
         chosen = worth_shadowing(built, set(served), self._max_rows, self.own.min_speedup)
         source = next(b for b in built if b.name == PLAIN_VARIANT)
+        shadowed = {variant.name for variant, _, _ in chosen}
         for variant in built:
-            if variant.name != PLAIN_VARIANT and variant.name not in {c[0].name for c in chosen}:
+            if variant.name not in shadowed | {PLAIN_VARIANT}:
                 self.skipped[variant.name] = (
                     f"not {self.own.min_speedup}x faster than the source on a runtime served here "
                     f"({self._ratios(variant, source)})"
@@ -266,7 +268,8 @@ class SelfAccelerator:
         )  # fmt: skip
         names = {b.file for b in built}
         refs = {name: file_ref(self._where(name).parent, name) for name in names}
-        sizes = {name: self._size(self._where(name)) for name in names}
+        sizes = {name: sum(p.stat().st_size for p in with_weights(self._where(name)))
+                 for name in names}  # fmt: skip
         keep = {b.file for b in built if b.name in passed and b.file != SOURCE}
         await asyncio.to_thread(self._move_in, keep)
         judged = max((rows for _, _, rows in verdicts.values()), default=0)
@@ -319,7 +322,7 @@ class SelfAccelerator:
                 state = shadow.verdict()
                 if name in verdicts or state == "pending":
                     continue
-                judged = [v for v in shadow.verdicts.values()]
+                judged = list(shadow.verdicts.values())
                 reason = "; ".join(v.reason for v in judged)
                 verdicts[name] = (state, reason, min(v.requests for v in judged))
                 if state == "fails":  # no use scoring it further
@@ -385,13 +388,12 @@ class SelfAccelerator:
         except (RepositoryError, ValueError) as exc:
             self._set("failed", f"reloading after it was {why}: {exc}")
 
-    def _served_configs(self) -> dict[str, Any]:
-        """Runtime -> a device setting here that runs it (the first)."""
-        configs: dict[str, Any] = {}
+    def _served_configs(self) -> dict[str, DeviceSettings]:
+        """Runtime -> the first CPU device setting here that runs it."""
+        configs: dict[str, DeviceSettings] = {}
         for config, _ in plan_devices(self.version, self.settings):
-            runtime = RUNTIME_OF_BACKEND[config.backend]
-            if config.backend != "onnxruntime-gpu":
-                configs.setdefault(runtime, config)
+            if DEVICE_KIND_OF_BACKEND[config.backend] == "cpu":
+                configs.setdefault(RUNTIME_OF_BACKEND[config.backend], config)
         return configs
 
     @staticmethod
@@ -406,15 +408,9 @@ class SelfAccelerator:
     def _move_in(self, files: set[str]) -> None:
         """The promoted variants' files into the version folder; the staging folder removed."""
         for name in files:
-            path = self._where(name)
-            for part in (path, *([path.with_suffix(".bin")] if path.suffix == ".xml" else [])):
+            for part in with_weights(self._where(name)):
                 os.replace(part, self.version.path / part.name)
         shutil.rmtree(self.version.path / STAGING, ignore_errors=True)
-
-    @staticmethod
-    def _size(path: Path) -> int:
-        weights = path.with_suffix(".bin") if path.suffix == ".xml" else None
-        return path.stat().st_size + (weights.stat().st_size if weights else 0)
 
     def _set(self, state: str, reason: str) -> None:
         if (state, reason) != (self.state, self.reason):
@@ -427,8 +423,7 @@ class SelfAccelerator:
         shadows += self.judged.values()
         live = self.record.live if self.record else None
         return {
-            "candidate": shadows[0]["candidate"] if len(shadows) == 1 else None,
-            **(shadows[0] if len(shadows) == 1 else {}),
+            **(shadows[0] if len(shadows) == 1 else {"candidate": None}),
             "self_acceleration": {
                 "state": self.state,
                 "reason": self.reason,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import statistics
 from pathlib import Path
 from typing import Literal
 
@@ -133,7 +134,7 @@ def fastest(variants: tuple[AcceleratedVariant, ...] | list[AcceleratedVariant],
     def relative(variant: AcceleratedVariant) -> float:
         mine = variant.latency_ms[runtime]
         ratios = [mine[rows] / source[rows] for rows in sizes if rows in mine]
-        return math.exp(sum(map(math.log, ratios)) / len(ratios)) if ratios else math.inf
+        return statistics.geometric_mean(ratios) if ratios else math.inf
 
     timed = [v for v in variants if v.servable and runtime in v.latency_ms]
     best = min(timed, key=relative)

@@ -18,6 +18,7 @@ from typing import Literal
 
 from models.artifacts.acceleration_record import (
     RECORD,
+    AccelerationRecord,
     cpu_model,
     fastest,
     live_note,
@@ -73,9 +74,15 @@ class ServableVersion:
     default_reasons: Mapping[str, str] = field(default_factory=dict)  # the same keys -> why
     # Backends whose default is timed at start-up: the record was measured on another CPU.
     timed_defaults: frozenset[str] = frozenset()
-    # What gated its variants: "build" (a manifest), the record's "held-out rows" or "live
-    # traffic"; "" for a plain file alone.
-    gated_on: str = ""
+    record: AccelerationRecord | None = None  # a plain version's acceleration.json, if any
+
+    @property
+    def gated_on(self) -> str:
+        """What gated its variants: "build" (a manifest), the record's "held-out rows" or "live
+        traffic"; "" for a plain file alone."""
+        if self.built is not None:
+            return "build"
+        return self.record.gated_on if self.record is not None else ""
 
     @property
     def batched(self) -> bool:
@@ -106,6 +113,7 @@ def open_servable(root: Path, model: str, number: int, config: ModelConfig | Non
     the batch sizes up to it)."""
     config = read_model_config(root / model) if config is None else config
     path = root / model / str(number)
+    record: AccelerationRecord | None = None
     if (path / MANIFEST).exists():
         built = open_version(root, model, number)
         manifest = built.manifest
@@ -130,10 +138,9 @@ def open_servable(root: Path, model: str, number: int, config: ModelConfig | Non
         defaults = {"cpu": PLAIN_VARIANT, "gpu": PLAIN_VARIANT}
         reasons: dict[str, str] = {}
         timed: frozenset[str] = frozenset()
-        gated_on = ""
         if (path / RECORD).is_file():
             rows = config.max_batch_rows or max_batch_rows
-            accelerated, defaults, reasons, gated_on = _accelerated(path, file, rows)
+            accelerated, defaults, reasons, record = _accelerated(path, file, rows)
             variants |= accelerated
             timed = frozenset(b for b, why in reasons.items() if why.startswith(ANOTHER_CPU))
     signature = _apply_overrides(signature, config, root / model / CONFIG_FILE)
@@ -160,18 +167,18 @@ def open_servable(root: Path, model: str, number: int, config: ModelConfig | Non
         built,
         reasons,
         timed,
-        "build" if built is not None else gated_on,
+        record,
     )
 
 
-Accelerated = tuple[dict[str, VariantFile], dict[str, str], dict[str, str], str]
+Accelerated = tuple[dict[str, VariantFile], dict[str, str], dict[str, str], AccelerationRecord]
 
 
 def _accelerated(path: Path, source: Path, max_rows: int | None) -> Accelerated:
     """The servable variants `python -m models accelerate` recorded, each file checked, the
     default per backend: the record's fastest where it was measured on this CPU model; else none
     (a speed measured on another CPU says little here: the server times them at start-up), and
-    what gated them (the record's `gated_on`)."""
+    the record itself."""
     record = read_record(path)
     if record.source.file != source.name or sha256_file(source) != record.source.sha256:
         raise RepositoryError(
@@ -204,7 +211,7 @@ def _accelerated(path: Path, source: Path, max_rows: int | None) -> Accelerated:
         if backend.endswith("-cpu") and max_rows is not None:
             defaults[backend], reasons[backend] = fastest(record.variants, runtime, max_rows)
             reasons[backend] += live_note(record, defaults[backend])
-    return variants, defaults, reasons, record.gated_on
+    return variants, defaults, reasons, record
 
 
 def _runnable_defaults(manifest: Manifest, cpu_default: str | None) -> dict[str, str]:
