@@ -6,9 +6,13 @@
   ranking without scoring: the ceiling the HTTP layer alone allows on this machine.
 - `frontend-v2`: parses a V2 infer body (JSON or binary tensors) into numpy arrays (the server's
   own codec) and answers a fixed score per row without scoring: the same ceiling for V2.
+- `frontend-grpc`: the V2 gRPC service's ModelInfer alone (grpc.aio with Triton's service
+  definition), decoding the request's tensors with the server's own `decode` and answering a
+  fixed score per row as raw contents: the same ceiling for gRPC. Its HTTP port answers
+  readiness only.
 
-`python -m bench.apps {baseline,frontend} --port P [--repository R]` serves one with uvicorn,
-uvloop and httptools, as `python -m app` does.
+`python -m bench.apps {baseline,frontend,...} --port P [--grpc-port G] [--repository R]` serves
+one with uvicorn, uvloop and httptools, as `python -m app` does.
 """
 
 from __future__ import annotations
@@ -159,15 +163,61 @@ def frontend_v2_app(settings: Settings) -> FastAPI:
     return app
 
 
+def frontend_grpc_app(settings: Settings, grpc_port: int) -> FastAPI:
+    import grpc
+    from tritonclient.grpc import service_pb2 as pb
+    from tritonclient.grpc import service_pb2_grpc as rpc
+
+    from app.grpc.service import decode
+
+    class FixedAnswer(rpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
+        async def ServerLive(self, request: object, context: object) -> pb.ServerLiveResponse:
+            return pb.ServerLiveResponse(live=True)
+
+        async def ModelInfer(self, request: pb.ModelInferRequest,
+                             context: object) -> pb.ModelInferResponse:  # fmt: skip
+            inputs = decode(request)
+            rows = len(next(iter(inputs.values())))
+            scores = np.zeros((rows, 1), dtype=np.float32)  # no model runs
+            response = pb.ModelInferResponse(model_name=request.model_name, model_version="1",
+                                             id=request.id)  # fmt: skip
+            response.outputs.add(name="score", datatype="FP32", shape=scores.shape)
+            response.raw_output_contents.append(scores.tobytes())
+            return response
+
+    app = base_app("frontend-grpc", settings)
+    servers: list[grpc.aio.Server] = []
+
+    @app.on_event("startup")
+    async def start() -> None:
+        server = grpc.aio.server()
+        rpc.add_GRPCInferenceServiceServicer_to_server(FixedAnswer(), server)
+        server.add_insecure_port(f"127.0.0.1:{grpc_port}")
+        await server.start()
+        servers.append(server)
+
+    @app.on_event("shutdown")
+    async def stop() -> None:
+        for server in servers:
+            await server.stop(1)
+
+    return app
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.apps", description=__doc__)
-    parser.add_argument("kind", choices=["baseline", "frontend", "frontend-v2"])
+    parser.add_argument("kind", choices=["baseline", "frontend", "frontend-v2", "frontend-grpc"])
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--grpc-port", type=int, help="frontend-grpc's gRPC port")
     parser.add_argument("--repository", type=Path, help="model repository (default: settings)")
     args = parser.parse_args(argv)
     settings = load_settings()
     if args.kind == "frontend-v2":
         app = frontend_v2_app(settings)
+    elif args.kind == "frontend-grpc":
+        if args.grpc_port is None:
+            parser.error("frontend-grpc needs --grpc-port")
+        app = frontend_grpc_app(settings, args.grpc_port)
     else:
         root = args.repository or settings.model.repository
         version = open_version(Path(root), settings.model.name, settings.model.version)

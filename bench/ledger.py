@@ -2,12 +2,14 @@
 one process and through the engine, beside what the parts it cannot avoid cost alone.
 
 Protocol: the server (`python -m app`, default settings but the repository) pinned to core 0, an
-open-loop generator on core 1 (`bench.loadgen`), 256 connections. Three workloads: `/v1/rank`
-with 100 candidates on the built-in model, and 100 rows on the user-sized plain ranker as V2 JSON
-and as V2 binary tensors (`workloads`). For each: CPU per answered request (every process of the
-server, from /proc), p50 and p99 latency; and, beside it, in the same run:
-- the front end alone: `bench.apps frontend` / `frontend-v2` (FastAPI parsing the same body into
-  the same arrays and answering a fixed result), at the same rates;
+open-loop generator on core 1 (`bench.loadgen`, 256 connections; `bench.grpc_loadgen` for gRPC,
+4 channels). Four workloads: `/v1/rank` with 100 candidates on the built-in model, and 100 rows on
+the user-sized plain ranker as V2 JSON, as V2 binary tensors and as V2 gRPC (`workloads`). For
+each: CPU per answered request (every process of the server, from /proc), p50 and p99 latency;
+and, beside it, in the same run:
+- the front end alone: `bench.apps frontend` / `frontend-v2` / `frontend-grpc` (FastAPI, or
+  grpc.aio for gRPC, parsing the same body into the same arrays and answering a fixed result), at
+  the same rates;
 - the model alone: the server's own compute time per call at light load (Triton's statistics,
   `compute_infer`: one batch per request there, cold caches as a light-load request meets them),
   and, warm, the runtime's share of the ledger at load (the stricter figure for the goal there).
@@ -39,7 +41,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import crossing, loadgen, processes
+from bench import crossing, grpc_loadgen, loadgen, processes
 from bench.multi_model import user_binary_bodies
 from config.settings import load_settings
 
@@ -129,6 +131,7 @@ class Workload:
     front: str  # the `bench.apps` front end that parses the same bodies
     headers: list[dict[str, str]] = field(default_factory=list)  # per body
     encoding: str = "utf-8"  # of the bodies (latin-1: binary)
+    grpc: bool = False  # the bodies (V2 JSON) sent as gRPC ModelInfer calls
 
     @property
     def model(self) -> str | None:
@@ -136,7 +139,8 @@ class Workload:
 
 
 def workloads(builtin: Path, model: str, scratch: Path) -> list[Workload]:
-    """`bench.crossing`'s two, and the user-sized ranker's rows as V2 binary tensors."""
+    """`bench.crossing`'s two, and the user-sized ranker's rows as V2 binary tensors and as V2
+    gRPC calls (raw contents)."""
     (rank, (root, bodies, path)), (v2, (user_root, user, user_path)) = crossing.workloads(
         builtin, model, scratch / "user"
     ).items()
@@ -146,22 +150,28 @@ def workloads(builtin: Path, model: str, scratch: Path) -> list[Workload]:
         Workload(v2, user_root, user_path, user, "frontend-v2"),
         Workload(v2.replace("JSON", "binary"), user_root, user_path, binary, "frontend-v2",
                  headers, "latin-1"),
+        Workload(v2.replace("JSON", "gRPC"), user_root, user_path, user, "frontend-grpc",
+                 grpc=True),
     ]  # fmt: skip
 
 
 def measure(command: list[str], env: dict[str, str], offered: Workload, rate: float,
             seconds: float, log: Path, model: str | None, spy_path: str | None,
             cwd: Path = processes.ROOT) -> Run:  # fmt: skip
-    port = processes.free_port()
+    port = target = processes.free_port()
     command = [*command, "--port", str(port)]
+    if offered.grpc:  # the server's [grpc] port, or the gRPC front end's
+        target = processes.free_port()
+        env = {**env, "RECSYS_GRPC__PORT": str(target)}
+        command += ["--grpc-port", str(target)] if "bench.apps" in command else []
     with processes.running(command, port, env, log, {0}, cwd) as (proc, url):
 
         def offer(rate: float, seconds: float) -> loadgen.LoadResult:
-            spec = loadgen.LoadSpec("127.0.0.1", port, offered.bodies, offered.path, rate,
+            spec = loadgen.LoadSpec("127.0.0.1", target, offered.bodies, offered.path, rate,
                                     seconds, connections=256, headers=offered.headers,
                                     cpu=loadgen.GENERATOR_CPU,
                                     body_encoding=offered.encoding)  # fmt: skip
-            return loadgen.run(spec)
+            return (grpc_loadgen.run if offered.grpc else loadgen.run)(spec)
 
         offer(min(rate, 100), 2)
         counted = model_stats(url, model) if model else (0, 0)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from scheduler.backend import Backend, Inputs, Outputs
 from scheduler.breaker import CircuitBreaker
 from scheduler.errors import BatchFailed
-from scheduler.latency import LatencyModel
+from scheduler.latency import LatencyFit, LatencyModel
 from scheduler.router import DeviceSnapshot
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,21 @@ class Device:
     def accepting(self) -> bool:
         """As its snapshot would say, without building one."""
         return self.healthy and self.in_flight_batches < self.max_outstanding_batches
+
+    @property
+    def fit(self) -> LatencyFit:
+        return self.latency.fit
+
+    @property
+    def parallel_slots(self) -> int:
+        return self.parallel_batches
+
+    def predicted_start(self) -> float:
+        """As its snapshot would say: a free slot with no batch waiting (the usual case, and on
+        the loop's thread always) is 0 without building one."""
+        if not self._waiting and len(self._running) < self.parallel_batches:
+            return 0.0
+        return self.snapshot().predicted_start()
 
     def warm_up(self, sample: Inputs, sizes: tuple[int, ...], repeats: int = 3) -> None:
         """Run each size a few times (the first run of a shape is slow) and seed the model."""

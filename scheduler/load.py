@@ -5,14 +5,15 @@ nothing."""
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from scheduler.router import DeviceSnapshot
+from scheduler.router import Predictable
 
 
-def capacity_rows_per_second(devices: Sequence[DeviceSnapshot], batch_rows: int) -> float:
+def capacity_rows_per_second(devices: Sequence[Predictable], batch_rows: int) -> float:
     """Rows per second the healthy devices score at full batches, all slots busy."""
     return sum(
         d.parallel_slots * batch_rows / max(d.fit.predict(batch_rows), 1e-9)
@@ -21,17 +22,21 @@ def capacity_rows_per_second(devices: Sequence[DeviceSnapshot], batch_rows: int)
     )
 
 
-def predicted_completion(devices: Sequence[DeviceSnapshot], rows_ahead: int, rows: int,
+def predicted_completion(devices: Sequence[Predictable], rows_ahead: int, rows: int,
                          batch_rows: int) -> float:  # fmt: skip
     """Seconds until `rows` submitted now, behind `rows_ahead` queued rows, would be scored: the
     earliest free slot of a healthy device, its fixed cost, then every row at the healthy
-    devices' combined rate. Infinite with no healthy device."""
-    healthy = [d for d in devices if d.healthy]
-    if not healthy:
-        return float("inf")
-    rate = capacity_rows_per_second(healthy, batch_rows)
-    start = min(d.predicted_start() for d in healthy)
-    fixed = min(d.fit.predict(0) for d in healthy)
+    devices' combined rate. Infinite with no healthy device. One pass: every request's admission
+    asks it."""
+    rate, start, fixed = 0.0, math.inf, math.inf
+    for device in devices:
+        if device.healthy:
+            fit = device.fit
+            rate += device.parallel_slots * batch_rows / max(fit.predict(batch_rows), 1e-9)
+            start = min(start, device.predicted_start())
+            fixed = min(fixed, fit.predict(0))
+    if start == math.inf:
+        return math.inf
     return start + fixed + (rows_ahead + rows) / max(rate, 1e-9)
 
 

@@ -10,7 +10,7 @@ import heapq
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 from scheduler.latency import LatencyFit
 
@@ -47,6 +47,19 @@ class DeviceSnapshot:
     def predicted_finish(self, rows: int) -> float:
         """Seconds from now until a batch of `rows` sent here now would be done."""
         return self.predicted_start() + self.fit.predict(rows)
+
+
+class Predictable(Protocol):
+    """What the load model reads of a device: a snapshot, or the live device itself (the
+    per-request admission check reads it without building a snapshot)."""
+
+    @property
+    def healthy(self) -> bool: ...
+    @property
+    def fit(self) -> LatencyFit: ...
+    @property
+    def parallel_slots(self) -> int: ...
+    def predicted_start(self) -> float: ...
 
 
 Router = Callable[[Sequence[DeviceSnapshot], int], int]

@@ -11,7 +11,6 @@ exactly once: scores, or an error naming the cause.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -26,7 +25,7 @@ from scheduler.dispatcher import Dispatcher
 from scheduler.errors import BatchFailed, DeadlineExceeded, NotReady, Overloaded
 from scheduler.load import LoadReport, RecentWork, Saturation, headroom
 from scheduler.metrics import ModelMetrics
-from scheduler.router import DeviceSnapshot, Router
+from scheduler.router import DeviceSnapshot, Predictable, Router
 from scheduler.served import Served
 
 log = logging.getLogger(__name__)
@@ -81,9 +80,8 @@ class Scheduler:
             on_freed=self._batch_done,
         )  # fmt: skip
         window = Window(config.max_batch_rows, config.max_queue_delay_seconds, config.elastic)
-        self._batcher = Batcher(
-            window, clock, self._dispatcher.idle_within, self._dispatcher.device_free
-        )
+        self._batcher = Batcher(window, clock, self._dispatcher.idle_within,
+                                self._dispatcher.device_free, self._settled)  # fmt: skip
         self._task: asyncio.Task[None] | None = None
         self._prober: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None
@@ -152,7 +150,6 @@ class Scheduler:
         future: asyncio.Future[Scored] = loop.create_future()
         now = self._clock()
         request = Request(inputs, rows, future, now, priority)
-        future.add_done_callback(functools.partial(self.served.done, rows, now, self._clock))
         if timeout_seconds is not None:
             request.timer = loop.call_later(timeout_seconds, self._expire, request, timeout_seconds)
         self._batcher.put(request)
@@ -166,12 +163,12 @@ class Scheduler:
     def predicted_completion(self, rows: int, priority: int) -> float:
         """Seconds until `rows` submitted now would be scored, behind the rows queued ahead of
         them (of the same or higher priority); infinite with no healthy device."""
-        return self._predicted(rows, priority, [d.snapshot() for d in self.devices])
+        return self._predicted(rows, priority, self.devices)  # read live: no snapshots per request
 
-    def _predicted(self, rows: int, priority: int, snapshots: list[DeviceSnapshot]) -> float:
+    def _predicted(self, rows: int, priority: int, devices: Sequence[Predictable]) -> float:
         queued = self._batcher.queued_rows
         ahead = queued[HIGH] + (queued[LOW] if priority == LOW else 0)
-        return load.predicted_completion(snapshots, ahead, rows, self._config.max_batch_rows)
+        return load.predicted_completion(devices, ahead, rows, self._config.max_batch_rows)
 
     def load(self) -> LoadReport:
         now = self._clock()
@@ -204,7 +201,7 @@ class Scheduler:
 
     def _update_saturation(self, snapshots: list[DeviceSnapshot] | None = None) -> float:
         """The predicted wait now; saturation follows it (with its hysteresis)."""
-        wait = self._predicted(0, LOW, snapshots or [d.snapshot() for d in self.devices])
+        wait = self._predicted(0, LOW, snapshots or self.devices)
         self._saturation.update(wait)
         return wait
 
@@ -213,6 +210,10 @@ class Scheduler:
         follows the predicted wait whether or not anyone polls the load."""
         self._batcher.notify()
         self._update_saturation()
+
+    def _settled(self, request: Request) -> None:
+        """A queued request's future resolved, however: Triton's statistics count it."""
+        self.served.done(request.rows, request.enqueued_at, self._clock(), request.future)
 
     def _count_refusal(self, reason: str) -> None:
         if self._metrics:

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from scheduler.batch import Scored
@@ -22,9 +21,9 @@ class Served:
     def failed(self) -> None:
         self.failures += 1
 
-    def done(self, rows: int, submitted: float, clock: Callable[[], float],
+    def done(self, rows: int, submitted: float, now: float,
              future: asyncio.Future[Scored]) -> None:  # fmt: skip
-        """A request's future resolved (a done callback)."""
+        """A request's future resolved."""
         if future.cancelled() or future.exception() is not None:
             self.failures += 1
             return
@@ -33,4 +32,4 @@ class Served:
         self.rows += rows
         self.queue_seconds += scored.queue_seconds
         self.compute_seconds += scored.compute_seconds
-        self.total_seconds += clock() - submitted
+        self.total_seconds += now - submitted
