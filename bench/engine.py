@@ -151,7 +151,8 @@ def run_driver(spec: DriveSpec, engine_pid: int, tree: Path) -> tuple[Driven, fl
             engine_cpu = used - engine_cpu if word == "stop" else used
         elif word:
             driven = Driven(**json.loads(word))
-    _, errors = process.communicate(timeout=30)
+    errors = process.stderr.read() if process.stderr is not None else b""
+    process.wait(timeout=30)
     if driven is None:
         raise RuntimeError(f"the driver failed: {errors.decode()[-2000:]}")
     return driven, engine_cpu
