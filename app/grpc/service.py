@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Any, TypeVar
 
@@ -156,6 +156,7 @@ class InferenceService(rpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
     def __init__(self, plane: DataPlane, latency: Histogram | None = None) -> None:
         self.plane = plane
         self.latency = latency
+        self._observers: dict[int, Callable[[float], None]] = {}  # by status, labels resolved once
 
     async def ServerLive(self, request: Any, context: Any) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
@@ -250,9 +251,11 @@ class InferenceService(rpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
             raise AssertionError("unreachable: abort raises")
         finally:
             if self.latency is not None:
-                self.latency.labels(endpoint=MODEL_INFER, status=str(int(status))).observe(
-                    time.perf_counter() - started
-                )
+                observe = self._observers.get(status)
+                if observe is None:
+                    child = self.latency.labels(endpoint=MODEL_INFER, status=str(int(status)))
+                    observe = self._observers[status] = child.observe
+                observe(time.perf_counter() - started)
 
     async def _infer(self, request: pb.ModelInferRequest,
                      context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:  # fmt: skip
