@@ -48,7 +48,10 @@ def main(argv: list[str] | None = None) -> int:
                 for (workload, (root, bodies, path)), setup, tree in itertools.product(
                     offered.items(), crossing.SETUPS, order
                 ):
-                    env = {**os.environ, "RECSYS_MODEL__REPOSITORY": str(root),
+                    # As dropped in: self-acceleration would build variants in a child
+                    # process, whose CPU counts as the server's, and swap the model mid-run.
+                    env = {**os.environ, **processes.AS_DROPPED_IN,
+                           "RECSYS_MODEL__REPOSITORY": str(root),
                            "PYTHONPATH": str(trees[tree]), **crossing.SETUPS[setup]}  # fmt: skip
                     log = Path(scratch) / "server.log"
                     used = crossing.cpu_per_request(env, bodies, path, args.rate, args.seconds,

@@ -55,6 +55,10 @@ class Request:
         """Record the outputs of one part; resolve the future when every row is back."""
         if self.future.done():
             return
+        if rows == self.rows:  # the whole request in one part (the usual case): nothing to merge
+            queued = max(0.0, dispatched_at - self.enqueued_at)
+            self.future.set_result(Scored(outputs, (device,), queued, seconds))
+            return
         self.results[offset] = outputs
         self.devices.add(device)
         self.queue_seconds = max(self.queue_seconds, dispatched_at - self.enqueued_at)
