@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -87,12 +87,12 @@ async def drive(spec: DriveSpec, edge: Callable[[str], None]) -> Driven:
         for _ in range(64)
     ]  # fmt: skip
     latencies: list[float] = []
-    failed: dict[str, int] = {}
+    failed: collections.Counter[str] = collections.Counter()  # by error class
 
     def done(started: float, future: asyncio.Future[Scored]) -> None:
         error = future.exception()
         if error is not None:
-            failed[type(error).__name__] = failed.get(type(error).__name__, 0) + 1
+            failed[type(error).__name__] += 1
         else:
             latencies.append(time.perf_counter() - started)
 
@@ -109,7 +109,7 @@ async def drive(spec: DriveSpec, edge: Callable[[str], None]) -> Driven:
                 future = links[i % workers].submit(USER_MODEL, 1, inputs[i % len(inputs)],
                                                    TIMEOUT_SECONDS, 1)  # fmt: skip
             except Exception as exc:  # refused at once (no free slot, the engine gone)
-                failed[type(exc).__name__] = failed.get(type(exc).__name__, 0) + 1
+                failed[type(exc).__name__] += 1
                 continue
             future.add_done_callback(partial(done, started))
             in_flight.append(future)
@@ -128,7 +128,7 @@ async def drive(spec: DriveSpec, edge: Callable[[str], None]) -> Driven:
     edge("stop")
     for link in links:
         await link.close()
-    return Driven(sent, len(latencies), failed, latencies, cpu, window)
+    return Driven(sent, len(latencies), dict(failed), latencies, cpu, window)
 
 
 def run_driver(spec: DriveSpec, engine_pid: int, tree: Path) -> tuple[Driven, float]:
@@ -243,7 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.drive:
         return driver_main()
-    spy = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
+    spy = ledger.find_py_spy() if args.profile else None
+    if args.profile and spy is None:
+        print("py-spy is not installed: no stages (pip install py-spy)", file=sys.stderr)
     hidden = tuple(int(w) for w in args.hidden.split(","))
     figures: list[dict[str, object]] = []
     with tempfile.TemporaryDirectory() as scratch_name:
@@ -266,14 +268,9 @@ def main(argv: list[str] | None = None) -> int:
                                  args.rows)  # fmt: skip
                 samples = (args.samples or scratch) / f"engine-{rate:g}.samples"
                 profiler = None
-                if args.profile and spy is not None:
-                    profiler = subprocess.Popen(
-                        [spy, "record", "--pid", str(engine.pid), "--subprocesses",
-                         "--nonblocking", "--rate", "250", "--duration",
-                         f"{int(args.seconds + spec.warm_seconds)}",
-                         "--format", "raw", "--output", str(samples)],
-                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                    )  # fmt: skip
+                if spy is not None:
+                    seconds = int(args.seconds + spec.warm_seconds)
+                    profiler = ledger.start_profile(spy, engine.pid, seconds, samples)
                 driven, engine_cpu = run_driver(spec, engine.pid, args.tree)
                 if profiler is not None:
                     profiler.wait(timeout=60)

@@ -72,6 +72,21 @@ STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 
+def find_py_spy() -> str | None:
+    """py-spy on the PATH or beside this interpreter (the dev extras install it there)."""
+    return shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
+
+
+def start_profile(spy: str, pid: int, seconds: int, output: Path) -> subprocess.Popen[bytes]:
+    """py-spy sampling `pid` and its children for `seconds` without pausing them, 250 times a
+    second; raw (collapsed) stacks into `output`, for `shares`."""
+    return subprocess.Popen(
+        [spy, "record", "--pid", str(pid), "--subprocesses", "--nonblocking", "--rate", "250",
+         "--duration", str(seconds), "--format", "raw", "--output", str(output)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
 def stage_of(frames: Sequence[str]) -> str:
     """The stage of a sample: its stack, outermost frame first."""
     for frame in reversed(frames):
@@ -178,12 +193,7 @@ def measure(command: list[str], env: dict[str, str], offered: Workload, rate: fl
         spy = None
         samples = log.with_suffix(".samples")
         if spy_path is not None:
-            spy = subprocess.Popen(
-                [spy_path, "record", "--pid", str(proc.pid), "--subprocesses", "--nonblocking",
-                 "--rate", "250", "--duration", f"{max(1, int(seconds) - 1)}", "--format", "raw",
-                 "--output", str(samples)],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            )  # fmt: skip
+            spy = start_profile(spy_path, proc.pid, max(1, int(seconds) - 1), samples)
         before = crossing.process_cpu(proc.pid)
         result = offer(rate, seconds)
         after = crossing.process_cpu(proc.pid)
@@ -239,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = load_settings()
     builtin = (args.repository or settings.model.repository).resolve()
-    spy = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
+    spy = find_py_spy()
     profile = not args.no_profile and spy is not None
     if not args.no_profile and not profile:
         print("py-spy is not installed: no ledger (pip install py-spy)", file=sys.stderr)

@@ -26,7 +26,7 @@ class Batcher:
     def __init__(self, window: Window, clock: Callable[[], float],
                  idle_within: Callable[[int, float], bool],
                  device_free: Callable[[], Awaitable[None]],
-                 on_settled: Callable[[Request], None] | None = None) -> None:  # fmt: skip
+                 on_settled: Callable[[Request], None]) -> None:  # fmt: skip
         self.window = window
         self._on_settled = on_settled  # the one done callback a request's future gets
         self._clock = clock
@@ -63,8 +63,7 @@ class Batcher:
         if request.remaining:
             self.queued_rows[request.priority] -= request.remaining
             request.taken = request.rows  # the batcher drops it without counting it again
-        if self._on_settled is not None:
-            self._on_settled(request)
+        self._on_settled(request)
 
     async def next_batch(self) -> tuple[list[Part], float, str]:
         """Wait until a batch should leave and take it: its parts (possibly none, when every
