@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -11,11 +12,19 @@ import pytest
 
 from config.settings import load_settings
 from models import features, movielens
+from models.artifacts.acceleration_record import cpu_model
+from models.quantize import cpu_flags, saturates_int8_pairs
 from models.split import random_split
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_MOVIELENS = ROOT.parent / "shared" / "data" / "movielens-100k"
 MODEL_NAME = "movielens-dcnv2"
+
+
+def pytest_report_header() -> str:
+    """The CPU, since what INT8 gains and keeps depends on it (tests/models/test_quantize_cpu)."""
+    saturates = saturates_int8_pairs(platform.machine(), cpu_flags())
+    return f"cpu: {cpu_model()}, {os.cpu_count()} cores, VNNI: {'no' if saturates else 'yes'}"
 
 
 @pytest.fixture(scope="session")
