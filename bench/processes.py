@@ -3,6 +3,7 @@ stop with SIGTERM (then SIGKILL)."""
 
 from __future__ import annotations
 
+import collections
 import os
 import signal
 import socket
@@ -19,13 +20,19 @@ ROOT = Path(__file__).resolve().parent.parent
 # it for a faster variant partway through a run; `bench.self_acceleration` measures that).
 AS_DROPPED_IN = {"RECSYS_SELF_ACCELERATION__ENABLED": "false"}
 SERVER_CPUS = {0}  # the server under test; the load generator has core 1 (loadgen.GENERATOR_CPU)
+_HANDED_OUT: collections.deque[int] = collections.deque(maxlen=1024)
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    """A free loopback port, none this process handed out lately: the kernel can give the same
+    one to two calls in a row, and a server's HTTP and gRPC ports must differ."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port: int = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.append(port)
+            return port
 
 
 def post_json(url: str, body: str, timeout: float = 30, headers: dict[str, str] | None = None,

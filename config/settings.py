@@ -111,6 +111,22 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _check_ports(self) -> Settings:
+        """Listeners on one port would share it (workers set SO_REUSEPORT) and split the
+        connections between protocols, or fail to listen with no word why."""
+        ports = {
+            "server.port": self.server.port,
+            "grpc.port": self.grpc.port,
+            "load_balancing.agent_check_port": self.load_balancing.agent_check_port,
+        }
+        named = [(name, port) for name, port in ports.items() if port]
+        for index, (name, port) in enumerate(named):
+            for other, taken in named[:index]:
+                if port == taken:
+                    raise ValueError(f"{name}: {port} is {other} too; each listener needs its own")
+        return self
+
+    @model_validator(mode="after")
     def _check_devices(self) -> Settings:
         names = [d.name for d in self.devices]
         if not names:

@@ -26,6 +26,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 from types import FrameType
 from typing import Any
 
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 ACCEPT_BURST = 128
 ACCEPT_PAUSE_SECONDS = 0.1
 TICK_SECONDS = 1.0
+STARTUP_FAILURE = 3  # uvicorn's exit status when it cannot start
 
 
 class DrainingServer(uvicorn.Server):
@@ -79,6 +81,11 @@ class DrainingServer(uvicorn.Server):
                                            app_state=self.lifespan.state)  # fmt: skip
         for server in getattr(self, "servers", []):
             for listening in server.sockets:
+                if listening is None:  # uvloop closed it: listen() failed, and it said nothing
+                    log.error("cannot listen on [server] port %d: another socket listens there",
+                              self.config.port)  # fmt: skip
+                    await self.lifespan.shutdown()  # as uvicorn does when it cannot bind
+                    sys.exit(STARTUP_FAILURE)
                 if listening.family not in (socket.AF_INET, socket.AF_INET6):
                     continue
                 duplicate = socket.socket(fileno=os.dup(listening.fileno()))

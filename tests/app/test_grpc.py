@@ -5,7 +5,10 @@ directly; each mistake's gRPC code and message; the in-flight limit shared with 
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -24,6 +27,7 @@ from tritonclient.utils import InferenceServerException
 
 from bench.plain_models import user_sized_ranker
 from tests.app.servers import free_port, start_server, stop
+from tests.conftest import ROOT
 
 pytestmark = pytest.mark.timeout(180)
 MODEL = "ranker"
@@ -264,3 +268,20 @@ def test_sigterm_drains_grpc_calls(repository: Path, tmp_path: Path) -> None:
             raise
     assert process.wait(timeout=30) == 0
     assert outcomes["ok"] >= 20 and outcomes["refused: draining"] == 1, outcomes
+
+
+def test_a_port_given_to_two_listeners_is_one_line_at_start_up(repository: Path) -> None:
+    """With workers both would listen (SO_REUSEPORT) and split the connections between HTTP and
+    gRPC; refused before anything starts."""
+    port = free_port()
+    done = subprocess.run(
+        [sys.executable, "-m", "app", "--port", str(port)], capture_output=True, text=True,
+        timeout=60, check=False, cwd=ROOT,
+        env={**os.environ, "RECSYS_MODEL__REPOSITORY": str(repository),
+             "RECSYS_GRPC__PORT": str(port), "RECSYS_SERVER__WORKERS": "2"},
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"error: RECSYS_* variables: invalid settings: grpc.port: {port} is server.port too; "
+        "each listener needs its own"
+    ]
