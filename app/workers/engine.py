@@ -18,7 +18,6 @@ import contextlib
 import dataclasses
 import gc
 import logging
-import math
 import mmap
 import os
 import signal
@@ -49,6 +48,7 @@ STATUS_SECONDS = 0.1  # while requests arrive
 # engine silent for `link.STALE_SECONDS` hung), and every push wakes the engine and each worker
 # (on the 2-core VM a wake-up costs some 200 us of CPU, which light load pays per request).
 IDLE_STATUS_SECONDS = 0.25
+IDLE_METRICS_SECONDS = 1.0
 HELLO_TIMEOUT_SECONDS = 5.0
 
 
@@ -69,24 +69,20 @@ def description(models: Models) -> dict[str, Any]:
 
 
 def status(models: Models) -> dict[str, Any]:
-    """What readiness and the load figures read, per model and version."""
+    """What readiness and the load figures read, per model and version. The load report and
+    the statistics go as the flat dataclasses they are: orjson writes them (an infinite wait as
+    null) in C, where `dataclasses.asdict` deep-copied each, every push."""
     reported: dict[str, Any] = {}
     for serving in models.serving():
-        load = dataclasses.asdict(serving.scheduler.load())
-        if math.isinf(load["predicted_wait_seconds"]):
-            load["predicted_wait_seconds"] = None  # JSON has no infinity
         version = serving.version
         reported.setdefault(version.model, {})[str(version.number)] = {
             "running": serving.scheduler.running,
             "healthy": {d.name: d.healthy for d in serving.scheduler.devices},
-            "load": load,
-            "served": dataclasses.asdict(serving.scheduler.served),
+            "load": serving.scheduler.load(),
+            "served": serving.scheduler.served,
             "shadow": serving.shadow.document() if serving.shadow else None,
             # What each device serves now: self-acceleration may promote or demote a variant.
-            "variants": {
-                d: {**dataclasses.asdict(v), "path": str(v.path)}
-                for d, v in serving.variants.items()
-            },
+            "variants": {d: {**vars(v), "path": str(v.path)} for d, v in serving.variants.items()},
             "reasons": serving.reasons,
             "backends": serving.backends,
         }
@@ -182,6 +178,8 @@ class Engine:
         self.connections: set[WorkerConnection] = set()
         self._control_tasks: set[asyncio.Task[None]] = set()
         self.received = 0  # requests taken in since the last status push
+        self._was_busy = False
+        self._metrics_at = 0.0  # monotonic time the gauges were last refreshed
 
     def pending(self) -> int:
         return sum(c.pending for c in self.connections)
@@ -202,7 +200,13 @@ class Engine:
         seconds until the next push."""
         busy = self.received or self.pending()
         self.received = 0
-        self.plane.refresh_metrics(0)
+        now = time.monotonic()
+        # Idle, the gauges change little (a device's health): refreshed once a second, not at
+        # every heartbeat; busy, and once more after, at every push.
+        if busy or self._was_busy or now - self._metrics_at >= IDLE_METRICS_SECONDS:
+            self.plane.refresh_metrics(0)
+            self._metrics_at = now
+        self._was_busy = bool(busy)
         message = frame({"op": "status", "models": status(self.plane.models)})
         for connection in list(self.connections):
             connection.outbox.put(message)
