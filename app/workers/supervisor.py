@@ -14,9 +14,11 @@ process binds and hands them, and this process watching them.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
+import select
 import shutil
 import signal
 import socket
@@ -37,7 +39,7 @@ MAX_AUTO_WORKERS = 16
 QUICK_EXIT_SECONDS = 5.0  # a worker that exits this soon after its start is failing to start
 MAX_QUICK_EXITS = 5
 STOP_GRACE_SECONDS = 5.0
-WATCH_SECONDS = 0.1
+WATCH_SECONDS = 1.0  # at most between looks at the children; an exit or a signal wakes it at once
 
 
 def worker_count(setting: int, cores: int) -> int:
@@ -119,6 +121,34 @@ class Child:
             return self.process.wait()
 
 
+class ChildExits:
+    """Wakes the supervisor when a child exits or a signal arrives (through the signal module's
+    wake-up descriptor), instead of a poll ten times a second, which cost an idle server ~1.7 ms
+    of CPU a second."""
+
+    def __enter__(self) -> ChildExits:
+        self._read, self._write = os.pipe()
+        for fd in (self._read, self._write):
+            os.set_blocking(fd, False)
+        self._previous_fd = signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)
+        # SIGCHLD's default is to be ignored, which writes nothing to the wake-up descriptor.
+        self._previous_handler = signal.signal(signal.SIGCHLD, lambda *_: None)
+        return self
+
+    def wait(self, seconds: float) -> None:
+        """Until a child exits, a signal arrives or `seconds` pass."""
+        select.select([self._read], [], [], seconds)
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self._read, 512):
+                pass
+
+    def __exit__(self, *exc: object) -> None:
+        signal.signal(signal.SIGCHLD, self._previous_handler)
+        signal.set_wakeup_fd(self._previous_fd)
+        os.close(self._read)
+        os.close(self._write)
+
+
 class Supervisor:
     def __init__(self, settings: Settings, workers: int, own_engines: bool = False) -> None:
         self.settings = settings
@@ -189,34 +219,42 @@ class Supervisor:
     def watch(self, engine: Child, workers: list[Child]) -> int:
         """Restart what exits until a signal; nonzero: the server cannot start."""
         engine_up = False
-        while not self.stopping:
-            time.sleep(WATCH_SECONDS)
-            engine_up = engine_up or self.socket_path.exists()
-            code = None if self.own_engines else engine.exited()
-            if code is not None:
-                if not engine_up:
-                    log.error("the engine exited with status %d before it was ready", code)
-                    return 1
-                log.error("the engine (pid %d) exited with status %d: restarting it",
-                          engine.pids[-1], code)  # fmt: skip
-                self.forget(engine)
-                engine_up = False
-                engine.start(self.env)
-            for worker in workers:
-                code = worker.exited()
-                if code is None:
-                    continue
-                quick = time.monotonic() - worker.started_at < QUICK_EXIT_SECONDS
-                worker.quick_exits = worker.quick_exits + 1 if quick else 0
-                if worker.quick_exits >= MAX_QUICK_EXITS:
-                    log.error("%s exited %d times in a row at start-up (status %d)",
-                              worker.role, worker.quick_exits, code)  # fmt: skip
-                    return 1
-                log.error("%s (pid %d) exited with status %d: restarting it", worker.role,
-                          worker.pids[-1], code)  # fmt: skip
-                self.forget(worker)
-                worker.start(self.env)
+        with ChildExits() as exits:
+            while not self.stopping:
+                exits.wait(WATCH_SECONDS)
+                engine_up, code = self._look(engine, workers, engine_up)
+                if code:
+                    return code
         return 0
+
+    def _look(self, engine: Child, workers: list[Child], engine_up: bool) -> tuple[bool, int]:
+        """Restart whatever exited; (whether the engine is up, nonzero if it cannot start)."""
+        engine_up = engine_up or self.socket_path.exists()
+        code = None if self.own_engines else engine.exited()
+        if code is not None:
+            if not engine_up:
+                log.error("the engine exited with status %d before it was ready", code)
+                return engine_up, 1
+            log.error("the engine (pid %d) exited with status %d: restarting it",
+                      engine.pids[-1], code)  # fmt: skip
+            self.forget(engine)
+            engine_up = False
+            engine.start(self.env)
+        for worker in workers:
+            code = worker.exited()
+            if code is None:
+                continue
+            quick = time.monotonic() - worker.started_at < QUICK_EXIT_SECONDS
+            worker.quick_exits = worker.quick_exits + 1 if quick else 0
+            if worker.quick_exits >= MAX_QUICK_EXITS:
+                log.error("%s exited %d times in a row at start-up (status %d)",
+                          worker.role, worker.quick_exits, code)  # fmt: skip
+                return engine_up, 1
+            log.error("%s (pid %d) exited with status %d: restarting it", worker.role,
+                      worker.pids[-1], code)  # fmt: skip
+            self.forget(worker)
+            worker.start(self.env)
+        return engine_up, 0
 
     def forget(self, child: Child) -> None:
         """A dead process's live gauges leave /metrics (its counters stay in the totals)."""
