@@ -177,10 +177,21 @@ def served_variant(url: str) -> tuple[str, str]:
 FINAL = {"serving the source", "failed"}  # states self-acceleration stays in
 
 
+def skip_where_int8_is_not_faster(document: dict[str, Any]) -> None:
+    """What these tests follow needs INT8 faster than the float source on this CPU (1.1x: 0.69x
+    its latency where the CPU has VNNI). Where it is not, self-acceleration rightly shadows
+    nothing and the source keeps serving: said, and the rest skipped."""
+    if "int8" in document.get("skipped", {}) and "faster" in document["skipped"]["int8"]:
+        assert document["state"] == "serving the source", document
+        pytest.skip(f"INT8 is not faster than the source on this CPU: {document['reason']}")
+
+
 def wait_for_state(url: str, wanted: str, seconds: float) -> dict[str, Any]:
     """The state document once it is `wanted`; fails at once, saying why, in another final one."""
     deadline = time.monotonic() + seconds
     while (now := state(url)).get("state") != wanted:
+        if now.get("state") in FINAL:
+            skip_where_int8_is_not_faster(now)
         assert now.get("state") not in FINAL, f"self-acceleration {wanted}, not: {now}"
         assert time.monotonic() < deadline, f"self-acceleration {wanted} in {seconds:g} s: {now}"
         time.sleep(0.05)
@@ -246,12 +257,18 @@ def test_int8_is_promoted_on_live_traffic_kept_on_restart_and_demoted_on_drift(
 def test_a_candidate_that_disagrees_is_never_promoted(repository: Path, tmp_path: Path) -> None:
     with running_server(repository, SETTINGS, tmp_path / "server.log", DEVICES) as (_, url):
         with traffic(url) as sender:
-            wait_for(lambda: state(url).get("state") == "shadowing" or sender.sent > 20000, 300,
-                     "shadowing")  # fmt: skip
+
+            def shadowing() -> bool:
+                now = state(url)
+                skip_where_int8_is_not_faster(now)
+                return now.get("state") == "shadowing" or sender.sent > 20000
+
+            wait_for(shadowing, 300, "shadowing")
             sender.running.clear()
             fault(url, "cpu.shadow", "perturb")  # the candidate's session only
             sender.running.set()
             after = wait_for_state(url, "serving the source", 300)
+        skip_where_int8_is_not_faster(after)
         assert served_variant(url)[0] == "model", after
         shadow = next(c for c in after["candidates"] if c["candidate"] == "int8")
         assert shadow["verdict"] == "fails"
@@ -271,7 +288,12 @@ def test_with_workers_each_a_server_one_leads_and_the_others_follow(
     settings = {**SETTINGS, "SERVER__WORKERS": "2", "SERVER__ENGINE": "per_worker"}
     log = tmp_path / "server.log"
     with running_server(repository, settings, log, DEVICES) as (_, url), traffic(url):
-        wait_for(lambda: log.read_text().count("reloading (") >= 2, 300, "both reloading")
+
+        def both_reloading() -> bool:
+            skip_where_int8_is_not_faster(state(url))  # either process's
+            return log.read_text().count("reloading (") >= 2
+
+        wait_for(both_reloading, 300, "both reloading")
         # From either process (the log line comes as a reload starts, not once it is done).
         wait_for(lambda: {served_variant(url)[0] for _ in range(20)} == {"int8"}, 60,
                  "every answer from int8")  # fmt: skip
