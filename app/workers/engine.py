@@ -4,7 +4,8 @@ every worker's requests.
 
 Workers connect over a Unix socket and hand it, with their first message, a memfd of request slots
 (`app.workers.wire`). The engine then pushes each connection its models' description (what
-`/v2/models/{name}/config` reports) and, every `STATUS_SECONDS`, their status: running, device
+`/v2/models/{name}/config` reports) and, every `STATUS_SECONDS` under load (`IDLE_STATUS_SECONDS`
+at light load and idle), their status: running, device
 health, the load report and Triton's statistics, which readiness, `/v1/load`, the agent check and
 the statistics route in every worker read. It answers each request in the order it finishes.
 SIGTERM (sent by the supervisor once every worker has drained): stop accepting, finish what is
@@ -43,11 +44,13 @@ from config.settings import Settings
 from scheduler.batch import Scored
 
 log = logging.getLogger(__name__)
-STATUS_SECONDS = 0.1  # while requests arrive
-# Idle, the status goes out less often: it is also the engine's heartbeat (a worker calls an
+STATUS_SECONDS = 0.1  # while work waits or requests arrive at BUSY_RATE or more
+# Otherwise the status goes out less often: it is also the engine's heartbeat (a worker calls an
 # engine silent for `link.STALE_SECONDS` hung), and every push wakes the engine and each worker
-# (on the 2-core VM a wake-up costs some 200 us of CPU, which light load pays per request).
+# (on the 2-core VM a push costs 0.5-1 ms of CPU from cold, which light load pays per request).
+# Below BUSY_RATE with nothing waiting, a quarter second old load figure misleads no one.
 IDLE_STATUS_SECONDS = 0.25
+BUSY_RATE = 100.0  # requests/s
 IDLE_METRICS_SECONDS = 1.0
 HELLO_TIMEOUT_SECONDS = 5.0
 
@@ -180,6 +183,7 @@ class Engine:
         self.received = 0  # requests taken in since the last status push
         self._was_busy = False
         self._metrics_at = 0.0  # monotonic time the gauges were last refreshed
+        self._pushed_at = time.monotonic()  # of the last status push
 
     def pending(self) -> int:
         return sum(c.pending for c in self.connections)
@@ -198,9 +202,10 @@ class Engine:
     def tick(self) -> float:
         """Every worker's view of the status, and the scheduler gauges /metrics reports; the
         seconds until the next push."""
-        busy = self.received or self.pending()
-        self.received = 0
         now = time.monotonic()
+        rate = self.received / max(now - self._pushed_at, 1e-3)
+        busy = self.pending() > 0 or rate >= BUSY_RATE
+        self.received, self._pushed_at = 0, now
         # Idle, the gauges change little (a device's health): refreshed once a second, not at
         # every heartbeat; busy, and once more after, at every push.
         if busy or self._was_busy or now - self._metrics_at >= IDLE_METRICS_SECONDS:

@@ -3,10 +3,10 @@ memory its requests' arrays cross in, and what the app sees in place of a schedu
 
 `RemoteScheduler` has the face of `scheduler.Scheduler` the app uses (submit, load, running,
 devices, batching), so routes, admission, readiness and the load figures run unchanged; its load
-and health are the engine's last status push (every `app.workers.engine.STATUS_SECONDS`, less
-often idle). While the engine is away (it died; the supervisor restarts it) the worker is not
-ready, new requests are refused with 503 and the requests it had sent fail with a 503 that says
-so; the link reconnects.
+and health are the engine's last status push (every `app.workers.engine.STATUS_SECONDS` under load,
+less often at light load and idle). While the engine is away (it died; the supervisor restarts
+it) the worker is not ready, new requests are refused with 503 and the requests it had sent fail
+with a 503 that says so; the link reconnects.
 An engine that stops pushing (its event loop hung or stopped) makes the worker not ready after
 `STALE_SECONDS`, and each request it holds fails with 504 that long after its deadline.
 """
