@@ -119,11 +119,12 @@ class Settings(BaseSettings):
             "grpc.port": self.grpc.port,
             "load_balancing.agent_check_port": self.load_balancing.agent_check_port,
         }
-        named = [(name, port) for name, port in ports.items() if port]
-        for index, (name, port) in enumerate(named):
-            for other, taken in named[:index]:
-                if port == taken:
-                    raise ValueError(f"{name}: {port} is {other} too; each listener needs its own")
+        seen: dict[int, str] = {}
+        for name, port in ports.items():
+            if port in seen:
+                raise ValueError(f"{name}: {port} is {seen[port]} too; each listener needs its own")
+            if port:  # 0: off (or, for the server, any free port)
+                seen[port] = name
         return self
 
     @model_validator(mode="after")

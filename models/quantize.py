@@ -32,6 +32,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from models.artifacts.acceleration_record import cpu_flags
+
 log = logging.getLogger(__name__)
 CALIBRATION_BATCH_ROWS = 256
 KEEP_FLOAT_WEIGHTS = ("head.weight", "dense_projection.weight")
@@ -53,17 +55,6 @@ X86 = frozenset({"x86_64", "amd64", "i386", "i686"})
 def saturates_int8_pairs(machine: str, flags: frozenset[str]) -> bool:
     """Pure: whether ONNX Runtime's INT8 products saturate on this CPU (x86 without VNNI)."""
     return machine.lower() in X86 and not flags & VNNI_FLAGS
-
-
-def cpu_flags() -> frozenset[str]:
-    """This CPU's feature flags as /proc/cpuinfo lists them (none where it does not exist)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
 
 
 def nodes_reading(path: Path, initializer: str) -> list[str]:

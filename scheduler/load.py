@@ -13,13 +13,14 @@ from dataclasses import dataclass
 from scheduler.router import Predictable
 
 
+def rows_per_second(device: Predictable, batch_rows: int) -> float:
+    """Rows per second one device scores at full batches, all its slots busy."""
+    return device.parallel_slots * batch_rows / max(device.fit.predict(batch_rows), 1e-9)
+
+
 def capacity_rows_per_second(devices: Sequence[Predictable], batch_rows: int) -> float:
     """Rows per second the healthy devices score at full batches, all slots busy."""
-    return sum(
-        d.parallel_slots * batch_rows / max(d.fit.predict(batch_rows), 1e-9)
-        for d in devices
-        if d.healthy
-    )
+    return sum(rows_per_second(d, batch_rows) for d in devices if d.healthy)
 
 
 def predicted_completion(devices: Sequence[Predictable], rows_ahead: int, rows: int,
@@ -31,10 +32,9 @@ def predicted_completion(devices: Sequence[Predictable], rows_ahead: int, rows: 
     rate, start, fixed = 0.0, math.inf, math.inf
     for device in devices:
         if device.healthy:
-            fit = device.fit
-            rate += device.parallel_slots * batch_rows / max(fit.predict(batch_rows), 1e-9)
+            rate += rows_per_second(device, batch_rows)
             start = min(start, device.predicted_start())
-            fixed = min(fixed, fit.predict(0))
+            fixed = min(fixed, device.fit.predict(0))
     if start == math.inf:
         return math.inf
     return start + fixed + (rows_ahead + rows) / max(rate, 1e-9)

@@ -12,8 +12,8 @@ import pytest
 
 from config.settings import load_settings
 from models import features, movielens
-from models.artifacts.acceleration_record import cpu_model
-from models.quantize import cpu_flags, saturates_int8_pairs
+from models.artifacts.acceleration_record import cpu_flags, cpu_model
+from models.quantize import saturates_int8_pairs
 from models.split import random_split
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -211,7 +211,7 @@ class Engine:
         if busy or self._was_busy or now - self._metrics_at >= IDLE_METRICS_SECONDS:
             self.plane.refresh_metrics(0)
             self._metrics_at = now
-        self._was_busy = bool(busy)
+        self._was_busy = busy
         message = frame({"op": "status", "models": status(self.plane.models)})
         for connection in list(self.connections):
             connection.outbox.put(message)

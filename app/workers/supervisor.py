@@ -159,6 +159,7 @@ class Supervisor:
         self.metrics_dir.mkdir()
         self.socket_path = self.workdir / "engine.sock"
         self.stopping = 0  # 1: drain (SIGTERM); 2: stop now
+        self.engine_up = False  # the engine's socket appeared since its last start
         # The children's settings are the JSON this process writes; RECSYS_* variables would
         # apply again over it (a worker's share of the in-flight limit back to the whole).
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("RECSYS_")}
@@ -218,27 +219,26 @@ class Supervisor:
 
     def watch(self, engine: Child, workers: list[Child]) -> int:
         """Restart what exits until a signal; nonzero: the server cannot start."""
-        engine_up = False
         with ChildExits() as exits:
             while not self.stopping:
                 exits.wait(WATCH_SECONDS)
-                engine_up, code = self._look(engine, workers, engine_up)
+                code = self._restart_exited(engine, workers)
                 if code:
                     return code
         return 0
 
-    def _look(self, engine: Child, workers: list[Child], engine_up: bool) -> tuple[bool, int]:
-        """Restart whatever exited; (whether the engine is up, nonzero if it cannot start)."""
-        engine_up = engine_up or self.socket_path.exists()
+    def _restart_exited(self, engine: Child, workers: list[Child]) -> int:
+        """Restart whatever exited; nonzero: the server cannot start."""
+        self.engine_up = self.engine_up or self.socket_path.exists()
         code = None if self.own_engines else engine.exited()
         if code is not None:
-            if not engine_up:
+            if not self.engine_up:
                 log.error("the engine exited with status %d before it was ready", code)
-                return engine_up, 1
+                return 1
             log.error("the engine (pid %d) exited with status %d: restarting it",
                       engine.pids[-1], code)  # fmt: skip
             self.forget(engine)
-            engine_up = False
+            self.engine_up = False
             engine.start(self.env)
         for worker in workers:
             code = worker.exited()
@@ -249,12 +249,12 @@ class Supervisor:
             if worker.quick_exits >= MAX_QUICK_EXITS:
                 log.error("%s exited %d times in a row at start-up (status %d)",
                           worker.role, worker.quick_exits, code)  # fmt: skip
-                return engine_up, 1
+                return 1
             log.error("%s (pid %d) exited with status %d: restarting it", worker.role,
                       worker.pids[-1], code)  # fmt: skip
             self.forget(worker)
             worker.start(self.env)
-        return engine_up, 0
+        return 0
 
     def forget(self, child: Child) -> None:
         """A dead process's live gauges leave /metrics (its counters stay in the totals)."""

@@ -100,17 +100,27 @@ def write_record(path: Path, record: AccelerationRecord) -> None:
     os.replace(partial, path / RECORD)
 
 
-def cpu_model() -> str:
-    """This machine's CPU model, as /proc/cpuinfo names it (the platform's name elsewhere)."""
+def cpuinfo(field: str) -> str | None:
+    """The first `field` of /proc/cpuinfo (None where it is absent, or the file: not Linux)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith(field):
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return None
+
+
+def cpu_model() -> str:
+    """This machine's CPU model, as /proc/cpuinfo names it (the platform's name elsewhere)."""
     import platform
 
-    return platform.processor() or platform.machine()
+    return cpuinfo("model name") or platform.processor() or platform.machine()
+
+
+def cpu_flags() -> frozenset[str]:
+    """This CPU's feature flags as /proc/cpuinfo lists them (none where it does not)."""
+    return frozenset((cpuinfo("flags") or "").split())
 
 
 def live_note(record: AccelerationRecord, variant: str) -> str:

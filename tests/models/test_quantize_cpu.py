@@ -17,7 +17,8 @@ import pytest
 
 from bench.plain_models import user_sized_ranker
 from models.accelerate import SOURCE, prepare
-from models.quantize import cpu_flags, quantize_onnxruntime_int8, saturates_int8_pairs
+from models.artifacts.acceleration_record import cpu_flags
+from models.quantize import quantize_onnxruntime_int8, saturates_int8_pairs
 from models.settings import GateSettings
 from tests.conftest import ROOT
 from tests.debian import binary
