@@ -11,8 +11,15 @@
   fixed score per row as raw contents: the same ceiling for gRPC. Its HTTP port answers
   readiness only.
 
-`python -m bench.apps {baseline,frontend,...} --port P [--grpc-port G] [--repository R]` serves
-one with uvicorn, uvloop and httptools, as `python -m app` does.
+`frontend-v2` and `frontend-grpc` with `--model FILE --backend KIND` score each request's rows
+inline instead, in the handler, on the event loop's thread (a session of one runtime thread,
+the server's own backend class): the front end and the model in one process with nothing between
+them, no batching, no admission, no metrics. That is the floor for any server that runs the
+model where it parses the request; what a server costs beyond it is its own.
+
+`python -m bench.apps {baseline,frontend,...} --port P [--grpc-port G] [--repository R]
+[--model FILE --backend KIND]` serves one with uvicorn, uvloop and httptools, as `python -m app`
+does.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +41,22 @@ from app.dataplane.schemas import RankRequest, RankResponse
 from app.http import errors
 from config.settings import Settings, load_settings
 from models.artifacts.repository import ModelVersion, open_version
+from scheduler.backend import BACKENDS, BackendConfig, Inputs, create_backend
+
+Scorer = Callable[[Inputs], np.ndarray]
+
+
+def fixed_scores(inputs: Inputs) -> np.ndarray:
+    """A score of 0 per row: no model runs."""
+    return np.zeros((len(next(iter(inputs.values()))), 1), dtype=np.float32)
+
+
+def inline_scorer(model: Path, backend: str) -> Scorer:
+    """The model's first output for the rows, computed in the caller's thread by `backend` with
+    one runtime thread (the server's own session on one core)."""
+    session = create_backend(backend, "inline", BackendConfig(model, threads=1))
+    session.load()
+    return lambda inputs: next(iter(session.run(inputs).values()))
 
 
 class BodyLimit:
@@ -135,7 +159,7 @@ def frontend_app(settings: Settings, version: ModelVersion) -> FastAPI:
     return app
 
 
-def frontend_v2_app(settings: Settings) -> FastAPI:
+def frontend_v2_app(settings: Settings, scores_of: Scorer = fixed_scores) -> FastAPI:
     from app.http.v2_codec import (
         HEADER_LENGTH,
         binary_outputs,
@@ -149,9 +173,7 @@ def frontend_v2_app(settings: Settings) -> FastAPI:
     @app.post("/v2/models/{name}/infer")
     async def infer(request: Request, name: str) -> Response:
         parsed, tail = parse_request(await request.body(), request.headers.get(HEADER_LENGTH))
-        inputs = decode_inputs(parsed, tail)
-        rows = len(next(iter(inputs.values())))
-        scores = np.zeros((rows, 1), dtype=np.float32)  # no model runs
+        scores = scores_of(decode_inputs(parsed, tail))
         binary = binary_outputs(parsed, ["score"])
         header = {"model_name": name, "model_version": "1"}
         body, length = encode_response(header, {"score": scores}, binary)
@@ -163,7 +185,8 @@ def frontend_v2_app(settings: Settings) -> FastAPI:
     return app
 
 
-def frontend_grpc_app(settings: Settings, grpc_port: int) -> FastAPI:
+def frontend_grpc_app(settings: Settings, grpc_port: int,
+                      scores_of: Scorer = fixed_scores) -> FastAPI:  # fmt: skip
     import grpc
     from tritonclient.grpc import service_pb2 as pb
     from tritonclient.grpc import service_pb2_grpc as rpc
@@ -176,9 +199,7 @@ def frontend_grpc_app(settings: Settings, grpc_port: int) -> FastAPI:
 
         async def ModelInfer(self, request: pb.ModelInferRequest,
                              context: object) -> pb.ModelInferResponse:  # fmt: skip
-            inputs = decode(request)
-            rows = len(next(iter(inputs.values())))
-            scores = np.zeros((rows, 1), dtype=np.float32)  # no model runs
+            scores = scores_of(decode(request))
             response = pb.ModelInferResponse(model_name=request.model_name, model_version="1",
                                              id=request.id)  # fmt: skip
             response.outputs.add(name="score", datatype="FP32", shape=scores.shape)
@@ -210,14 +231,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--grpc-port", type=int, help="frontend-grpc's gRPC port")
     parser.add_argument("--repository", type=Path, help="model repository (default: settings)")
+    parser.add_argument("--model", type=Path, help="frontend-v2/-grpc: score with this model file")
+    parser.add_argument("--backend", choices=sorted(BACKENDS), default="onnxruntime-cpu",
+                        help="the runtime that scores --model")  # fmt: skip
     args = parser.parse_args(argv)
     settings = load_settings()
+    if args.model is not None and args.kind not in ("frontend-v2", "frontend-grpc"):
+        parser.error("--model: frontend-v2 and frontend-grpc only")
+    scores_of = fixed_scores if args.model is None else inline_scorer(args.model, args.backend)
     if args.kind == "frontend-v2":
-        app = frontend_v2_app(settings)
+        app = frontend_v2_app(settings, scores_of)
     elif args.kind == "frontend-grpc":
         if args.grpc_port is None:
             parser.error("frontend-grpc needs --grpc-port")
-        app = frontend_grpc_app(settings, args.grpc_port)
+        app = frontend_grpc_app(settings, args.grpc_port, scores_of)
     else:
         root = args.repository or settings.model.repository
         version = open_version(Path(root), settings.model.name, settings.model.version)

@@ -13,6 +13,12 @@ and, beside it, in the same run:
 - the model alone: the server's own compute time per call at light load (Triton's statistics,
   `compute_infer`: one batch per request there, cold caches as a light-load request meets them),
   and, warm, the runtime's share of the ledger at load (the stricter figure for the goal there).
+- for the user-sized ranker, the front end with the model inline: the same front end scoring the
+  rows in its handler with the runtime the server chose (`bench.apps ... --model --backend`), no
+  scheduler, batching, admission or metrics between them: the floor for any server that runs the
+  model where it parses the request. Beside the goal's sum of the parts alone it shows what the
+  two cost together in one process (each evicts the other's caches), and so what is the server's
+  own.
 The ledger: py-spy samples of every thread of the server (not the idle ones) during the measured
 window, each assigned to the stage of its innermost frame that names one (`STAGES`), scaled to the
 measured CPU per request. Sampling shares are approximate (a few hundred samples a run); the CPU
@@ -72,6 +78,9 @@ STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 
+INLINE = "front end + model inline"
+
+
 def find_py_spy() -> str | None:
     """py-spy on the PATH or beside this interpreter (the dev extras install it there)."""
     return shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
@@ -124,6 +133,7 @@ class Run:
     p99_ms: float
     answered: int
     model_us: float = 0.0  # compute time per request, from the server's statistics
+    backend: str = ""  # the runtime the server chose for the model's first device
     stages: dict[tuple[str, str], float] = field(default_factory=dict)  # share by (role, stage)
 
     @property
@@ -135,6 +145,12 @@ def model_stats(url: str, model: str) -> tuple[int, int]:
     with urllib.request.urlopen(f"{url}/v2/models/{model}/stats", timeout=10) as answer:
         stats = json.load(answer)["model_stats"][0]["inference_stats"]["compute_infer"]
     return int(stats["count"]), int(stats["ns"])
+
+
+def served_backend(url: str, model: str) -> str:
+    """The runtime the server runs the model's first device on (its config's instance group)."""
+    with urllib.request.urlopen(f"{url}/v2/models/{model}/config", timeout=10) as answer:
+        return str(json.load(answer)["instance_group"][0]["backend"])
 
 
 @dataclass(frozen=True)
@@ -151,6 +167,11 @@ class Workload:
     @property
     def model(self) -> str | None:
         return None if self.path == "/v1/rank" else self.path.split("/")[3]
+
+    @property
+    def model_file(self) -> Path | None:
+        """The plain model's file, which the front end can score inline (None: the built-in)."""
+        return None if self.model is None else self.root / self.model / "1" / "model.onnx"
 
 
 def workloads(builtin: Path, model: str, scratch: Path) -> list[Workload]:
@@ -189,6 +210,7 @@ def measure(command: list[str], env: dict[str, str], offered: Workload, rate: fl
             return (grpc_loadgen.run if offered.grpc else loadgen.run)(spec)
 
         offer(min(rate, 100), 2)
+        backend = served_backend(url, model) if model else ""
         counted = model_stats(url, model) if model else (0, 0)
         spy = None
         samples = log.with_suffix(".samples")
@@ -210,6 +232,7 @@ def measure(command: list[str], env: dict[str, str], offered: Workload, rate: fl
         p99_ms=1e3 * latencies[int(0.99 * (len(latencies) - 1))] if latencies else float("nan"),
         answered=len(latencies),
         model_us=(counted_after[1] - counted[1]) / 1e3 / requests if requests else 0.0,
+        backend=backend,
         stages=shares(samples.read_text()) if spy is not None and samples.exists() else {},
     )
 
@@ -279,6 +302,12 @@ def main(argv: list[str] | None = None) -> int:
                                   log, model, spy if profile else None, args.tree)  # fmt: skip
                     runs[setup, when] = run
                     show(f"{when} {rate:g}/s, {setup}", run, args.quiet)
+                if offered.model_file is not None:
+                    inline = [*front, "--model", str(offered.model_file),
+                              "--backend", runs["one process", when].backend]  # fmt: skip
+                    runs[INLINE, when] = measure(inline, env, offered, rate, args.seconds, log,
+                                                 None, None)  # fmt: skip
+                    show(f"{when} {rate:g}/s, {INLINE}", runs[INLINE, when], True)
             verdicts(runs)
     return 0
 
@@ -298,6 +327,7 @@ def verdicts(runs: dict[tuple[str, str], Run]) -> None:
     warm = runs["one process", "load"].stages and stage_us(runs["one process", "load"], "runtime")
     model = min(cold, warm) if warm else cold
     front_load, front_light = runs["front end alone", "load"], runs["front end alone", "light"]
+    inline_backend = runs["one process", "load"].backend  # the inline front end's runtime
     print(f"  model alone: {cold:.0f} us a call at light load (the server's compute time)"
           + (f"; {warm:.0f} us per request in the ledger at load" if warm else ""))  # fmt: skip
     for setup in crossing.SETUPS:
@@ -310,6 +340,11 @@ def verdicts(runs: dict[tuple[str, str], Run]) -> None:
               f"at light load p50 {late:+.2f} ms beyond front end + model (goal <= 0.20), CPU "
               f"{ratio:.2f}x its figure at load (goal <= 1.5; the front end alone's "
               f"{front_ratio:.2f}x)")  # fmt: skip
+        inline_load, inline_light = runs.get((INLINE, "load")), runs.get((INLINE, "light"))
+        if inline_load is not None and inline_light is not None:
+            print(f"    beyond the front end with the model inline (on {inline_backend}): at load "
+                  f"{load.total_us - inline_load.total_us:+.0f} us of CPU, at light load p50 "
+                  f"{light.p50_ms - inline_light.p50_ms:+.2f} ms")  # fmt: skip
         engine = load.cpu_us.get("engine")
         if engine is not None:
             print(
