@@ -26,9 +26,13 @@ class Batcher:
     def __init__(self, window: Window, clock: Callable[[], float],
                  idle_within: Callable[[int, float], bool],
                  device_free: Callable[[], Awaitable[None]],
-                 on_settled: Callable[[Request], None]) -> None:  # fmt: skip
+                 on_settled: Callable[[Request], None],
+                 on_arrival: Callable[[], None] | None = None) -> None:  # fmt: skip
         self.window = window
         self._on_settled = on_settled  # the one done callback a request's future gets
+        # Who hears of a request's arrival: the batch loop (`wake`), unless the scheduler takes
+        # batches that may leave at once itself (`closes_now`, `take`).
+        self._on_arrival = on_arrival or self.wake
         self._clock = clock
         self._idle_within = idle_within  # (rows, seconds): an idle device would score them in time
         self._device_free = device_free  # returns once some device takes work
@@ -48,6 +52,10 @@ class Batcher:
         self._queues[request.priority].append(request)
         self.queued_rows[request.priority] += request.rows
         request.future.add_done_callback(lambda _: self._settled(request))
+        self._on_arrival()
+
+    def wake(self) -> None:
+        """Wake the batch loop (waiting in `next_batch`)."""
         self._changed.set()
 
     def notify(self) -> None:
@@ -70,13 +78,28 @@ class Batcher:
         request queued was cancelled meanwhile), when its oldest row arrived, and what closed the
         window: "idle" (a device was idle), "full" (max_batch_rows queued) or "window"."""
         oldest, closed_by = await self._wait()
+        return self.take(), oldest, closed_by
+
+    def take(self) -> list[Part]:
+        """A batch's parts off the queues, high priority first (none when every request queued
+        was cancelled meanwhile)."""
         parts: list[Part] = []
-        for priority, queue in enumerate(self._queues):  # high priority first
+        for priority, queue in enumerate(self._queues):
             room = self.window.max_batch_rows - sum(p.rows for p in parts)
             taken, dropped = take_batch(queue, room)
             self.queued_rows[priority] -= sum(p.rows for p in taken) + dropped
             parts += taken
-        return parts, oldest, closed_by
+        return parts
+
+    def closes_now(self) -> str | None:
+        """What closes the window now: "full" (max_batch_rows queued) or "idle" (elastic, and an
+        idle device would score the queued rows within the window); None while it stays open."""
+        rows = self.total_queued_rows
+        if rows >= self.window.max_batch_rows:
+            return "full"
+        if self.window.elastic and self._idle_within(rows, self.window.max_queue_delay_seconds):
+            return "idle"
+        return None
 
     async def _wait(self) -> tuple[float, str]:
         while not any(self._queues):
@@ -88,15 +111,9 @@ class Batcher:
         # Elastic window: with a device idle, waiting only adds latency, so dispatch at once;
         # while every device is busy, rows wait and grow the next batch until one turns idle or
         # the window closes.
-        closed_by = "window"
         while True:
-            if self.total_queued_rows >= window.max_batch_rows:
-                closed_by = "full"
-                break
-            if window.elastic and self._idle_within(
-                self.total_queued_rows, window.max_queue_delay_seconds
-            ):
-                closed_by = "idle"
+            closed_by = self.closes_now() or "window"
+            if closed_by != "window":
                 break
             remaining = deadline - self._clock()
             if remaining <= 0:

@@ -9,7 +9,7 @@ import logging
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from scheduler.batch import Batch
+from scheduler.batch import Batch, Outputs
 from scheduler.device import Device
 from scheduler.errors import BatchFailed
 from scheduler.load import RecentWork
@@ -81,43 +81,77 @@ class Dispatcher:
         await asyncio.gather(*self._running, return_exceptions=True)
 
     async def _run(self, device: Device, batch: Batch) -> None:
-        started = self._clock()
-        metrics = self._metrics
-        if metrics:
-            metrics.observe_dispatch(batch, started, self._max_batch_rows)
+        started = self._dispatched(batch)
         try:
             try:
                 fallback = any(d.healthy and d is not device for d in self.devices)
                 outputs, seconds = await device.run(batch.inputs, batch.rows, fallback)
             except BatchFailed as error:
-                device.breaker.trip(self._clock(), str(error))
-                if metrics:
-                    metrics.device_failed(device)
+                self._tripped(device, error)
                 retry_on = self.choose(batch, excluded=device)
                 if retry_on is None:
                     raise
                 log.info(
                     "retrying a %d-row batch from %s on %s", batch.rows, device.name, retry_on.name
                 )
-                if metrics:
-                    metrics.batch_retried()
+                if self._metrics:
+                    self._metrics.batch_retried()
                 device = retry_on
                 outputs, seconds = await device.run(batch.inputs, batch.rows)
-            if metrics:
-                metrics.observe_batch(device, batch.rows, seconds)
-            waited = started - batch.oldest_enqueued_at
-            self._recent.record(self._clock(), batch.rows, waited, seconds)
-            for part in batch.parts:
-                rows = slice(part.batch_offset, part.batch_offset + part.rows)
-                mine = {name: output[rows] for name, output in outputs.items()}
-                part.request.deliver(part.offset, mine, part.rows, device.name, started, seconds)
+            self._finished(device, batch, started, outputs, seconds)
         except BatchFailed as error:
             log.warning("%s", error)
-            for part in batch.parts:
-                part.request.fail(error)
+            self._failed(batch, error)
         except BaseException as exc:  # cancelled or a bug: still resolve every future
-            for part in batch.parts:
-                part.request.fail(BatchFailed(f"batch on {device.name} did not finish: {exc!r}"))
+            self._failed(batch, BatchFailed(f"batch on {device.name} did not finish: {exc!r}"))
             raise
         finally:
             self.freed()
+
+    def run_here(self, batch: Batch) -> None:
+        """`_run` on the one device, on the loop's thread, to its end now (called outside any
+        task: no coroutine, no turn). With no other device there is no retry."""
+        [device] = self.devices
+        started = self._dispatched(batch)
+        try:
+            try:
+                outputs, seconds = device.run_here(batch.inputs, batch.rows)
+            except BatchFailed as error:
+                self._tripped(device, error)
+                raise
+            self._finished(device, batch, started, outputs, seconds)
+        except BatchFailed as error:
+            log.warning("%s", error)
+            self._failed(batch, error)
+        except BaseException as exc:  # a bug: still resolve every future
+            self._failed(batch, BatchFailed(f"batch on {device.name} did not finish: {exc!r}"))
+            raise
+        finally:
+            self.freed()
+
+    def _dispatched(self, batch: Batch) -> float:
+        started = self._clock()
+        if self._metrics:
+            self._metrics.observe_dispatch(batch, started, self._max_batch_rows)
+        return started
+
+    def _tripped(self, device: Device, error: BatchFailed) -> None:
+        device.breaker.trip(self._clock(), str(error))
+        if self._metrics:
+            self._metrics.device_failed(device)
+
+    def _finished(self, device: Device, batch: Batch, started: float, outputs: Outputs,
+                  seconds: float) -> None:  # fmt: skip
+        """Each part's rows of the outputs to its request, the batch counted."""
+        if self._metrics:
+            self._metrics.observe_batch(device, batch.rows, seconds)
+        self._recent.record(self._clock(), batch.rows, started - batch.oldest_enqueued_at, seconds)
+        for part in batch.parts:
+            rows = slice(part.batch_offset, part.batch_offset + part.rows)
+            mine = {name: output[rows] for name, output in outputs.items()}
+            part.request.deliver(part.offset, mine, part.rows, device.name, started, seconds)
+
+    @staticmethod
+    def _failed(batch: Batch, error: BatchFailed) -> None:
+        for part in batch.parts:
+            part.request.fail(error)

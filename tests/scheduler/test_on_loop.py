@@ -3,6 +3,7 @@ runtime thread of its own. Uses the FAKE backend (`scheduler.fake_backend`), a t
 
 from __future__ import annotations
 
+import asyncio
 import threading
 
 import numpy as np
@@ -64,5 +65,71 @@ async def test_a_scheduler_over_a_device_on_the_loop_batches_and_survives_a_fail
         scheduler.devices[0].breaker.close()  # the failure tripped it; as a probe would
         scores = (await scheduler.submit({"x": np.ones((3, 2), np.float32)})).scores.tolist()
         assert scores == [2.0, 2.0, 2.0]
+    finally:
+        await scheduler.stop()
+
+
+def lone_device_scheduler(config: BatchingConfig, backend: FakeBackend) -> Scheduler:
+    """A scheduler over one device on the loop's thread: batches that may leave at once run in a
+    callback of the next turn, the batch loop's task takes the rest."""
+    device = Device(backend, 1, cool_down_seconds=0.01, on_loop=True)
+    device.probe_inputs = {"x": np.ones((1, 2), np.float32)}
+    scheduler = Scheduler([device], earliest_completion, config)
+    scheduler.start()
+    return scheduler
+
+
+async def test_a_lone_device_on_the_loop_still_waits_out_a_fixed_window() -> None:
+    config = BatchingConfig(max_batch_rows=8, max_queue_delay_seconds=0.2, max_queue_rows=64,
+                            elastic=False)  # fmt: skip
+    backend = ThreadRecording()
+    scheduler = lone_device_scheduler(config, backend)
+    try:
+        first = scheduler.submit_nowait({"x": np.full((1, 2), 1, np.float32)})
+        for _ in range(5):  # turns of the loop: the window holds the first request back
+            await asyncio.sleep(0)
+        assert not first.done() and backend.batches == []
+        second = scheduler.submit_nowait({"x": np.full((2, 2), 2, np.float32)})
+        assert (await first).scores.tolist() == [2.0]
+        assert (await second).scores.tolist() == [4.0, 4.0]
+        assert backend.batches == [3]  # one batch when the window closed
+    finally:
+        await scheduler.stop()
+
+
+async def test_a_lone_device_on_the_loop_takes_rows_beyond_a_full_batch_next() -> None:
+    config = BatchingConfig(max_batch_rows=8, max_queue_delay_seconds=0.05, max_queue_rows=64)
+    backend = ThreadRecording()
+    scheduler = lone_device_scheduler(config, backend)
+    try:
+        futures = [
+            scheduler.submit_nowait({"x": np.full((5, 2), v, np.float32)}) for v in (1, 2, 3)
+        ]
+        scores = [(await f).scores.tolist() for f in futures]
+        assert scores == [[2.0] * 5, [4.0] * 5, [6.0] * 5]
+        assert backend.batches == [8, 7]  # a full batch, then the rest: none left behind
+    finally:
+        await scheduler.stop()
+
+
+async def test_a_lone_device_on_the_loop_holds_requests_while_tripped_and_serves_them_after() -> (
+    None
+):
+    config = BatchingConfig(max_batch_rows=8, max_queue_delay_seconds=0.01, max_queue_rows=64,
+                            probe_interval_seconds=0.02)  # fmt: skip
+    backend = ThreadRecording()
+    scheduler = lone_device_scheduler(config, backend)
+    try:
+        backend.fail_with = RuntimeError("boom")
+        with pytest.raises(BatchFailed, match="boom"):
+            await scheduler.submit({"x": np.ones((1, 2), np.float32)})
+        assert not scheduler.devices[0].healthy
+        held = scheduler.submit_nowait({"x": np.full((2, 2), 3, np.float32)})
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not held.done() and backend.batches == []  # not run on the tripped device
+        backend.fail_with = None  # the next probe passes and closes the breaker
+        assert (await asyncio.wait_for(held, 10)).scores.tolist() == [6.0, 6.0]
+        assert scheduler.devices[0].healthy and backend.batches[-1] == 2
     finally:
         await scheduler.stop()
