@@ -115,10 +115,11 @@ def decode(request: pb.ModelInferRequest) -> dict[str, np.ndarray]:
 
 
 def call_options(
-    request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
+    request: pb.ModelInferRequest, context: grpc.aio.ServicerContext, given: int | None
 ) -> tuple[float | None, int | None]:
     """The deadline (ms) a call asks for, the `timeout` parameter (microseconds) or its gRPC
-    deadline, whichever is sooner; and its `priority` parameter (1 highest, 2 or more low)."""
+    deadline, whichever is sooner; and the priority `given` as its `priority` parameter (1
+    highest, 2 or more low), checked."""
     parameters = request.parameters
     asked = []
     if "timeout" in parameters:
@@ -126,7 +127,7 @@ def call_options(
     remaining = context.time_remaining()
     if remaining is not None:
         asked.append(remaining * 1000)
-    level = numbered_priority(priority_parameter(request), "parameters.priority")
+    level = numbered_priority(given, "parameters.priority")
     return (min(asked) if asked else None), level
 
 
@@ -238,7 +239,7 @@ class InferenceService(rpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
                 await context.abort(grpc.StatusCode.UNAVAILABLE,
                                     "overloaded: too many requests in progress")  # fmt: skip
             try:
-                return await self._infer(request, context)
+                return await self._infer(request, context, given)
             except ServingError as exc:
                 status = exc.status
                 await context.abort(CODES.get(exc.status, grpc.StatusCode.INTERNAL), str(exc))
@@ -257,9 +258,9 @@ class InferenceService(rpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
                     observe = self._observers[status] = child.observe
                 observe(time.perf_counter() - started)
 
-    async def _infer(self, request: pb.ModelInferRequest,
-                     context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:  # fmt: skip
-        timeout_ms, priority = call_options(request, context)
+    async def _infer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext,
+                     given_priority: int | None) -> pb.ModelInferResponse:  # fmt: skip
+        timeout_ms, priority = call_options(request, context, given_priority)
         inferred = await self.plane.infer(
             request.model_name, request.model_version or None, decode(request),
             [o.name for o in request.outputs], timeout_ms, priority, routing_key(request),
