@@ -120,10 +120,10 @@ def call_options(
     """The deadline (ms) a call asks for, the `timeout` parameter (microseconds) or its gRPC
     deadline, whichever is sooner; and the priority `given` as its `priority` parameter (1
     highest, 2 or more low), checked."""
-    parameters = request.parameters
     asked = []
-    if "timeout" in parameters:
-        asked.append(parameters["timeout"].int64_param / 1000)
+    timeout_us = integer_parameter(request, "timeout")
+    if timeout_us is not None:
+        asked.append(timeout_us / 1000)
     remaining = context.time_remaining()
     if remaining is not None:
         asked.append(remaining * 1000)
@@ -139,8 +139,20 @@ def routing_key(request: pb.ModelInferRequest) -> str | None:
 
 def priority_parameter(request: pb.ModelInferRequest) -> int | None:
     """Triton's `priority` parameter as sent (1 highest, 2 or more low, 0: the default)."""
+    return integer_parameter(request, "priority")
+
+
+def integer_parameter(request: pb.ModelInferRequest, name: str) -> int | None:
+    """An integer parameter, in whichever integer field it travels (tritonclient sends
+    `priority` as uint64, `timeout` as int64); absent: None. Any other kind is refused."""
     parameters = request.parameters
-    return int(parameters["priority"].int64_param) if "priority" in parameters else None
+    if name not in parameters:
+        return None
+    value = parameters[name]
+    kind = value.WhichOneof("parameter_choice")
+    if kind not in ("int64_param", "uint64_param"):
+        raise InvalidInput(f"parameters.{name}: an integer, not {kind or 'nothing'}")
+    return int(getattr(value, kind))
 
 
 def credential(context: grpc.aio.ServicerContext) -> str | None:
@@ -233,7 +245,11 @@ class InferenceService(rpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
         status = HTTPStatus.OK
         plane = self.plane
         try:
-            given = priority_parameter(request)
+            try:
+                given = priority_parameter(request)
+            except ServingError as exc:  # refused before admission: nothing to leave
+                status = exc.status
+                await context.abort(CODES.get(exc.status, grpc.StatusCode.INTERNAL), str(exc))
             if not plane.admit(None if not given else given >= 2):
                 status = HTTPStatus(plane.settings.admission.overload_status)
                 await context.abort(grpc.StatusCode.UNAVAILABLE,

@@ -23,9 +23,12 @@ import tritonclient.grpc as triton
 import tritonclient.grpc.aio as triton_aio
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as rpc
+from tritonclient.grpc._utils import _get_inference_request
 from tritonclient.utils import InferenceServerException
 
+from app.grpc.service import integer_parameter, priority_parameter
 from bench.plain_models import user_sized_ranker
+from scheduler.errors import InvalidInput
 from tests.app.servers import free_port, start_server, stop
 from tests.conftest import ROOT
 
@@ -153,6 +156,32 @@ def test_mistakes_get_their_code_and_name_the_field(server: str) -> None:
             rpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=10)
         assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT, raised.value
         assert "inputs.cat.shape: 65 dimensions, at most 16" in str(raised.value.details())
+    request = pb.ModelInferRequest(model_name=MODEL)  # a priority of the wrong kind
+    request.parameters["priority"].double_param = 1.5
+    with grpc.insecure_channel(server) as channel, pytest.raises(grpc.RpcError) as raised:
+        rpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=10)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "parameters.priority: an integer, not double_param" in str(raised.value.details())
+
+
+def test_priority_and_timeout_are_read_as_tritonclient_sends_them() -> None:
+    """tritonclient sends `priority` as a uint64 parameter and `timeout` as an int64 one (its own
+    request builder, as `infer(priority=2, timeout=5000)` calls it); either integer field is read,
+    any other kind refused naming the parameter."""
+    request = _get_inference_request(
+        model_name=MODEL, inputs=infer_inputs(rows(1)), model_version="", request_id="",
+        outputs=None, sequence_id=0, sequence_start=False, sequence_end=False, priority=2,
+        timeout=5000, parameters=None,
+    )  # fmt: skip
+    assert request.parameters["priority"].WhichOneof("parameter_choice") == "uint64_param"
+    assert priority_parameter(request) == 2 and integer_parameter(request, "timeout") == 5000
+    request.parameters["priority"].int64_param = 3
+    assert priority_parameter(request) == 3
+    del request.parameters["priority"]
+    assert priority_parameter(request) is None
+    request.parameters["priority"].string_param = "low"
+    with pytest.raises(InvalidInput, match=r"parameters\.priority: an integer, not string_param"):
+        priority_parameter(request)
 
 
 def test_the_repository_calls_load_unload_and_index_with_the_admin_token(
