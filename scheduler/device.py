@@ -183,9 +183,7 @@ class Device:
         else runs meanwhile, so there is no slot to wait for and no timer that could fire."""
         self.in_flight_batches += 1
         try:
-            started = time.perf_counter()
-            outputs = self.backend.run(inputs)
-            seconds = time.perf_counter() - started
+            outputs, seconds = self._timed(inputs)
         except Exception as exc:
             raise BatchFailed(f"device {self.name} failed a batch: {exc}") from exc
         finally:
@@ -207,13 +205,17 @@ class Device:
         """Run one batch on the event loop's thread or the executor's (where the backend releases
         the GIL while computing)."""
         del rows
-        started = time.perf_counter()
         if self._executor is None:
-            outputs = self.backend.run(inputs)
-        else:
-            loop = asyncio.get_running_loop()
-            outputs = await loop.run_in_executor(self._executor, self.backend.run, inputs)
+            return self._timed(inputs)
+        started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        outputs = await loop.run_in_executor(self._executor, self.backend.run, inputs)
         return outputs, time.perf_counter() - started
+
+    def _timed(self, inputs: Inputs) -> tuple[Outputs, float]:
+        """The backend's outputs for a batch, run on this thread, and the seconds it took."""
+        started = time.perf_counter()
+        return self.backend.run(inputs), time.perf_counter() - started
 
     def close(self) -> None:
         if self._executor is not None:
