@@ -64,8 +64,9 @@ class RoutingSettings(Section):
         "rows) is fitted on",
     )  # fmt: skip
     warmup_rows: tuple[int, ...] = Field(
-        (1, 64, 256, 1024), description="batch sizes timed at start-up to seed the latency "
-        "model (readiness waits for them)",
+        (1, 64, 256, 1024), description="batch sizes timed at start-up, three runs each "
+        "(readiness waits for them): they seed the latency model and, where runtimes or variants "
+        "are timed against each other, pick the fastest by each size's fastest run, summed",
     )  # fmt: skip
 
 

@@ -222,8 +222,9 @@ async def fastest_device(
     settings: Settings, cores: int, slots: asyncio.Semaphore | None,
     sample: dict[str, np.ndarray], warmup_rows: tuple[int, ...],
 ) -> tuple[Device, DeviceSettings, VariantFile, str | None]:  # fmt: skip
-    """A warmed-up device on the candidate (backend, variant) whose warm-up batches are predicted
-    fastest (the others closed), and why it was chosen when there was a choice."""
+    """A warmed-up device on the candidate (backend, variant) that runs the warm-up batches
+    fastest (each size's fastest run, summed; the others closed), and why it was chosen when
+    there was a choice."""
     timed: list[tuple[float, Device, DeviceSettings, VariantFile]] = []
     try:
         for config, variant in candidates:
@@ -231,8 +232,7 @@ async def fastest_device(
                 create_device, version, config, variant, settings, cores, slots
             )
             timed.append((0.0, device, config, variant))
-            await asyncio.to_thread(device.warm_up, sample, warmup_rows)
-            seconds = sum(device.latency.predict(rows) for rows in warmup_rows)
+            seconds = await asyncio.to_thread(device.warm_up, sample, warmup_rows)
             timed[-1] = (seconds, device, config, variant)
     except BaseException:
         for _, device, _, _ in timed:
@@ -247,9 +247,9 @@ async def fastest_device(
     if len({c.backend for _, _, c, _ in timed}) > 1:
         names = ", ".join(f"{c.backend} {v.name} {s * 1e3:.3f} ms" for s, _, c, v in timed)
         why = (f"{variant_reason(version, config)}; the faster CPU runtime here, timed at "
-               f"start-up over the warm-up batches: {names}")  # fmt: skip
+               f"start-up (each warm-up batch's fastest run, summed): {names}")  # fmt: skip
         return device, config, variant, why
     names = ", ".join(f"{v.name} {s * 1e3:.3f} ms" for s, _, _, v in timed)
     why = (f"timed at start-up (the record was measured on another CPU): the fastest over the "
-           f"warm-up batches of {names}")  # fmt: skip
+           f"warm-up batches (each one's fastest run, summed) of {names}")  # fmt: skip
     return device, config, variant, why
