@@ -40,6 +40,22 @@ def predicted_completion(devices: Sequence[Predictable], rows_ahead: int, rows: 
     return start + fixed + (rows_ahead + rows) / max(rate, 1e-9)
 
 
+ARRIVALS_DURING_A_RUN = 0.25  # expected, at most, for a request to run at once
+
+
+def runs_at_once(mean_gap_seconds: float, predicted_seconds: float, window_seconds: float) -> bool:
+    """A request that finds nothing queued and the lone device on the loop's thread idle runs at
+    once, in its caller's step, when an idle device finishes it within the window and requests
+    arrive seldom enough that one in four runs or fewer has another arriving meanwhile (mean gap
+    between arrivals at least four runs): then it is almost always alone in its turn. More often,
+    it leaves with the turn's other requests on the next turn, in one batch where running it
+    alone would make two."""
+    return (
+        predicted_seconds <= window_seconds
+        and predicted_seconds <= ARRIVALS_DURING_A_RUN * mean_gap_seconds
+    )
+
+
 @dataclass(frozen=True)
 class LoadReport:
     queued_requests: int

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from scheduler import load
-from scheduler.batch import Inputs, Request, Scored, assemble
+from scheduler.batch import Batch, Inputs, Part, Request, Scored, assemble
 from scheduler.batcher import Batcher, Window
 from scheduler.breaker import probe_loop
 from scheduler.device import Device
@@ -49,6 +49,8 @@ class BatchingConfig:
 
 
 HIGH, LOW = 0, 1
+QUIET_GAP_SECONDS = 1.0  # the longest gap between arrivals the mean counts
+GAP_WEIGHT = 0.1  # of the latest gap in the mean
 
 
 @dataclass(frozen=True)
@@ -85,7 +87,14 @@ class Scheduler:
         # run it but without the task's wake-up, event and coroutines (some 20 us a request,
         # most of the scheduler's own cost). Requests that arrive in one turn still leave
         # together; the batch loop still waits out a window and a device that takes no work.
-        lone_on_loop = len(self.devices) == 1 and self.devices[0].on_loop
+        # Where requests arrive seldom, the first of a turn that finds the device idle and
+        # nothing queued runs at once in its caller's step (`_run_now`): no queue, timer, flush
+        # or wake-up (a third of the data plane's own work for such a request).
+        self._lone_on_loop = lone_on_loop = len(self.devices) == 1 and self.devices[0].on_loop
+        # Arrivals, for running a lone request at once: the last one's time, the mean gap
+        # (exponentially weighted; gaps capped at a second, so a quiet start reads as quiet).
+        self._last_arrival = -float("inf")
+        self._mean_gap = QUIET_GAP_SECONDS
         self._flush_handle: asyncio.Handle | None = None
         self._batcher = Batcher(window, clock, self._dispatcher.idle_within,
                                 self._dispatcher.device_free, self._settled,
@@ -158,6 +167,14 @@ class Scheduler:
         future: asyncio.Future[Scored] = loop.create_future()
         now = self._clock()
         request = Request(inputs, rows, future, now, priority)
+        gap = min(now - self._last_arrival, QUIET_GAP_SECONDS)
+        self._last_arrival = now
+        self._mean_gap += GAP_WEIGHT * (gap - self._mean_gap)
+        if self._flush_handle is None and self._lone_on_loop and self._runs_now(rows):
+            # Later arrivals of this turn queue and leave together on the next.
+            self._flush_handle = loop.call_soon(self._flush)
+            self._run_now(request)
+            return future
         if timeout_seconds is not None:
             request.timer = loop.call_later(timeout_seconds, self._expire, request, timeout_seconds)
         self._batcher.put(request)
@@ -232,6 +249,31 @@ class Scheduler:
             self._count_refusal("deadline_expired")
             request.fail(DeadlineExceeded(f"deadline of {timeout_seconds * 1000:.0f} ms passed"))
 
+    def _runs_now(self, rows: int) -> bool:
+        """Nothing is queued, the lone device takes work and is idle, and requests arrive seldom
+        enough for one to run alone (`load.runs_at_once`)."""
+        device = self.devices[0]
+        window = self._batcher.window
+        return (
+            window.elastic and not self._batcher.total_queued_rows and device.accepting
+            and device.in_flight_batches == 0
+            and load.runs_at_once(self._mean_gap, device.latency.predict(rows),
+                                  window.max_queue_delay_seconds)
+        )  # fmt: skip
+
+    def _run_now(self, request: Request) -> None:
+        """A request as a batch of its own on the lone device, in the caller's step: no queue,
+        timer or turn of the loop before it is answered, every figure recorded as for a batch."""
+        part = Part(request, 0, request.rows, 0)
+        if self._metrics:
+            self._metrics.observe_window(0.0, "idle")
+        try:
+            self._dispatcher.run_here(Batch(request.inputs, (part,), request.rows,
+                                            request.enqueued_at))  # fmt: skip
+        except Exception:  # its request is failed already
+            log.exception("a batch failed unexpectedly")
+        self._settled(request)
+
     def _arrived(self) -> None:
         if self._flush_handle is None:
             self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
@@ -240,6 +282,8 @@ class Scheduler:
         """What arrived in the last turn, as one batch on the lone device now; or, where the
         window stays open or the device takes no work, left to the batch loop."""
         self._flush_handle = None
+        if not self._batcher.total_queued_rows:  # the turn's request ran at once; none after it
+            return
         closed_by = self._batcher.closes_now()
         if closed_by is None or not self.devices[0].accepting:
             self._batcher.wake()

@@ -53,10 +53,14 @@ async def test_a_scheduler_over_a_device_on_the_loop_batches_and_survives_a_fail
     scheduler = Scheduler([Device(backend, 1, on_loop=True)], earliest_completion, config)
     scheduler.start()
     try:
-        # Submitted in one turn: the batch loop takes them together, runs them on this thread.
-        futures = [scheduler.submit_nowait({"x": np.full((1, 2), v, np.float32)}) for v in (1, 2)]
-        assert [(await f).scores.tolist() for f in futures] == [[2.0], [4.0]]
-        assert backend.batches == [2] and set(backend.threads) == {threading.get_ident()}
+        # Submitted in one turn: the first, the device idle, is scored at once in this step; the
+        # two after it leave together on the next turn. All on this thread.
+        futures = [
+            scheduler.submit_nowait({"x": np.full((1, 2), v, np.float32)}) for v in (1, 2, 3)
+        ]
+        assert [f.done() for f in futures] == [True, False, False]
+        assert [(await f).scores.tolist() for f in futures] == [[2.0], [4.0], [6.0]]
+        assert backend.batches == [1, 2] and set(backend.threads) == {threading.get_ident()}
         backend.fail_with = RuntimeError("boom")
         with pytest.raises(BatchFailed, match="boom"):
             await scheduler.submit({"x": np.ones((1, 2), np.float32)})
@@ -70,8 +74,9 @@ async def test_a_scheduler_over_a_device_on_the_loop_batches_and_survives_a_fail
 
 
 def lone_device_scheduler(config: BatchingConfig, backend: FakeBackend) -> Scheduler:
-    """A scheduler over one device on the loop's thread: batches that may leave at once run in a
-    callback of the next turn, the batch loop's task takes the rest."""
+    """A scheduler over one device on the loop's thread: the first request of a turn that may
+    leave at once runs in its caller's step, the rest of the turn in a callback of the next, and
+    the batch loop's task takes what must wait."""
     device = Device(backend, 1, cool_down_seconds=0.01, on_loop=True)
     device.probe_inputs = {"x": np.ones((1, 2), np.float32)}
     scheduler = Scheduler([device], earliest_completion, config)
@@ -107,7 +112,7 @@ async def test_a_lone_device_on_the_loop_takes_rows_beyond_a_full_batch_next() -
         ]
         scores = [(await f).scores.tolist() for f in futures]
         assert scores == [[2.0] * 5, [4.0] * 5, [6.0] * 5]
-        assert backend.batches == [8, 7]  # a full batch, then the rest: none left behind
+        assert backend.batches == [5, 8, 2]  # the first at once, a full batch, then the rest
     finally:
         await scheduler.stop()
 
@@ -133,3 +138,28 @@ async def test_a_lone_device_on_the_loop_holds_requests_while_tripped_and_serves
         assert scheduler.devices[0].healthy and backend.batches[-1] == 2
     finally:
         await scheduler.stop()
+
+
+async def test_a_lone_device_runs_requests_at_once_only_while_they_arrive_seldom() -> None:
+    now = [0.0]  # the scheduler's clock, set here: when each request arrives
+
+    def clock() -> float:
+        return now[0]
+
+    config = BatchingConfig(max_batch_rows=8, max_queue_delay_seconds=0.05, max_queue_rows=64)
+    device = Device(FakeBackend("cpu", seconds_per_row=0.001), 1, clock=clock, on_loop=True)
+    scheduler = Scheduler([device], earliest_completion, config, clock=clock)
+    scheduler.start()
+    at_once = []
+    try:
+        # Five requests 10 s apart, then 80 with no time between them (each on a turn of its
+        # own): a run takes about 1 ms, so once the mean gap falls under about 4 ms they queue.
+        for gap in [10.0] * 5 + [0.0] * 80:
+            now[0] += gap
+            future = scheduler.submit_nowait({"x": np.full((1, 2), 1, np.float32)})
+            at_once.append(future.done())
+            assert (await future).scores.tolist() == [2.0]
+            await asyncio.sleep(0)
+    finally:
+        await scheduler.stop()
+    assert all(at_once[:5]) and not any(at_once[-20:])
