@@ -118,11 +118,16 @@ def take_batch(queue: deque[Request], max_rows: int) -> tuple[list[Part], int]:
 
 
 def assemble(parts: list[Part]) -> Batch:
+    if len(parts) == 1:  # one request's rows (the usual case): nothing to concatenate
+        [part] = parts
+        whole = part.request.inputs
+        inputs = whole if part.rows == part.request.rows else {
+            name: array[part.offset : part.offset + part.rows] for name, array in whole.items()
+        }  # fmt: skip
+        return Batch(inputs, (part,), part.rows, part.request.enqueued_at)
     names = parts[0].request.inputs.keys()
     inputs = {
         name: np.concatenate([p.request.inputs[name][p.offset : p.offset + p.rows] for p in parts])
-        if len(parts) > 1
-        else parts[0].request.inputs[name][parts[0].offset : parts[0].offset + parts[0].rows]
         for name in names
     }
     return Batch(

@@ -88,8 +88,8 @@ class Scheduler:
         # most of the scheduler's own cost). Requests that arrive in one turn still leave
         # together; the batch loop still waits out a window and a device that takes no work.
         # Where requests arrive seldom, the first of a turn that finds the device idle and
-        # nothing queued runs at once in its caller's step (`_run_now`): no queue, timer, flush
-        # or wake-up (a third of the data plane's own work for such a request).
+        # nothing queued runs at once in its caller's step (`_arrival_runs_now`): no queue,
+        # timer, flush or wake-up (a third of the data plane's own work for such a request).
         self._lone_on_loop = lone_on_loop = len(self.devices) == 1 and self.devices[0].on_loop
         # Arrivals, for running a lone request at once: the last one's time, the mean gap
         # (exponentially weighted; gaps capped at a second, so a quiet start reads as quiet).
@@ -167,13 +167,11 @@ class Scheduler:
         future: asyncio.Future[Scored] = loop.create_future()
         now = self._clock()
         request = Request(inputs, rows, future, now, priority)
-        gap = min(now - self._last_arrival, QUIET_GAP_SECONDS)
-        self._last_arrival = now
-        self._mean_gap += GAP_WEIGHT * (gap - self._mean_gap)
-        if self._flush_handle is None and self._lone_on_loop and self._runs_now(rows):
+        if self._lone_on_loop and self._arrival_runs_now(rows, now):
             # Later arrivals of this turn queue and leave together on the next.
             self._flush_handle = loop.call_soon(self._flush)
-            self._run_now(request)
+            self._run_here(assemble([Part(request, 0, rows, 0)]), 0.0, "idle")
+            self._settled(request)
             return future
         if timeout_seconds is not None:
             request.timer = loop.call_later(timeout_seconds, self._expire, request, timeout_seconds)
@@ -249,9 +247,15 @@ class Scheduler:
             self._count_refusal("deadline_expired")
             request.fail(DeadlineExceeded(f"deadline of {timeout_seconds * 1000:.0f} ms passed"))
 
-    def _runs_now(self, rows: int) -> bool:
-        """Nothing is queued, the lone device takes work and is idle, and requests arrive seldom
-        enough for one to run alone (`load.runs_at_once`)."""
+    def _arrival_runs_now(self, rows: int, now: float) -> bool:
+        """Counting an arrival at `now`: whether it is the turn's first, nothing is queued, the
+        lone device takes work and is idle, and requests arrive seldom enough for one to run
+        alone (`load.runs_at_once`)."""
+        gap = min(now - self._last_arrival, QUIET_GAP_SECONDS)
+        self._last_arrival = now
+        self._mean_gap += GAP_WEIGHT * (gap - self._mean_gap)
+        if self._flush_handle is not None:
+            return False
         device = self.devices[0]
         window = self._batcher.window
         return (
@@ -261,18 +265,15 @@ class Scheduler:
                                   window.max_queue_delay_seconds)
         )  # fmt: skip
 
-    def _run_now(self, request: Request) -> None:
-        """A request as a batch of its own on the lone device, in the caller's step: no queue,
-        timer or turn of the loop before it is answered, every figure recorded as for a batch."""
-        part = Part(request, 0, request.rows, 0)
+    def _run_here(self, batch: Batch, waited: float, closed_by: str) -> None:
+        """A batch on the lone device, now, in this step: a request run at once, or what a turn
+        queued. Its window observed; a failure is logged (its requests are failed already)."""
         if self._metrics:
-            self._metrics.observe_window(0.0, "idle")
+            self._metrics.observe_window(waited, closed_by)
         try:
-            self._dispatcher.run_here(Batch(request.inputs, (part,), request.rows,
-                                            request.enqueued_at))  # fmt: skip
-        except Exception:  # its request is failed already
+            self._dispatcher.run_here(batch)
+        except Exception:  # as the batch loop carries on
             log.exception("a batch failed unexpectedly")
-        self._settled(request)
 
     def _arrived(self) -> None:
         if self._flush_handle is None:
@@ -292,12 +293,7 @@ class Scheduler:
         if not parts:
             return
         batch = assemble(parts)
-        if self._metrics:
-            self._metrics.observe_window(self._clock() - batch.oldest_enqueued_at, closed_by)
-        try:
-            self._dispatcher.run_here(batch)
-        except Exception:  # its requests are failed already; as the batch loop carries on
-            log.exception("a batch failed unexpectedly")
+        self._run_here(batch, self._clock() - batch.oldest_enqueued_at, closed_by)
 
     async def drain(self, limit_seconds: float) -> None:
         """Wait, at most `limit_seconds`, until no request is queued and no batch runs: a version
