@@ -71,6 +71,7 @@ STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("hand-off to the runtime thread", ("concurrent/futures", "threading.py")),
     ("data plane", ("app/dataplane/", "app/workers/")),
     ("hot routes", ("app/http/hot.py", "app/http/v1.py", "app/http/v2.py")),
+    ("gRPC service", ("app/grpc/",)),
     ("FastAPI and Starlette", ("fastapi/", "starlette/")),
     ("HTTP protocol", ("httptools_impl", "app/http/protocol.py", "uvicorn/")),
     ("event loop and sockets (native)", ("Runner.run (",)),

@@ -17,6 +17,8 @@ def test_the_innermost_named_frame_decides() -> None:
     assert stage_of([LOOP, "Device.execute (scheduler/device.py:159)", session]) == "runtime"
     assert stage_of([LOOP]) == "event loop and sockets (native)"
     assert stage_of([LOOP, HOT]) == "hot routes"
+    grpc = "InferenceService.ModelInfer (app/grpc/service.py:246)"
+    assert stage_of([LOOP, grpc, "decode (app/grpc/service.py:98)"]) == "gRPC service"
     assert stage_of(["somewhere (elsewhere.py:1)"]) == "other"
 
 
