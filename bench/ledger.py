@@ -120,9 +120,11 @@ def shares(raw: str) -> dict[tuple[str, str], float]:
         if not stack or not count.isdigit():
             continue
         frames = stack.split(";")
-        # A child's process frame follows its parent's: the innermost one is the sample's.
-        last = max(i for i, f in enumerate(frames) if f.startswith("process ")) if frames else 0
-        counts[role_of(frames[last]), stage_of(frames[last + 1 :])] += int(count)
+        # A child's process frame follows its parent's: the innermost one is the sample's. A
+        # sample with none (py-spy writes some) is the sampled process's own.
+        last = max((i for i, f in enumerate(frames) if f.startswith("process ")), default=-1)
+        role = role_of(frames[last]) if last >= 0 else "server"
+        counts[role, stage_of(frames[last + 1 :])] += int(count)
     total = sum(counts.values()) or 1
     return {key: n / total for key, n in counts.items()}
 

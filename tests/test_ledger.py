@@ -31,3 +31,8 @@ def test_samples_are_shared_by_role_and_stage() -> None:
         ("server", "event loop and sockets (native)"): 0.75,
         ("engine", "hot routes"): 0.25,
     }
+    # py-spy writes some samples with no process frame: the sampled process's own.
+    assert shares(f"{LOOP};{HOT} 1\n{engine};{LOOP} 1") == {
+        ("server", "hot routes"): 0.5,
+        ("engine", "event loop and sockets (native)"): 0.5,
+    }
