@@ -49,18 +49,18 @@ ADMIN_SETTINGS = {"RECSYS_FAULTS__ADMIN_ENABLED": "true", "RECSYS_FAULTS__ADMIN_
 ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
-def is_ready(url: str) -> bool:
+def is_ready(url: str, ready_path: str = "/v2/health/ready") -> bool:
     try:
-        with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=1) as answer:
+        with urllib.request.urlopen(f"{url}{ready_path}", timeout=1) as answer:
             return bool(answer.status == 200)
     except (urllib.error.URLError, OSError):
         return False
 
 
 def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path | None = None,
-               seconds: float = 90) -> None:  # fmt: skip
+               seconds: float = 90, ready_path: str = "/v2/health/ready") -> None:  # fmt: skip
     deadline = time.monotonic() + seconds
-    while not is_ready(url):
+    while not is_ready(url, ready_path):
         details = log.read_text()[-5000:] if log and log.exists() else ""
         if process.poll() is not None:
             raise RuntimeError(f"{url} exited:\n{details}")
@@ -70,10 +70,10 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path | None = No
 
 
 def start(command: Sequence[str], port: int, env: Mapping[str, str], log: Path,
-          cpus: set[int] | None = None, cwd: Path = ROOT,
+          cpus: set[int] | None = None, cwd: Path = ROOT, ready_path: str = "/v2/health/ready",
           ) -> tuple[subprocess.Popen[bytes], str]:  # fmt: skip
     """Start `command` (which must listen on 127.0.0.1:`port`) in `cwd`, pinned to `cpus` when
-    given, and return once it is ready."""
+    given, and return once it answers `ready_path`."""
     with log.open("w") as output:
         process = subprocess.Popen(
             list(command), cwd=cwd, env=dict(env), stdout=output, stderr=subprocess.STDOUT
@@ -82,7 +82,7 @@ def start(command: Sequence[str], port: int, env: Mapping[str, str], log: Path,
         os.sched_setaffinity(process.pid, cpus)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(url, process, log)
+        wait_ready(url, process, log, ready_path=ready_path)
     except BaseException:
         stop(process)
         raise
