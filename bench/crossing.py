@@ -46,19 +46,15 @@ def workloads(builtin: Path, model: str, user_root: Path) -> dict[str, Workload]
 def process_cpu(pid: int) -> dict[str, float]:
     """CPU seconds of the server's processes by role (server, engine, worker)."""
     seconds: dict[str, float] = {}
-    stack = [pid]
-    while stack:
-        current = stack.pop()
+    for current in [pid, *processes.descendants(pid)]:
         try:
             fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
             words = Path(f"/proc/{current}/cmdline").read_bytes().split(b"\0")
-            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
         except OSError:
             continue
         role = words[words.index(b"--role") + 1].decode() if b"--role" in words else "server"
         used = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
         seconds[role] = seconds.get(role, 0.0) + used
-        stack += [int(c) for c in children]
     return seconds
 
 

@@ -4,6 +4,7 @@ stop with SIGTERM (then SIGKILL)."""
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import signal
 import socket
@@ -89,7 +90,24 @@ def start(command: Sequence[str], port: int, env: Mapping[str, str], log: Path,
     return process, url
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process under `pid`, children before theirs."""
+    found, stack = [], [pid]
+    while stack:
+        current = stack.pop()
+        try:
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+        except OSError:
+            continue
+        found += [int(c) for c in children]
+        stack += [int(c) for c in children]
+    return found
+
+
 def stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL after 30 s; any of its processes that outlive it are killed (a
+    server's workers must not keep a core busy for the next measurement)."""
+    left = descendants(process.pid)
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
     try:
@@ -97,14 +115,17 @@ def stop(process: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(timeout=30)
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 @contextmanager
 def running(
     command: Sequence[str], port: int, env: Mapping[str, str], log: Path,
-    cpus: set[int] | None = None, cwd: Path = ROOT,
+    cpus: set[int] | None = None, cwd: Path = ROOT, ready_path: str = "/v2/health/ready",
 ) -> Iterator[tuple[subprocess.Popen[bytes], str]]:  # fmt: skip
-    process, url = start(command, port, env, log, cpus, cwd)
+    process, url = start(command, port, env, log, cpus, cwd, ready_path)
     try:
         yield process, url
     finally:

@@ -19,10 +19,8 @@ CPU per request: every process of the server (children included) over the light 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -107,19 +105,6 @@ def venv_python(venvs: Path, name: str, requirements: tuple[str, ...], quiet: bo
     return python
 
 
-def descendants(pid: int) -> list[int]:
-    found, stack = [], [pid]
-    while stack:
-        current = stack.pop()
-        try:
-            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
-        except OSError:
-            continue
-        found += [int(c) for c in children]
-        stack += [int(c) for c in children]
-    return found
-
-
 @dataclass
 class Figures:
     throughput: float  # requests/s at the target
@@ -132,10 +117,8 @@ def measure(server: Server, python: Path, root: Path, bodies: list[str], args: a
             log: Path, show: Callable[[float, Summary, bool], None]) -> Figures:  # fmt: skip
     port = processes.free_port()
     command, env = server.command(python, root, port)
-    process, url = processes.start(command, port, {**os.environ, **env}, log,
-                                   processes.SERVER_CPUS, processes.ROOT,
-                                   server.ready_path)  # fmt: skip
-    try:
+    with processes.running(command, port, {**os.environ, **env}, log, processes.SERVER_CPUS,
+                           processes.ROOT, server.ready_path) as (process, url):  # fmt: skip
         answer = json.loads(processes.post_json(f"{url}{server.path}", bodies[0]))
         scores = [float(s) for s in np.ravel(answer["outputs"][0]["data"])]
 
@@ -151,12 +134,6 @@ def measure(server: Server, python: Path, root: Path, bodies: list[str], args: a
         best, _ = step_up(lambda rate: offer(rate, args.step_seconds),
                           lambda s: within_target(s, args.step_seconds, args.p99_ms),
                           Stepping(100.0, factor=1.5, refine=3), show)  # fmt: skip
-    finally:
-        children = descendants(process.pid)
-        processes.stop(process)
-        for pid in children:  # a rival's workers that outlive their parent
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
     answered = max(1.0, light.ok_per_second * args.light_seconds)
     return Figures(best, light.latency_ms["p50"], 1e6 * used / answered, scores)
 
